@@ -1,0 +1,202 @@
+"""Strict RFC 8785 (JCS) canonical JSON: the only JSON Parley signs or accepts.
+
+``canonical_bytes`` serialises a value; ``parse_canonical`` reads bytes from
+the other party and refuses anything that is not exactly what
+``canonical_bytes`` would have produced: duplicate keys, floats, integers
+beyond +/-2^53, NaN/Infinity, invalid UTF-8, or any other spelling of the
+same value. Because the bytes are the only representation, a signature over
+them means one thing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any, TypeAlias
+
+import rfc8785
+
+from parley.errors import (
+    BodyTooLarge,
+    DuplicateKey,
+    FloatNotAllowed,
+    IntegerOutOfRange,
+    InvalidJSON,
+    NonCanonicalJSON,
+    SchemaViolation,
+)
+
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "JSONValue",
+    "canonical_bytes",
+    "parse_canonical",
+    "require_bool",
+    "require_int",
+    "require_keys",
+    "require_list",
+    "require_object",
+    "require_str",
+]
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+JSONValue: TypeAlias = Any
+"""A value made of dict, list, str, int, bool and None (no floats)."""
+
+
+def canonical_bytes(value: JSONValue) -> bytes:
+    """Serialise ``value`` as RFC 8785 canonical JSON (floats are refused)."""
+    _check_no_floats(value)
+    return rfc8785.dumps(value)
+
+
+def _check_no_floats(value: JSONValue) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise IntegerOutOfRange(f"integer {value} is beyond +/-2^53")
+        return
+    if isinstance(value, float):
+        raise FloatNotAllowed(f"float {value!r} cannot be signed; use an integer or a string")
+    if isinstance(value, Mapping):
+        for v in value.values():
+            _check_no_floats(v)
+        return
+    if isinstance(value, Sequence):
+        for v in value:
+            _check_no_floats(v)
+        return
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(f"the key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _refuse_float(text: str) -> Any:
+    raise FloatNotAllowed(f"the number {text} is not an integer; Parley signs no floats")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 16:
+        raise IntegerOutOfRange(f"the integer {text[:24]} is beyond +/-2^53")
+    value = int(text)
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise IntegerOutOfRange(f"the integer {text} is beyond +/-2^53")
+    return value
+
+
+def _refuse_constant(text: str) -> Any:
+    raise InvalidJSON(f"{text} is not JSON")
+
+
+def parse_canonical(data: bytes, *, max_size: int | None = None, what: str = "body") -> JSONValue:
+    """Parse ``data`` as strict canonical JSON, or raise a ``MalformedInput``.
+
+    ``what`` names the thing being parsed in error messages ("envelope
+    payload", "receipt"...). The checks run in an order that gives the most
+    specific reason: size first, then syntax, keys and numbers, then the
+    exact canonical form.
+    """
+    if max_size is not None and len(data) > max_size:
+        raise BodyTooLarge(f"the {what} is {len(data)} bytes; the limit is {max_size} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(f"the {what} is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_pairs_without_duplicates,
+            parse_float=_refuse_float,
+            parse_int=_bounded_int,
+            parse_constant=_refuse_constant,
+        )
+    except (DuplicateKey, FloatNotAllowed, IntegerOutOfRange, InvalidJSON):
+        raise
+    except RecursionError:
+        raise InvalidJSON(f"the {what} is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(f"the {what} is not JSON: {exc.msg} at byte {exc.pos}") from None
+    try:
+        expected = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, RecursionError) as exc:
+        raise NonCanonicalJSON(f"the {what} cannot be canonicalised: {exc}") from None
+    if expected != data:
+        raise NonCanonicalJSON(
+            f"the {what} is valid JSON but not in RFC 8785 canonical form "
+            f"(first difference at byte {_first_difference(expected, data)})"
+        )
+    return value
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+# Field accessors: schema checks with messages that name the field.
+
+
+def require_object(value: JSONValue, what: str) -> dict[str, JSONValue]:
+    if not isinstance(value, dict):
+        raise SchemaViolation(f"{what} must be a JSON object")
+    return value
+
+
+def require_keys(
+    obj: Mapping[str, JSONValue],
+    what: str,
+    required: AbstractSet[str],
+    optional: AbstractSet[str] = frozenset(),
+) -> None:
+    missing = required - obj.keys()
+    if missing:
+        raise SchemaViolation(f"{what} lacks the field(s) {', '.join(sorted(missing))}")
+    extra = obj.keys() - required - optional
+    if extra:
+        raise SchemaViolation(f"{what} has unexpected field(s) {', '.join(sorted(extra))}")
+
+
+def require_str(obj: Mapping[str, JSONValue], key: str, what: str, *, max_len: int = 4096) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise SchemaViolation(f"{what}: {key} must be a string")
+    if len(value) > max_len:
+        raise SchemaViolation(f"{what}: {key} is longer than {max_len} characters")
+    return value
+
+
+def require_int(
+    obj: Mapping[str, JSONValue], key: str, what: str, *, minimum: int = 0
+) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SchemaViolation(f"{what}: {key} must be an integer")
+    if value < minimum:
+        raise SchemaViolation(f"{what}: {key} must be at least {minimum}")
+    return value
+
+
+def require_bool(obj: Mapping[str, JSONValue], key: str, what: str) -> bool:
+    value = obj.get(key)
+    if not isinstance(value, bool):
+        raise SchemaViolation(f"{what}: {key} must be true or false")
+    return value
+
+
+def require_list(obj: Mapping[str, JSONValue], key: str, what: str) -> list[JSONValue]:
+    value = obj.get(key)
+    if not isinstance(value, list):
+        raise SchemaViolation(f"{what}: {key} must be a list")
+    return value

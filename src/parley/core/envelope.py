@@ -1,0 +1,353 @@
+"""Sealing and opening message envelopes.
+
+An envelope is a DSSE envelope whose payload is canonical JSON::
+
+    {"channel", "ciphertexts": {party: base64}, "content_digest", "created_at",
+     "exercise", "id", "kind", "precedence", "recipients", "sender", "seq", "v"}
+
+Each recipient (and the sender itself, so its own transcript stays readable
+to it) gets an HPKE base-mode ciphertext of the same inner content; ``info``
+binds the envelope id, the sender and that recipient, so a ciphertext cannot
+be moved to another envelope or another reader. ``content_digest`` is the
+SHA-256 of the inner content, which carries a random salt: the sender's
+signature therefore commits to the plaintext itself, and a recipient can
+later prove to a mediator what was said by disclosing the inner content
+alone, without disclosing any key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+from parley.core.canonical import (
+    JSONValue,
+    canonical_bytes,
+    parse_canonical,
+    require_bool,
+    require_int,
+    require_keys,
+    require_list,
+    require_object,
+    require_str,
+)
+from parley.core.dsse import pae, parse_dsse, sign_dsse
+from parley.core.encoding import (
+    b64decode,
+    b64encode,
+    check_party_id,
+    check_uuid7,
+    format_time,
+    parse_time,
+)
+from parley.core.identity import HPKE_SUITE, Identity, IdentityCard
+from parley.errors import (
+    DecryptionFailed,
+    InvalidSignature,
+    NotARecipient,
+    SchemaViolation,
+    TimestampInFuture,
+    UnknownKind,
+    UnknownSender,
+    UnknownVersion,
+    UsageError,
+)
+
+__all__ = [
+    "ENVELOPE_PAYLOAD_TYPE",
+    "KINDS",
+    "PRECEDENCES",
+    "Content",
+    "EnvelopeHeader",
+    "Limits",
+    "OpenedEnvelope",
+    "decrypt_envelope",
+    "envelope_digest",
+    "open_envelope",
+    "read_envelope",
+    "seal_envelope",
+]
+
+ENVELOPE_PAYLOAD_TYPE: Final = "application/vnd.parley.envelope.v1+json"
+ENVELOPE_VERSION: Final = 1
+PRECEDENCES: Final = ("FLASH", "IMMEDIATE", "PRIORITY", "ROUTINE")
+KINDS: Final = ("text", "form", "ack", "test", "service")
+_MAX_RECIPIENTS: Final = 64
+
+CardLookup = Callable[[str], IdentityCard | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Acceptance limits; both are configurable per terminal."""
+
+    max_body_bytes: int = 256 * 1024
+    clock_skew: timedelta = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """The inner, encrypted content of an envelope.
+
+    ``body`` depends on the kind: ``{"text": str}``, ``{"form": {...}}``,
+    ``{"ack": {"envelope_id", "digest"}}``, ``{"test": {...}}`` or
+    ``{"service": {...}}``.
+    """
+
+    lang: str
+    operator: str
+    body: Mapping[str, JSONValue]
+    salt: bytes = field(default_factory=lambda: secrets.token_bytes(16), repr=False)
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes(
+            {
+                "body": dict(self.body),
+                "lang": self.lang,
+                "operator": self.operator,
+                "salt": b64encode(self.salt),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, kind: str) -> Content:
+        obj = require_object(parse_canonical(data, what="inner content"), "inner content")
+        require_keys(obj, "inner content", {"body", "lang", "operator", "salt"})
+        body = require_object(obj["body"], "inner content body")
+        _check_body(kind, body)
+        return cls(
+            lang=require_str(obj, "lang", "inner content", max_len=35),
+            operator=require_str(obj, "operator", "inner content", max_len=200),
+            body=body,
+            salt=b64decode(obj["salt"], "inner content salt"),
+        )
+
+
+def _check_body(kind: str, body: Mapping[str, JSONValue]) -> None:
+    if set(body) != {kind}:
+        raise SchemaViolation(f"a {kind} envelope's content must hold exactly the field {kind!r}")
+    value = body[kind]
+    if kind == "text":
+        if not isinstance(value, str):
+            raise SchemaViolation("the text of a text message must be a string")
+    elif kind == "ack":
+        ack = require_object(value, "acknowledgement")
+        require_keys(ack, "acknowledgement", {"envelope_id", "digest"})
+        check_uuid7(ack["envelope_id"], "acknowledged envelope id")
+        require_str(ack, "digest", "acknowledgement", max_len=64)
+    else:
+        require_object(value, f"{kind} content")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeHeader:
+    """The signed, cleartext fields of an envelope whose signature verified."""
+
+    id: str
+    channel: str
+    sender: str
+    recipients: tuple[str, ...]
+    seq: int
+    created_at: datetime
+    precedence: str
+    kind: str
+    exercise: bool
+    content_digest: str
+    ciphertexts: Mapping[str, bytes] = field(repr=False)
+    raw: bytes = field(repr=False)
+
+    @property
+    def digest(self) -> str:
+        return envelope_digest(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedEnvelope:
+    header: EnvelopeHeader
+    content: Content
+
+    @property
+    def raw(self) -> bytes:
+        return self.header.raw
+
+
+def envelope_digest(raw: bytes) -> str:
+    """Hex SHA-256 of an envelope's exact bytes: how receipts and acks name it."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _hpke_info(envelope_id: str, sender: str, recipient: str) -> bytes:
+    return f"parley/v1 envelope\n{envelope_id}\n{sender}\n{recipient}".encode()
+
+
+def seal_envelope(
+    identity: Identity,
+    recipients: Sequence[IdentityCard],
+    *,
+    envelope_id: str,
+    channel: str,
+    seq: int,
+    created_at: datetime,
+    precedence: str,
+    kind: str,
+    content: Content,
+    exercise: bool = False,
+) -> bytes:
+    """Sign and encrypt ``content`` for ``recipients``; return the envelope bytes."""
+    if precedence not in PRECEDENCES:
+        raise UsageError(f"precedence must be one of {', '.join(PRECEDENCES)}, not {precedence!r}")
+    if kind not in KINDS:
+        raise UsageError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if not recipients:
+        raise UsageError("an envelope needs at least one recipient")
+    _check_body(kind, content.body)
+    sender = identity.party
+    readers: dict[str, IdentityCard] = {card.party: card for card in recipients}
+    if sender in readers:
+        raise UsageError("the sender cannot be one of the recipients")
+    readers[sender] = identity.card
+    inner = content.to_bytes()
+    ciphertexts = {
+        party: b64encode(
+            HPKE_SUITE.encrypt(inner, card.hpke_key, info=_hpke_info(envelope_id, sender, party))
+        )
+        for party, card in sorted(readers.items())
+    }
+    payload = canonical_bytes(
+        {
+            "channel": channel,
+            "ciphertexts": ciphertexts,
+            "content_digest": hashlib.sha256(inner).hexdigest(),
+            "created_at": format_time(created_at),
+            "exercise": exercise,
+            "id": envelope_id,
+            "kind": kind,
+            "precedence": precedence,
+            "recipients": sorted(card.party for card in recipients),
+            "sender": sender,
+            "seq": seq,
+            "v": ENVELOPE_VERSION,
+        }
+    )
+    return sign_dsse(ENVELOPE_PAYLOAD_TYPE, payload, identity.card.key_id, identity.sign_ed25519)
+
+
+def read_envelope(data: bytes, lookup: CardLookup, limits: Limits = Limits()) -> EnvelopeHeader:
+    """Verify an envelope's bytes and signature and return its cleartext header.
+
+    Does not decrypt and does not look at the clock: auditors use this on
+    stored transcripts.
+    """
+    dsse = parse_dsse(
+        data, payload_type=ENVELOPE_PAYLOAD_TYPE, max_size=limits.max_body_bytes, what="envelope"
+    )
+    obj = require_object(parse_canonical(dsse.payload, what="envelope payload"), "envelope payload")
+    version = obj.get("v")
+    if version != ENVELOPE_VERSION:
+        raise UnknownVersion(f"envelope version {str(version)[:20]} is not one this terminal reads")
+    sender = check_party_id(obj.get("sender"), "envelope sender")
+    card = lookup(sender)
+    if card is None:
+        raise UnknownSender(f"no pinned card for the sender {sender}; the envelope cannot be trusted")
+    if dsse.key_id != card.key_id:
+        raise InvalidSignature(
+            f"the envelope names signing key {dsse.key_id[:16]}…, not the pinned key of {sender}"
+        )
+    if not card.verify_ed25519(dsse.signature, pae(ENVELOPE_PAYLOAD_TYPE, dsse.payload)):
+        raise InvalidSignature(f"the signature of {sender} on this envelope does not verify")
+    # From here on the sender is authenticated: what remains are its own mistakes.
+    require_keys(
+        obj,
+        "envelope payload",
+        {
+            "channel",
+            "ciphertexts",
+            "content_digest",
+            "created_at",
+            "exercise",
+            "id",
+            "kind",
+            "precedence",
+            "recipients",
+            "sender",
+            "seq",
+            "v",
+        },
+    )
+    kind = require_str(obj, "kind", "envelope", max_len=40)
+    if kind not in KINDS:
+        raise UnknownKind(f"envelope kind {kind!r} is not one of {', '.join(KINDS)}")
+    precedence = require_str(obj, "precedence", "envelope", max_len=40)
+    if precedence not in PRECEDENCES:
+        raise SchemaViolation(f"precedence {precedence!r} is not one of {', '.join(PRECEDENCES)}")
+    recipients = require_list(obj, "recipients", "envelope")
+    if not recipients or len(recipients) > _MAX_RECIPIENTS:
+        raise SchemaViolation(f"an envelope names 1 to {_MAX_RECIPIENTS} recipients")
+    checked = tuple(check_party_id(r, "envelope recipient") for r in recipients)
+    if list(checked) != sorted(set(checked)) or sender in checked:
+        raise SchemaViolation("envelope recipients must be sorted, distinct and exclude the sender")
+    raw_cts = require_object(obj["ciphertexts"], "envelope ciphertexts")
+    if set(raw_cts) != {*checked, sender}:
+        raise SchemaViolation("the envelope must hold one ciphertext per recipient and the sender")
+    digest = require_str(obj, "content_digest", "envelope", max_len=64)
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise SchemaViolation("content_digest must be 64 lowercase hex digits")
+    return EnvelopeHeader(
+        id=check_uuid7(obj["id"], "envelope id"),
+        channel=check_party_id(obj["channel"], "envelope channel"),
+        sender=sender,
+        recipients=checked,
+        seq=require_int(obj, "seq", "envelope", minimum=1),
+        created_at=parse_time(obj["created_at"], "envelope created_at"),
+        precedence=precedence,
+        kind=kind,
+        exercise=require_bool(obj, "exercise", "envelope"),
+        content_digest=digest,
+        ciphertexts={p: b64decode(c, f"ciphertext for {p}") for p, c in raw_cts.items()},
+        raw=data,
+    )
+
+
+def open_envelope(
+    data: bytes,
+    *,
+    me: Identity,
+    lookup: CardLookup,
+    now: datetime,
+    limits: Limits = Limits(),
+) -> OpenedEnvelope:
+    """Verify, check and decrypt an envelope addressed to (or sent by) ``me``."""
+    header = read_envelope(data, lookup, limits)
+    if me.party not in header.recipients and me.party != header.sender:
+        raise NotARecipient(
+            f"envelope {header.id} from {header.sender} is addressed to "
+            f"{', '.join(header.recipients)}, not to {me.party}"
+        )
+    if header.created_at > now + limits.clock_skew:
+        raise TimestampInFuture(
+            f"envelope {header.id} from {header.sender} is dated {format_time(header.created_at)}, "
+            f"more than {limits.clock_skew} ahead of this terminal's clock ({format_time(now)})"
+        )
+    return decrypt_envelope(header, me)
+
+
+def decrypt_envelope(header: EnvelopeHeader, me: Identity) -> OpenedEnvelope:
+    ciphertext = header.ciphertexts[me.party]
+    try:
+        inner = HPKE_SUITE.decrypt(
+            ciphertext, me.hpke_private, info=_hpke_info(header.id, header.sender, me.party)
+        )
+    except Exception:  # cryptography raises InvalidTag or ValueError; both mean "does not open"
+        raise DecryptionFailed(
+            f"the ciphertext for {me.party} in envelope {header.id} from {header.sender} "
+            "does not open with this terminal's key"
+        ) from None
+    if hashlib.sha256(inner).hexdigest() != header.content_digest:
+        raise DecryptionFailed(
+            f"the content of envelope {header.id} does not match the digest {header.sender} signed"
+        )
+    return OpenedEnvelope(header, Content.from_bytes(inner, header.kind))

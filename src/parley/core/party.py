@@ -1,0 +1,737 @@
+"""One party's protocol state machine, with no I/O (in the manner of h11).
+
+A ``Party`` is fed bytes and returns bytes and events; the caller owns every
+socket, file and clock (``clock`` is passed in). Two ``Party`` objects wired
+together in memory can hold a whole verifiable conversation
+(``parley.testing.PartyPair`` does exactly that).
+
+The rules it enforces, in one place:
+
+* sending: one sequence per (channel, sender) starting at 1; a channel's
+  members are fixed by its first envelope; every envelope sent is appended
+  to the transcript before it is handed to the caller;
+* receiving: verify, then check replay (envelope id; sequence number reused
+  with other bytes), then append to the transcript, then answer with a
+  signed cumulative receipt carrying a fresh checkpoint and an inclusion
+  proof. A duplicate is answered again but logged once (exactly once in the
+  transcript). A gap is reported in the ``GapDetected`` event and in the
+  receipt's ``missing`` field;
+* receipts: accepted only for an envelope this party sent to that receiver,
+  with a valid checkpoint and inclusion proof;
+* witnessing: a peer's checkpoint is cosigned only after a consistency proof
+  from the last one cosigned; a checkpoint that rolls back or contradicts
+  one seen earlier is refused, kept as evidence and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from parley import merkle
+from parley.core.canonical import (
+    JSONValue,
+    canonical_bytes,
+    parse_canonical,
+    require_keys,
+    require_list,
+    require_object,
+    require_str,
+)
+from parley.core.checkpoint import (
+    Checkpoint,
+    cosign_checkpoint,
+    parse_note,
+    sign_checkpoint,
+    verify_checkpoint,
+    verify_cosignature,
+    witness_name,
+)
+from parley.core.encoding import Clock, b64decode, b64encode, check_party_id, uuid7
+from parley.core.envelope import (
+    Content,
+    Limits,
+    OpenedEnvelope,
+    open_envelope,
+    seal_envelope,
+)
+from parley.core.identity import Identity, IdentityCard
+from parley.core.receipts import Receipt, issue_receipt, read_receipt, verify_receipt_inclusion
+from parley.core.transcript import EntryType, Transcript
+from parley.errors import (
+    CheckpointRejected,
+    CheckpointRollback,
+    Equivocation,
+    InvalidReceipt,
+    RemoteError,
+    ReplayedEnvelope,
+    SchemaViolation,
+    UnknownPeer,
+    UnknownSender,
+    UsageError,
+    VerificationError,
+)
+
+__all__ = [
+    "AckReceived",
+    "CosignatureAccepted",
+    "DuplicateReceived",
+    "EquivocationDetected",
+    "Event",
+    "GapDetected",
+    "MessageReceived",
+    "Outgoing",
+    "Party",
+    "ReceiptAccepted",
+    "ReceiveResult",
+    "bilateral_channel",
+]
+
+_REQUEST_TYPE = "parley.checkpoint-request/v1"
+_OFFER_TYPE = "parley.checkpoint-offer/v1"
+_MAX_PROOF_SIZES = 64
+
+
+def bilateral_channel(a: str, b: str) -> str:
+    """The default channel name between two parties, the same on both sides."""
+    return ".".join(sorted((a, b)))
+
+
+# Events ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    envelope: OpenedEnvelope
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateReceived:
+    envelope_id: str
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class GapDetected:
+    channel: str
+    sender: str
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    envelope_id: str
+    by: str
+    operator: str
+    ack_envelope_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptAccepted:
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class CosignatureAccepted:
+    witness: str
+    size: int
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class EquivocationDetected:
+    party: str
+    message: str
+    evidence: dict[str, str]
+
+
+Event = (
+    MessageReceived
+    | DuplicateReceived
+    | GapDetected
+    | AckReceived
+    | ReceiptAccepted
+    | CosignatureAccepted
+    | EquivocationDetected
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    envelope_id: str
+    channel: str
+    seq: int
+    recipients: tuple[str, ...]
+    precedence: str
+    raw: bytes
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveResult:
+    events: tuple[Event, ...]
+    receipt: bytes
+
+
+# Bookkeeping ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _SentRecord:
+    outgoing: Outgoing
+    digest: str
+    receipts: dict[str, Receipt] = field(default_factory=dict)
+    acks: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _InboundStream:
+    """Sequence numbers held from one sender on one channel."""
+
+    contiguous: int = 0
+    ahead: set[int] = field(default_factory=set)
+    max_seen: int = 0
+
+    def holds(self, seq: int) -> bool:
+        return seq <= self.contiguous or seq in self.ahead
+
+    def add(self, seq: int) -> None:
+        self.max_seen = max(self.max_seen, seq)
+        if seq == self.contiguous + 1:
+            self.contiguous = seq
+            while self.contiguous + 1 in self.ahead:
+                self.contiguous += 1
+                self.ahead.discard(self.contiguous)
+        elif seq > self.contiguous:
+            self.ahead.add(seq)
+
+    def missing(self) -> tuple[int, ...]:
+        return tuple(s for s in range(self.contiguous + 1, self.max_seen) if s not in self.ahead)
+
+
+@dataclass(slots=True)
+class _ReceivedRecord:
+    envelope_id: str
+    digest: str
+    log_index: int
+    channel: str
+    sender: str
+    seq: int
+
+
+@dataclass(slots=True)
+class _WitnessView:
+    """What this party knows of one peer's log."""
+
+    last_cosigned: Checkpoint | None = None
+    observed: dict[int, Checkpoint] = field(default_factory=dict)
+
+
+class Party:
+    """The protocol state of one terminal."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        clock: Clock,
+        limits: Limits | None = None,
+        rand: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.limits = limits or Limits()
+        self._rand = rand
+        self.transcript = Transcript()
+        self._peers: dict[str, IdentityCard] = {}
+        self._channels: dict[str, frozenset[str]] = {}
+        self._next_seq: dict[str, int] = {}
+        self._sent: dict[str, _SentRecord] = {}
+        self._sent_by_seq: dict[tuple[str, int], str] = {}
+        self._received: dict[str, _ReceivedRecord] = {}
+        self._inbound: dict[tuple[str, str], _InboundStream] = {}
+        self._receipt_digests: set[bytes] = set()
+        self._receipted_through: dict[tuple[str, str], int] = {}
+        self._witness: dict[str, _WitnessView] = {}
+        self._issued: dict[str, Checkpoint] = {}
+        self._latest: Checkpoint | None = None
+        self.cosignatures: dict[str, tuple[Checkpoint, str]] = {}
+        self.evidence: list[EquivocationDetected] = []
+
+    # Peers and channels -------------------------------------------------------
+
+    @property
+    def party(self) -> str:
+        return self.identity.party
+
+    def add_peer(self, card: IdentityCard, fingerprint: str) -> IdentityCard:
+        """Pin ``card`` after checking the fingerprint read aloud by its owner."""
+        pinned = card.pinned(fingerprint)
+        if pinned.party == self.party:
+            raise UsageError("a terminal cannot pin its own card as a peer")
+        self._peers[pinned.party] = pinned
+        self._witness.setdefault(pinned.party, _WitnessView())
+        return pinned
+
+    def card_of(self, party: str) -> IdentityCard | None:
+        if party == self.party:
+            return self.identity.card
+        return self._peers.get(party)
+
+    @property
+    def peers(self) -> dict[str, IdentityCard]:
+        return dict(self._peers)
+
+    def _members_for(self, channel: str, recipients: Sequence[str]) -> frozenset[str]:
+        members = frozenset({*recipients, self.party})
+        known = self._channels.get(channel)
+        if known is not None and known != members:
+            raise UsageError(
+                f"channel {channel} has the members {', '.join(sorted(known))}; "
+                f"a message on it must go to all of them"
+            )
+        return members
+
+    # Sending ------------------------------------------------------------------
+
+    def send(
+        self,
+        to: Sequence[str],
+        *,
+        kind: str,
+        body: dict[str, JSONValue],
+        operator: str,
+        channel: str | None = None,
+        precedence: str = "ROUTINE",
+        exercise: bool = False,
+        lang: str = "en",
+    ) -> Outgoing:
+        """Seal an envelope, append it to the transcript and return it for delivery."""
+        recipients = tuple(sorted(set(to)))
+        if not recipients:
+            raise UsageError("name at least one recipient")
+        cards = []
+        for party in recipients:
+            card = self._peers.get(party)
+            if card is None:
+                raise UnknownPeer(f"{party} is not a pinned peer of {self.party}")
+            cards.append(card)
+        if channel is None:
+            if len(recipients) != 1:
+                raise UsageError("a message to several parties needs a channel name")
+            channel = bilateral_channel(self.party, recipients[0])
+        check_party_id(channel, "channel name")
+        members = self._members_for(channel, recipients)
+        now = self.clock()
+        seq = self._next_seq.get(channel, 1)
+        envelope_id = uuid7(now, self._rand)
+        raw = seal_envelope(
+            self.identity,
+            cards,
+            envelope_id=envelope_id,
+            channel=channel,
+            seq=seq,
+            created_at=now,
+            precedence=precedence,
+            kind=kind,
+            content=Content(lang=lang, operator=operator, body=body, salt=self._rand(16)),
+            exercise=exercise,
+        )
+        self._channels[channel] = members
+        self._next_seq[channel] = seq + 1
+        index = self.transcript.append(EntryType.ENVELOPE, raw)
+        out = Outgoing(envelope_id, channel, seq, recipients, precedence, raw, index)
+        self._sent[envelope_id] = _SentRecord(out, hashlib.sha256(raw).hexdigest())
+        self._sent_by_seq[(channel, seq)] = envelope_id
+        return out
+
+    def send_text(self, to: Sequence[str], text: str, *, operator: str, **kwargs: object) -> Outgoing:
+        return self.send(to, kind="text", body={"text": text}, operator=operator, **kwargs)  # type: ignore[arg-type]
+
+    def acknowledge(self, envelope_id: str, *, operator: str) -> Outgoing:
+        """A human acknowledgement: a signed message naming the operator who read it."""
+        record = self._received.get(envelope_id)
+        if record is None:
+            raise UsageError(f"no received message {envelope_id} to acknowledge")
+        members = self._channels[record.channel]
+        return self.send(
+            sorted(members - {self.party}),
+            kind="ack",
+            body={"ack": {"digest": record.digest, "envelope_id": envelope_id}},
+            operator=operator,
+            channel=record.channel,
+            precedence="IMMEDIATE",
+        )
+
+    # Receiving envelopes ------------------------------------------------------
+
+    def receive_envelope(self, data: bytes) -> ReceiveResult:
+        """Verify, log and receipt one envelope; raise a ``RemoteError`` if bad."""
+        result = self.receive_envelopes([data])[0]
+        if isinstance(result, RemoteError):
+            raise result
+        return result
+
+    def receive_envelopes(self, batch: Iterable[bytes]) -> list[ReceiveResult | RemoteError]:
+        """Receive several envelopes under one checkpoint signature.
+
+        Each item yields either its result or the ``RemoteError`` that
+        rejected it; a rejected envelope leaves no trace in the state.
+        """
+        now = self.clock()
+        staged: list[tuple[OpenedEnvelope | None, _ReceivedRecord, list[Event]] | RemoteError] = []
+        for data in batch:
+            try:
+                staged.append(self._accept(data, now))
+            except RemoteError as exc:
+                staged.append(exc)
+        checkpoint = self.checkpoint()
+        results: list[ReceiveResult | RemoteError] = []
+        for item in staged:
+            if isinstance(item, RemoteError):
+                results.append(item)
+                continue
+            _opened, record, events = item
+            stream = self._inbound[(record.channel, record.sender)]
+            receipt = issue_receipt(
+                self.identity,
+                sender=record.sender,
+                channel=record.channel,
+                envelope_id=record.envelope_id,
+                envelope_digest=record.digest,
+                through_seq=stream.contiguous,
+                missing=stream.missing(),
+                log_index=record.log_index,
+                inclusion=self.transcript.tree.inclusion_proof(record.log_index, checkpoint.size),
+                checkpoint=checkpoint,
+                now=now,
+            )
+            self.transcript.append(EntryType.RECEIPT, receipt)
+            results.append(ReceiveResult(tuple(events), receipt))
+        return results
+
+    def _accept(
+        self, data: bytes, now: datetime
+    ) -> tuple[OpenedEnvelope | None, _ReceivedRecord, list[Event]]:
+        opened = open_envelope(
+            data, me=self.identity, lookup=self._lookup_peer, now=now, limits=self.limits
+        )
+        header = opened.header
+        if header.sender == self.party:
+            raise UnknownSender(f"envelope {header.id} claims to come from this terminal")
+        digest = hashlib.sha256(data).hexdigest()
+        known = self._received.get(header.id)
+        if known is not None:
+            if known.digest != digest:
+                raise ReplayedEnvelope(
+                    f"envelope id {header.id} from {header.sender} was already received "
+                    "with different bytes"
+                )
+            return None, known, [DuplicateReceived(header.id, header.sender)]
+        members = frozenset({*header.recipients, header.sender})
+        known_members = self._channels.get(header.channel)
+        if known_members is not None and known_members != members:
+            raise SchemaViolation(
+                f"envelope {header.id} names members {', '.join(sorted(members))} for channel "
+                f"{header.channel}, whose members are {', '.join(sorted(known_members))}"
+            )
+        key = (header.channel, header.sender)
+        stream = self._inbound.get(key) or _InboundStream()
+        if stream.holds(header.seq):
+            raise ReplayedEnvelope(
+                f"{header.sender} reused sequence number {header.seq} on channel "
+                f"{header.channel} for a different envelope ({header.id})"
+            )
+        events: list[Event] = []
+        if header.kind == "ack":
+            events.append(self._check_ack(opened))
+        # Everything is checked: now the state changes.
+        self._channels[header.channel] = members
+        self._inbound[key] = stream
+        before = stream.missing()
+        stream.add(header.seq)
+        index = self.transcript.append(EntryType.ENVELOPE, data)
+        record = _ReceivedRecord(header.id, digest, index, header.channel, header.sender, header.seq)
+        self._received[header.id] = record
+        events.insert(0, MessageReceived(opened, index))
+        after = stream.missing()
+        if after and after != before:
+            events.append(GapDetected(header.channel, header.sender, after))
+        return opened, record, events
+
+    def _check_ack(self, opened: OpenedEnvelope) -> AckReceived:
+        ack = opened.content.body["ack"]
+        assert isinstance(ack, dict)
+        target = self._sent.get(str(ack["envelope_id"]))
+        if target is None or target.digest != ack["digest"]:
+            raise InvalidReceipt(
+                f"{opened.header.sender} acknowledges envelope {ack['envelope_id']}, "
+                "which this terminal never sent"
+            )
+        if opened.header.sender not in target.outgoing.recipients:
+            raise InvalidReceipt(
+                f"{opened.header.sender} acknowledges envelope {ack['envelope_id']}, "
+                "which was not addressed to it"
+            )
+        target.acks[opened.header.sender] = opened.content.operator
+        return AckReceived(
+            target.outgoing.envelope_id,
+            opened.header.sender,
+            opened.content.operator,
+            opened.header.id,
+        )
+
+    def _lookup_peer(self, party: str) -> IdentityCard | None:
+        return self._peers.get(party)
+
+    # Receipts -------------------------------------------------------------------
+
+    def receive_receipt(self, data: bytes) -> ReceiptAccepted:
+        """Check a receipt against what this party sent and log it once."""
+        receipt = read_receipt(data, self._lookup_peer)
+        sent = self._sent.get(receipt.envelope_id)
+        if sent is None or sent.digest != receipt.envelope_digest:
+            raise InvalidReceipt(
+                f"{receipt.receiver} sent a receipt for envelope {receipt.envelope_id}, "
+                "which this terminal never sent"
+            )
+        out = sent.outgoing
+        if receipt.sender != self.party or receipt.channel != out.channel:
+            raise InvalidReceipt(
+                f"the receipt from {receipt.receiver} names sender {receipt.sender} on channel "
+                f"{receipt.channel}, not {self.party} on {out.channel}"
+            )
+        if receipt.receiver not in out.recipients:
+            raise InvalidReceipt(
+                f"{receipt.receiver} sent a receipt for envelope {out.envelope_id}, "
+                "which was not addressed to it"
+            )
+        highest = self._next_seq.get(out.channel, 1) - 1
+        if receipt.through_seq > highest:
+            raise InvalidReceipt(
+                f"{receipt.receiver} claims to hold sequence 1..{receipt.through_seq} on "
+                f"{out.channel}, but only 1..{highest} were sent"
+            )
+        verify_receipt_inclusion(receipt, out.raw)
+        self._observe(receipt.receiver, receipt.checkpoint)
+        digest = hashlib.sha256(data).digest()
+        if digest not in self._receipt_digests:
+            self._receipt_digests.add(digest)
+            self.transcript.append(EntryType.RECEIPT, data)
+        sent.receipts[receipt.receiver] = receipt
+        key = (out.channel, receipt.receiver)
+        self._receipted_through[key] = max(self._receipted_through.get(key, 0), receipt.through_seq)
+        return ReceiptAccepted(receipt)
+
+    def receipted_through(self, channel: str, receiver: str) -> int:
+        return self._receipted_through.get((channel, receiver), 0)
+
+    def sent(self, envelope_id: str) -> Outgoing:
+        return self._sent[envelope_id].outgoing
+
+    def receipts_for(self, envelope_id: str) -> dict[str, Receipt]:
+        return dict(self._sent[envelope_id].receipts)
+
+    def acks_for(self, envelope_id: str) -> dict[str, str]:
+        return dict(self._sent[envelope_id].acks)
+
+    def unreceipted(self, receiver: str) -> list[Outgoing]:
+        """Envelopes sent to ``receiver`` that it has not yet receipted."""
+        return [
+            r.outgoing
+            for r in self._sent.values()
+            if receiver in r.outgoing.recipients and receiver not in r.receipts
+        ]
+
+    def envelopes_since(self, channel: str, after_seq: int, *, for_party: str) -> list[bytes]:
+        """Catch-up: the envelopes this party sent on ``channel`` after ``after_seq``."""
+        members = self._channels.get(channel, frozenset())
+        if for_party not in members:
+            return []
+        result = []
+        seq = after_seq + 1
+        while (channel, seq) in self._sent_by_seq:
+            result.append(self._sent[self._sent_by_seq[(channel, seq)]].outgoing.raw)
+            seq += 1
+        return result
+
+    # Checkpoints and witnessing ----------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        """The signed checkpoint of the current transcript (re-signed when it grew)."""
+        size = self.transcript.size
+        if self._latest is None or self._latest.size != size:
+            self._latest = sign_checkpoint(self.identity, size, self.transcript.root())
+            self._issued[self._latest.body] = self._latest
+        return self._latest
+
+    def checkpoint_request(self, log_owner: str) -> bytes:
+        """Ask ``log_owner`` for a checkpoint with the proofs this witness needs."""
+        if log_owner not in self._peers:
+            raise UnknownPeer(f"{log_owner} is not a pinned peer of {self.party}")
+        view = self._witness[log_owner]
+        sizes = set(view.observed)
+        if view.last_cosigned is not None:
+            sizes.add(view.last_cosigned.size)
+        sizes.discard(0)
+        return canonical_bytes(
+            {
+                "from_sizes": sorted(sizes)[-_MAX_PROOF_SIZES:],
+                "log": log_owner,
+                "type": _REQUEST_TYPE,
+                "witness": self.party,
+            }
+        )
+
+    def offer_checkpoint(self, request: bytes) -> bytes:
+        """Answer a witness's request with a fresh checkpoint and consistency proofs."""
+        obj = require_object(parse_canonical(request, max_size=8192, what="checkpoint request"), "checkpoint request")
+        require_keys(obj, "checkpoint request", {"from_sizes", "log", "type", "witness"})
+        if obj["type"] != _REQUEST_TYPE or obj["log"] != self.party:
+            raise SchemaViolation(f"not a checkpoint request for the log of {self.party}")
+        sizes = require_list(obj, "from_sizes", "checkpoint request")
+        if len(sizes) > _MAX_PROOF_SIZES or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+        ):
+            raise SchemaViolation("from_sizes must list up to 64 positive log sizes")
+        checkpoint = self.checkpoint()
+        proofs = {
+            str(s): [b64encode(h) for h in self.transcript.tree.consistency_proof(s, checkpoint.size)]
+            for s in sizes
+            if isinstance(s, int) and s <= checkpoint.size
+        }
+        return canonical_bytes(
+            {"checkpoint": checkpoint.note, "proofs": proofs, "type": _OFFER_TYPE}
+        )
+
+    def witness(self, offer: bytes) -> bytes:
+        """Verify a peer's checkpoint offer and return the note cosigned by this party."""
+        obj = require_object(parse_canonical(offer, max_size=256 * 1024, what="checkpoint offer"), "checkpoint offer")
+        require_keys(obj, "checkpoint offer", {"checkpoint", "proofs", "type"})
+        if obj["type"] != _OFFER_TYPE:
+            raise SchemaViolation("not a checkpoint offer")
+        note = require_str(obj, "checkpoint", "checkpoint offer", max_len=65536)
+        body, _ = parse_note(note)
+        owner = body.split("\n", 1)[0].removeprefix("parley.transcript/")
+        card = self._peers.get(owner)
+        if card is None:
+            raise UnknownSender(f"checkpoint offered for {owner[:64]}, which is not a pinned peer")
+        checkpoint = verify_checkpoint(note, card)
+        raw_proofs = require_object(obj["proofs"], "checkpoint offer proofs")
+        proofs: dict[int, list[bytes]] = {}
+        for size_text, hashes in raw_proofs.items():
+            if not size_text.isdigit() or not isinstance(hashes, list) or len(hashes) > 64:
+                raise SchemaViolation("checkpoint offer proofs are malformed")
+            proofs[int(size_text)] = [b64decode(h, "consistency proof hash") for h in hashes]
+        view = self._witness[owner]
+        last = view.last_cosigned
+        if last is not None:
+            if checkpoint.size < last.size:
+                self._raise_equivocation(
+                    owner,
+                    CheckpointRollback,
+                    f"{owner} offered checkpoint {checkpoint.size}, smaller than checkpoint "
+                    f"{last.size} already cosigned: its log would have rolled back",
+                    last,
+                    checkpoint,
+                )
+            self._check_consistent(owner, last, checkpoint, proofs, required=True)
+        self._observe(owner, checkpoint)
+        for size, seen in sorted(view.observed.items()):
+            if size < checkpoint.size:
+                self._check_consistent(owner, seen, checkpoint, proofs, required=False)
+        cosigned = note + cosign_checkpoint(self.identity, checkpoint, self.clock())
+        view.last_cosigned = checkpoint
+        view.observed = {s: c for s, c in view.observed.items() if s > checkpoint.size or (s < checkpoint.size and s not in proofs)}
+        return cosigned.encode()
+
+    def _check_consistent(
+        self,
+        owner: str,
+        old: Checkpoint,
+        new: Checkpoint,
+        proofs: dict[int, list[bytes]],
+        *,
+        required: bool,
+    ) -> None:
+        if old.size == new.size:
+            if old.root != new.root:
+                self._raise_equivocation(
+                    owner, Equivocation, f"{owner} signed two different logs of size {new.size}", old, new
+                )
+            return
+        proof = proofs.get(old.size)
+        if proof is None:
+            if required:
+                raise CheckpointRejected(
+                    f"{owner} offered checkpoint {new.size} without the consistency proof "
+                    f"from checkpoint {old.size}, which this witness cosigned"
+                )
+            return
+        try:
+            merkle.verify_consistency(old.size, new.size, old.root, new.root, proof)
+        except VerificationError as exc:
+            self._raise_equivocation(
+                owner,
+                Equivocation,
+                f"{owner}'s checkpoint {new.size} is not an extension of its checkpoint "
+                f"{old.size}: {exc}",
+                old,
+                new,
+                proof=proof,
+            )
+
+    def _observe(self, owner: str, checkpoint: Checkpoint) -> None:
+        """Note a checkpoint seen in a receipt; catch same-size contradictions at once."""
+        view = self._witness.setdefault(owner, _WitnessView())
+        for seen in (view.last_cosigned, view.observed.get(checkpoint.size)):
+            if seen is not None and seen.size == checkpoint.size and seen.root != checkpoint.root:
+                self._raise_equivocation(
+                    owner, Equivocation, f"{owner} signed two different logs of size {checkpoint.size}", seen, checkpoint
+                )
+        if view.last_cosigned is None or checkpoint.size != view.last_cosigned.size:
+            view.observed.setdefault(checkpoint.size, checkpoint)
+
+    def _raise_equivocation(
+        self,
+        owner: str,
+        error: type[CheckpointRejected],
+        message: str,
+        old: Checkpoint,
+        new: Checkpoint,
+        proof: Sequence[bytes] = (),
+    ) -> None:
+        evidence = {"earlier": old.note, "later": new.note}
+        if proof:
+            evidence["proof"] = " ".join(b64encode(h) for h in proof)
+        self.evidence.append(EquivocationDetected(owner, message, evidence))
+        if issubclass(error, Equivocation):
+            raise error(message, evidence=evidence)
+        raise error(message)
+
+    def accept_cosignature(self, data: bytes) -> CosignatureAccepted:
+        """Verify and keep a peer's cosignature on one of our checkpoints."""
+        body, signatures = parse_note(data)
+        checkpoint = self._issued.get(body)
+        if checkpoint is None:
+            raise SchemaViolation("the cosigned note is not a checkpoint this terminal issued")
+        names = {s.name for s in signatures}
+        for party, card in self._peers.items():
+            if witness_name(party) in names:
+                verify_cosignature(checkpoint, data, card)
+                note = data.decode()
+                self.cosignatures[party] = (checkpoint, note)
+                return CosignatureAccepted(party, checkpoint.size, note)
+        raise UnknownSender("the cosigned note carries no cosignature from a pinned peer")
+
+    def last_cosigned_by(self, witness: str) -> Checkpoint | None:
+        entry = self.cosignatures.get(witness)
+        return entry[0] if entry else None
+
+    def last_cosigned_of(self, owner: str) -> Checkpoint | None:
+        view = self._witness.get(owner)
+        return view.last_cosigned if view else None

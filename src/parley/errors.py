@@ -1,0 +1,242 @@
+"""Every error Parley raises, arranged by who broke which rule.
+
+The split follows h11: a ``LocalError`` is a mistake on our side (a bug, a bad
+argument from our own operator or code); a ``RemoteError`` is the other
+party's bad input. A terminal must never crash on a ``RemoteError`` and must
+never store the input that caused it as if it were valid.
+
+Hierarchy::
+
+    ParleyError
+    ├── LocalError                    our side broke a rule
+    │   ├── UsageError                  a bad argument from our own caller
+    │   ├── UnknownPeer                 no pinned card for that party
+    │   ├── FingerprintMismatch         the card does not match the fingerprint read aloud
+    │   └── KeyFileError                the private key file cannot be used
+    │       ├── WrongPassphrase
+    │       └── DamagedKeyFile
+    ├── RemoteError                   the other party's input broke a rule
+    │   ├── MalformedInput              not the bytes the protocol requires
+    │   │   ├── InvalidJSON
+    │   │   ├── DuplicateKey
+    │   │   ├── FloatNotAllowed
+    │   │   ├── IntegerOutOfRange
+    │   │   ├── NonCanonicalJSON
+    │   │   ├── BodyTooLarge
+    │   │   └── SchemaViolation           a field is missing, extra or of the wrong type
+    │   ├── UnknownVersion
+    │   ├── UnknownKind
+    │   ├── MissingSignature
+    │   ├── InvalidSignature
+    │   ├── UnknownSender
+    │   ├── NotARecipient
+    │   ├── DecryptionFailed
+    │   ├── TimestampInFuture
+    │   ├── ReplayedEnvelope            an envelope id or sequence number seen before
+    │   ├── InvalidReceipt              a receipt that proves nothing we sent
+    │   ├── InvalidCard                 an identity card that does not hold together
+    │   └── CheckpointRejected
+    │       ├── CheckpointRollback        smaller than one already cosigned
+    │       └── Equivocation              two different histories for the same log
+    └── VerificationError             a proof, signature or record does not verify
+        ├── InclusionProofError
+        └── ConsistencyProofError
+
+``VerificationError`` stands apart because auditors use it on records that
+may be our own: a failed proof says the record is wrong, not who wrote it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BodyTooLarge",
+    "CheckpointRejected",
+    "CheckpointRollback",
+    "ConsistencyProofError",
+    "DamagedKeyFile",
+    "DecryptionFailed",
+    "DuplicateKey",
+    "Equivocation",
+    "FingerprintMismatch",
+    "FloatNotAllowed",
+    "InclusionProofError",
+    "IntegerOutOfRange",
+    "InvalidCard",
+    "InvalidJSON",
+    "InvalidReceipt",
+    "InvalidSignature",
+    "KeyFileError",
+    "LocalError",
+    "MalformedInput",
+    "MissingSignature",
+    "NonCanonicalJSON",
+    "NotARecipient",
+    "ParleyError",
+    "RemoteError",
+    "ReplayedEnvelope",
+    "SchemaViolation",
+    "TimestampInFuture",
+    "UnknownKind",
+    "UnknownPeer",
+    "UnknownSender",
+    "UnknownVersion",
+    "UsageError",
+    "VerificationError",
+    "WrongPassphrase",
+]
+
+
+class ParleyError(Exception):
+    """Base of every Parley error. ``str(err)`` is a sentence for a person."""
+
+    #: Who broke the rule, for operators: "us", "peer" or "record".
+    culprit = "us"
+
+    def diagnostics(self) -> str:
+        """A short explanation suitable for the CLI or the console."""
+        who = {
+            "us": "Local error",
+            "peer": "Rejected input from the other party",
+            "record": "Verification failed",
+        }[self.culprit]
+        return f"{who} ({type(self).__name__}): {self}"
+
+
+class LocalError(ParleyError):
+    culprit = "us"
+
+
+class UsageError(LocalError):
+    pass
+
+
+class UnknownPeer(LocalError):
+    pass
+
+
+class FingerprintMismatch(LocalError):
+    pass
+
+
+class KeyFileError(LocalError):
+    pass
+
+
+class WrongPassphrase(KeyFileError):
+    pass
+
+
+class DamagedKeyFile(KeyFileError):
+    pass
+
+
+class RemoteError(ParleyError):
+    culprit = "peer"
+
+
+class MalformedInput(RemoteError):
+    pass
+
+
+class InvalidJSON(MalformedInput):
+    pass
+
+
+class DuplicateKey(MalformedInput):
+    pass
+
+
+class FloatNotAllowed(MalformedInput):
+    pass
+
+
+class IntegerOutOfRange(MalformedInput):
+    pass
+
+
+class NonCanonicalJSON(MalformedInput):
+    pass
+
+
+class BodyTooLarge(MalformedInput):
+    pass
+
+
+class SchemaViolation(MalformedInput):
+    pass
+
+
+class UnknownVersion(RemoteError):
+    pass
+
+
+class UnknownKind(RemoteError):
+    pass
+
+
+class MissingSignature(RemoteError):
+    pass
+
+
+class InvalidSignature(RemoteError):
+    pass
+
+
+class UnknownSender(RemoteError):
+    pass
+
+
+class NotARecipient(RemoteError):
+    pass
+
+
+class DecryptionFailed(RemoteError):
+    pass
+
+
+class TimestampInFuture(RemoteError):
+    pass
+
+
+class ReplayedEnvelope(RemoteError):
+    pass
+
+
+class InvalidReceipt(RemoteError):
+    pass
+
+
+class InvalidCard(RemoteError):
+    pass
+
+
+class CheckpointRejected(RemoteError):
+    pass
+
+
+class CheckpointRollback(CheckpointRejected):
+    pass
+
+
+class Equivocation(CheckpointRejected):
+    """Two checkpoints of one log that cannot both be true.
+
+    ``evidence`` holds both signed notes (and the failed proof if any) so
+    they can be kept and shown to a third party.
+    """
+
+    def __init__(self, message: str, *, evidence: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.evidence: dict[str, str] = dict(evidence or {})
+
+
+class VerificationError(ParleyError):
+    culprit = "record"
+
+
+class InclusionProofError(VerificationError):
+    pass
+
+
+class ConsistencyProofError(VerificationError):
+    pass
