@@ -198,15 +198,21 @@ def verify_checkpoint(note: str | bytes, card: IdentityCard) -> Checkpoint:
             continue  # cosignatures and unknown keys are ignored, as signed-note requires
         if sig.key_id == ed_id:
             if not card.verify_ed25519(sig.signature, message):
-                raise InvalidSignature(f"the Ed25519 signature of {card.party} on its checkpoint {size} is invalid")
+                raise InvalidSignature(
+                    f"the Ed25519 signature of {card.party} on its checkpoint {size} is invalid"
+                )
             ed_ok = True
         elif sig.key_id == ml_id:
             if not card.verify_mldsa65(sig.signature, message):
-                raise InvalidSignature(f"the ML-DSA-65 signature of {card.party} on its checkpoint {size} is invalid")
+                raise InvalidSignature(
+                    f"the ML-DSA-65 signature of {card.party} on its checkpoint {size} is invalid"
+                )
             ml_ok = True
     if not (ed_ok and ml_ok):
         missing = " and ".join(n for n, ok in (("Ed25519", ed_ok), ("ML-DSA-65", ml_ok)) if not ok)
-        raise InvalidSignature(f"the checkpoint {size} of {card.party} lacks its {missing} signature")
+        raise InvalidSignature(
+            f"the checkpoint {size} of {card.party} lacks its {missing} signature"
+        )
     text = note.decode() if isinstance(note, bytes) else note
     return Checkpoint(origin, size, root, body, text)
 

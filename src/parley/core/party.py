@@ -349,7 +349,9 @@ class Party:
         self._sent_by_seq[(channel, seq)] = envelope_id
         return out
 
-    def send_text(self, to: Sequence[str], text: str, *, operator: str, **kwargs: object) -> Outgoing:
+    def send_text(
+        self, to: Sequence[str], text: str, *, operator: str, **kwargs: object
+    ) -> Outgoing:
         return self.send(to, kind="text", body={"text": text}, operator=operator, **kwargs)  # type: ignore[arg-type]
 
     def acknowledge(self, envelope_id: str, *, operator: str) -> Outgoing:
@@ -410,7 +412,10 @@ class Party:
                 checkpoint=checkpoint,
                 now=now,
             )
-            self.transcript.append(EntryType.RECEIPT, receipt)
+            if _opened is not None:
+                # A duplicate is answered again but its new receipt is not logged:
+                # a replay flood must not grow the transcript.
+                self.transcript.append(EntryType.RECEIPT, receipt)
             results.append(ReceiveResult(tuple(events), receipt))
         return results
 
@@ -455,7 +460,9 @@ class Party:
         before = stream.missing()
         stream.add(header.seq)
         index = self.transcript.append(EntryType.ENVELOPE, data)
-        record = _ReceivedRecord(header.id, digest, index, header.channel, header.sender, header.seq)
+        record = _ReceivedRecord(
+            header.id, digest, index, header.channel, header.sender, header.seq
+        )
         self._received[header.id] = record
         events.insert(0, MessageReceived(opened, index))
         after = stream.missing()
@@ -574,13 +581,15 @@ class Party:
         if log_owner not in self._peers:
             raise UnknownPeer(f"{log_owner} is not a pinned peer of {self.party}")
         view = self._witness[log_owner]
-        sizes = set(view.observed)
-        if view.last_cosigned is not None:
-            sizes.add(view.last_cosigned.size)
-        sizes.discard(0)
+        # The last cosigned size always; then the most recent checkpoints seen in
+        # receipts, as many as one offer may carry. Older unverified ones are
+        # dropped after the round: the newest already prove the most.
+        sizes = sorted(s for s in view.observed if s > 0)[-(_MAX_PROOF_SIZES - 1) :]
+        if view.last_cosigned is not None and view.last_cosigned.size > 0:
+            sizes = sorted({view.last_cosigned.size, *sizes})
         return canonical_bytes(
             {
-                "from_sizes": sorted(sizes)[-_MAX_PROOF_SIZES:],
+                "from_sizes": sizes,
                 "log": log_owner,
                 "type": _REQUEST_TYPE,
                 "witness": self.party,
@@ -589,7 +598,9 @@ class Party:
 
     def offer_checkpoint(self, request: bytes) -> bytes:
         """Answer a witness's request with a fresh checkpoint and consistency proofs."""
-        obj = require_object(parse_canonical(request, max_size=8192, what="checkpoint request"), "checkpoint request")
+        obj = require_object(
+            parse_canonical(request, max_size=8192, what="checkpoint request"), "checkpoint request"
+        )
         require_keys(obj, "checkpoint request", {"from_sizes", "log", "type", "witness"})
         if obj["type"] != _REQUEST_TYPE or obj["log"] != self.party:
             raise SchemaViolation(f"not a checkpoint request for the log of {self.party}")
@@ -600,7 +611,9 @@ class Party:
             raise SchemaViolation("from_sizes must list up to 64 positive log sizes")
         checkpoint = self.checkpoint()
         proofs = {
-            str(s): [b64encode(h) for h in self.transcript.tree.consistency_proof(s, checkpoint.size)]
+            str(s): [
+                b64encode(h) for h in self.transcript.tree.consistency_proof(s, checkpoint.size)
+            ]
             for s in sizes
             if isinstance(s, int) and s <= checkpoint.size
         }
@@ -610,7 +623,9 @@ class Party:
 
     def witness(self, offer: bytes) -> bytes:
         """Verify a peer's checkpoint offer and return the note cosigned by this party."""
-        obj = require_object(parse_canonical(offer, max_size=256 * 1024, what="checkpoint offer"), "checkpoint offer")
+        obj = require_object(
+            parse_canonical(offer, max_size=256 * 1024, what="checkpoint offer"), "checkpoint offer"
+        )
         require_keys(obj, "checkpoint offer", {"checkpoint", "proofs", "type"})
         if obj["type"] != _OFFER_TYPE:
             raise SchemaViolation("not a checkpoint offer")
@@ -646,7 +661,7 @@ class Party:
                 self._check_consistent(owner, seen, checkpoint, proofs, required=False)
         cosigned = note + cosign_checkpoint(self.identity, checkpoint, self.clock())
         view.last_cosigned = checkpoint
-        view.observed = {s: c for s, c in view.observed.items() if s > checkpoint.size or (s < checkpoint.size and s not in proofs)}
+        view.observed = {s: c for s, c in view.observed.items() if s > checkpoint.size}
         return cosigned.encode()
 
     def _check_consistent(
@@ -661,7 +676,11 @@ class Party:
         if old.size == new.size:
             if old.root != new.root:
                 self._raise_equivocation(
-                    owner, Equivocation, f"{owner} signed two different logs of size {new.size}", old, new
+                    owner,
+                    Equivocation,
+                    f"{owner} signed two different logs of size {new.size}",
+                    old,
+                    new,
                 )
             return
         proof = proofs.get(old.size)
@@ -691,7 +710,11 @@ class Party:
         for seen in (view.last_cosigned, view.observed.get(checkpoint.size)):
             if seen is not None and seen.size == checkpoint.size and seen.root != checkpoint.root:
                 self._raise_equivocation(
-                    owner, Equivocation, f"{owner} signed two different logs of size {checkpoint.size}", seen, checkpoint
+                    owner,
+                    Equivocation,
+                    f"{owner} signed two different logs of size {checkpoint.size}",
+                    seen,
+                    checkpoint,
                 )
         if view.last_cosigned is None or checkpoint.size != view.last_cosigned.size:
             view.observed.setdefault(checkpoint.size, checkpoint)

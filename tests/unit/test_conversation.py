@@ -1,0 +1,266 @@
+"""Two parties hold a whole conversation in memory, then face a hostile peer."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from parley import merkle
+from parley.core.party import (
+    AckReceived,
+    DuplicateReceived,
+    GapDetected,
+    MessageReceived,
+    Party,
+)
+from parley.core.transcript import EntryType, split_entry
+from parley.errors import (
+    CheckpointRejected,
+    CheckpointRollback,
+    Equivocation,
+    InvalidReceipt,
+    InvalidSignature,
+    RemoteError,
+    ReplayedEnvelope,
+    UnknownSender,
+)
+from parley.testing import ManualClock, PartyPair, make_parties
+
+
+def _fork(party: Party, clock: ManualClock) -> Party:
+    """A second Party with the same keys and peers but its own history: a cheat."""
+    twin = Party(party.identity, clock=clock)
+    for card in party.peers.values():
+        twin.add_peer(card, card.fingerprint)
+    return twin
+
+
+@pytest.fixture(scope="module")
+def conversation() -> tuple[PartyPair, ManualClock, list[str], list[str]]:
+    """1,000 messages each way, receipts for all, checkpoints cross-witnessed."""
+    clock = ManualClock()
+    pair = PartyPair.create(clock)
+    a_ids, b_ids = [], []
+    for i in range(1000):
+        clock.advance(timedelta(seconds=1))
+        out_a = pair.a.send_text(["RU-GS"], f"US message {i}", operator="maj.smith")
+        events, accepted = pair.deliver(out_a, pair.a)
+        assert isinstance(events[0], MessageReceived)
+        assert accepted.receipt.through_seq == i + 1
+        a_ids.append(out_a.envelope_id)
+        out_b = pair.b.send_text(["US-EUCOM"], f"Сообщение {i}", operator="col.petrov", lang="ru")
+        pair.deliver(out_b, pair.b)
+        b_ids.append(out_b.envelope_id)
+        if i % 100 == 99:
+            pair.witness_both()
+    return pair, clock, a_ids, b_ids
+
+
+def test_every_message_arrives_once_in_order_with_a_receipt(
+    conversation: tuple[PartyPair, ManualClock, list[str], list[str]],
+) -> None:
+    pair, _, a_ids, b_ids = conversation
+    received_by_b = [e.envelope for e in pair.events["RU-GS"] if isinstance(e, MessageReceived)]
+    assert [e.header.id for e in received_by_b] == a_ids
+    assert [e.content.body["text"] for e in received_by_b[:2]] == ["US message 0", "US message 1"]
+    assert [e.header.seq for e in received_by_b] == list(range(1, 1001))
+    channel = received_by_b[0].header.channel
+    assert pair.a.receipted_through(channel, "RU-GS") == 1000
+    assert pair.b.receipted_through(channel, "US-EUCOM") == 1000
+    assert all(pair.b.receipts_for(i)["US-EUCOM"].through_seq >= 1 for i in b_ids)
+
+
+def test_transcripts_hold_every_envelope_and_receipt_and_are_cross_witnessed(
+    conversation: tuple[PartyPair, ManualClock, list[str], list[str]],
+) -> None:
+    pair, _, _, _ = conversation
+    for party in (pair.a, pair.b):
+        kinds = [split_entry(party.transcript.entry(i))[0] for i in range(party.transcript.size)]
+        # 1,000 sent + 1,000 received envelopes; 1,000 receipts issued + 1,000 accepted.
+        assert kinds.count(EntryType.ENVELOPE) == 2000
+        assert kinds.count(EntryType.RECEIPT) == 2000
+        leaves = [merkle.leaf_hash(party.transcript.entry(i)) for i in range(party.transcript.size)]
+        assert merkle.root(leaves) == party.transcript.root()
+    # Each side holds the other's cosignature on one of its checkpoints.
+    cosigned_a = pair.a.last_cosigned_by("RU-GS")
+    cosigned_b = pair.b.last_cosigned_by("US-EUCOM")
+    assert cosigned_a is not None
+    assert cosigned_b is not None
+    assert cosigned_a.size > 3900
+    assert cosigned_b.size > 3900
+    assert pair.b.last_cosigned_of("US-EUCOM") == cosigned_a
+
+
+def test_a_forged_message_is_refused_and_leaves_no_trace(
+    conversation: tuple[PartyPair, ManualClock, list[str], list[str]],
+) -> None:
+    pair, clock, _, _ = conversation
+    # Mallory has her own keys but claims to be US-EUCOM.
+    mallory = make_parties([("US-EUCOM", "Impostor"), ("RU-GS", "x")], clock)["US-EUCOM"]
+    mallory.add_peer(pair.b.identity.card, pair.b.identity.card.fingerprint)
+    forged = mallory.send_text(["RU-GS"], "Stand down all forces", operator="maj.smith")
+    size = pair.b.transcript.size
+    with pytest.raises(InvalidSignature, match="US-EUCOM"):
+        pair.b.receive_envelope(forged.raw)
+    # A transplanted signature: US-EUCOM's real signature on Mallory's payload.
+    genuine = pair.a.send_text(["RU-GS"], "genuine", operator="maj.smith")
+    g, f = genuine.raw.decode(), forged.raw.decode()
+    transplanted = (f[: f.index('"signatures"')] + g[g.index('"signatures"') :]).encode()
+    with pytest.raises(InvalidSignature):
+        pair.b.receive_envelope(transplanted)
+    assert pair.b.transcript.size == size
+    pair.deliver(genuine, pair.a)
+
+
+def test_a_replayed_message_is_logged_once_and_receipted_again(
+    conversation: tuple[PartyPair, ManualClock, list[str], list[str]],
+) -> None:
+    pair, clock, _, _ = conversation
+    out = pair.a.send_text(["RU-GS"], "replay me", operator="maj.smith")
+    pair.deliver(out, pair.a)
+    size = pair.b.transcript.size
+    again = pair.b.receive_envelope(out.raw)
+    assert again.events == (DuplicateReceived(out.envelope_id, "US-EUCOM"),)
+    assert pair.b.transcript.size == size
+    assert pair.a.receive_receipt(again.receipt).receipt.envelope_id == out.envelope_id
+    # The same sequence number under a new envelope id is a replay too.
+    cheat = _fork(pair.a, clock)
+    for _ in range(out.seq):
+        reused = cheat.send_text(["RU-GS"], "rewritten history", operator="maj.smith")
+    assert reused.seq == out.seq
+    with pytest.raises(ReplayedEnvelope, match=f"sequence number {out.seq}"):
+        pair.b.receive_envelope(reused.raw)
+    # A receipt for a message US-EUCOM never sent (only its fork did) is refused.
+    fork_receiver = _fork(pair.b, clock)
+    receipt = fork_receiver.receive_envelope(reused.raw).receipt
+    with pytest.raises(InvalidReceipt, match="never sent"):
+        pair.a.receive_receipt(receipt)
+
+
+def test_a_dropped_message_is_detected_as_a_gap_and_caught_up() -> None:
+    pair = PartyPair.create()
+    m1, m2, m3 = (pair.a.send_text(["RU-GS"], f"m{i}", operator="o") for i in (1, 2, 3))
+    pair.deliver(m1, pair.a)
+    events, accepted = pair.deliver(m3, pair.a)
+    assert GapDetected(m1.channel, "US-EUCOM", (2,)) in events
+    assert accepted.receipt.through_seq == 1
+    assert accepted.receipt.missing == (2,)
+    # Catch-up from the sender's log fills the gap; the receipt becomes cumulative.
+    missed = pair.a.envelopes_since(m1.channel, accepted.receipt.through_seq, for_party="RU-GS")
+    assert missed[:2] == [m2.raw, m3.raw]
+    events, accepted = pair.deliver(m2, pair.a)
+    assert accepted.receipt.through_seq == 3
+    assert accepted.receipt.missing == ()
+    assert not any(isinstance(e, GapDetected) for e in events)
+
+
+def test_an_equivocating_checkpoint_is_refused_and_kept_as_evidence() -> None:
+    clock = ManualClock()
+    pair = PartyPair.create(clock)
+    for i in range(5):
+        pair.deliver(pair.a.send_text(["RU-GS"], f"m{i}", operator="o"), pair.a)
+    cosigned = pair.witness(pair.a)
+    # A fork of US-EUCOM with another history of the same size.
+    fork = _fork(pair.a, clock)
+    for i in range(cosigned):
+        fork.send_text(["RU-GS"], f"other {i}", operator="o")
+    assert fork.transcript.size == cosigned
+    request = pair.b.checkpoint_request("US-EUCOM")
+    with pytest.raises(Equivocation) as caught:
+        pair.b.witness(fork.offer_checkpoint(request))
+    assert set(caught.value.evidence) == {"earlier", "later"}
+    assert pair.b.evidence[-1].party == "US-EUCOM"
+    # A longer fork whose proof cannot link it to the cosigned checkpoint.
+    fork.send_text(["RU-GS"], "more", operator="o")
+    with pytest.raises(Equivocation, match="not an extension"):
+        pair.b.witness(fork.offer_checkpoint(request))
+    assert "proof" in pair.b.evidence[-1].evidence
+    # A log that rolls back below what was cosigned.
+    short = _fork(pair.a, clock)
+    short.send_text(["RU-GS"], "x", operator="o")
+    with pytest.raises(CheckpointRollback):
+        pair.b.witness(short.offer_checkpoint(request))
+    # The honest log still extends consistently and is cosigned.
+    pair.deliver(pair.a.send_text(["RU-GS"], "later", operator="o"), pair.a)
+    assert pair.witness(pair.a) > cosigned
+
+
+def test_a_checkpoint_contradicting_one_seen_in_a_receipt_is_equivocation() -> None:
+    clock = ManualClock()
+    pair = PartyPair.create(clock)
+    out = pair.a.send_text(["RU-GS"], "m", operator="o")
+    _, accepted = pair.deliver(out, pair.a)
+    seen = accepted.receipt.checkpoint
+    fork = _fork(pair.b, clock)
+    for i in range(seen.size):
+        fork.send_text(["US-EUCOM"], f"f{i}", operator="o")
+    with pytest.raises(Equivocation, match=f"size {seen.size}"):
+        pair.a.witness(fork.offer_checkpoint(pair.a.checkpoint_request("RU-GS")))
+
+
+def test_offer_without_the_required_consistency_proof_is_refused() -> None:
+    pair = PartyPair.create()
+    pair.deliver(pair.a.send_text(["RU-GS"], "m", operator="o"), pair.a)
+    pair.witness(pair.a)
+    pair.deliver(pair.a.send_text(["RU-GS"], "n", operator="o"), pair.a)
+    empty_request = (
+        b'{"from_sizes":[],"log":"US-EUCOM","type":"parley.checkpoint-request/v1",'
+        b'"witness":"RU-GS"}'
+    )
+    with pytest.raises(CheckpointRejected, match="without the consistency proof"):
+        pair.b.witness(pair.a.offer_checkpoint(empty_request))
+
+
+def test_human_acknowledgement_names_the_operator() -> None:
+    pair = PartyPair.create()
+    out = pair.a.send_text(["RU-GS"], "Notice of launch", operator="maj.smith", precedence="FLASH")
+    pair.deliver(out, pair.a)
+    ack = pair.b.acknowledge(out.envelope_id, operator="col.ivanov")
+    events, _ = pair.deliver(ack, pair.b)
+    assert AckReceived(out.envelope_id, "RU-GS", "col.ivanov", ack.envelope_id) in events
+    assert pair.a.acks_for(out.envelope_id) == {"RU-GS": "col.ivanov"}
+
+
+def test_an_ack_of_a_message_never_sent_is_refused() -> None:
+    clock = ManualClock()
+    pair = PartyPair.create(clock)
+    fork = _fork(pair.a, clock)
+    ghost = fork.send_text(["RU-GS"], "never sent by the real terminal", operator="o")
+    pair.b.receive_envelope(ghost.raw)
+    ack = pair.b.acknowledge(ghost.envelope_id, operator="col.ivanov")
+    with pytest.raises(InvalidReceipt, match="never sent"):
+        pair.a.receive_envelope(ack.raw)
+
+
+def test_an_envelope_from_ourselves_is_refused() -> None:
+    pair = PartyPair.create()
+    out = pair.a.send_text(["RU-GS"], "m", operator="o")
+    with pytest.raises(RemoteError):
+        pair.a.receive_envelope(out.raw)
+
+
+def test_a_batch_keeps_good_envelopes_and_reports_bad_ones() -> None:
+    pair = PartyPair.create()
+    good = [pair.a.send_text(["RU-GS"], f"m{i}", operator="o").raw for i in range(3)]
+    bad = pair.a.send_text(["RU-GS"], "x", operator="o")
+    corrupted = bad.raw.replace(b'"sig":"', b'"sig":"AAAA', 1)
+    results = pair.b.receive_envelopes([good[0], corrupted, good[1], good[2]])
+    assert isinstance(results[1], RemoteError)
+    accepted = [r for r in results if not isinstance(r, RemoteError)]
+    assert len(accepted) == 3
+    assert [r.events[0].envelope.header.seq for r in accepted] == [1, 2, 3]  # type: ignore[union-attr]
+    assert pair.b.transcript.size == 6  # three envelopes and three receipts, nothing else
+
+
+def test_unknown_peer_checkpoint_is_refused() -> None:
+    clock = ManualClock()
+    pair = PartyPair.create(clock)
+    stranger = make_parties([("UA-GS", "x"), ("RU-GS", "y")], clock)["UA-GS"]
+    with pytest.raises(UnknownSender):
+        pair.b.witness(
+            stranger.offer_checkpoint(
+                b'{"from_sizes":[],"log":"UA-GS","type":"parley.checkpoint-request/v1",'
+                b'"witness":"RU-GS"}'
+            )
+        )
