@@ -28,8 +28,10 @@ def test_each_error_belongs_to_exactly_one_branch() -> None:
 
 
 def test_diagnostics_name_the_culprit_and_the_rule() -> None:
-    assert errors.InvalidSignature("bad").diagnostics().startswith(
-        "Rejected input from the other party (InvalidSignature)"
+    assert (
+        errors.InvalidSignature("bad")
+        .diagnostics()
+        .startswith("Rejected input from the other party (InvalidSignature)")
     )
     assert errors.WrongPassphrase("no").diagnostics().startswith("Local error (WrongPassphrase)")
     assert errors.InclusionProofError("x").diagnostics().startswith("Verification failed")
