@@ -264,3 +264,41 @@ def test_unknown_peer_checkpoint_is_refused() -> None:
                 b'"witness":"RU-GS"}'
             )
         )
+
+
+def test_a_restarted_party_rebuilt_from_its_transcript_carries_on() -> None:
+    clock = ManualClock()
+    pair = PartyPair.create(clock)
+    outs = [pair.a.send_text(["RU-GS"], f"m{i}", operator="o") for i in range(4)]
+    for out in outs[:3]:
+        pair.deliver(out, pair.a)
+    reply = pair.b.send_text(["US-EUCOM"], "r", operator="p")
+    pair.deliver(reply, pair.b)
+    pair.deliver(pair.b.acknowledge(outs[0].envelope_id, operator="col.ivanov"), pair.b)
+    pair.witness_both()
+    # Both terminals restart from their stored records.
+    saved = {p.party: p for p in (pair.a, pair.b)}
+    restarted = {}
+    for name, old in saved.items():
+        fresh = _fork(old, clock)
+        fresh.restore(old.transcript.entry(i) for i in range(old.transcript.size))
+        peer = "RU-GS" if name == "US-EUCOM" else "US-EUCOM"
+        witness_entry = old.cosignatures[peer]
+        fresh.restore_cosignature(peer, witness_entry[1])
+        seen = old.last_cosigned_of(peer)
+        assert seen is not None
+        fresh.restore_witnessed(peer, seen.note)
+        assert fresh.transcript.root() == old.transcript.root()
+        restarted[name] = fresh
+    a, b = restarted["US-EUCOM"], restarted["RU-GS"]
+    assert a.acks_for(outs[0].envelope_id) == {"RU-GS": "col.ivanov"}
+    assert a.receipted_through(outs[0].channel, "RU-GS") == 3
+    # A replay of an old envelope is still recognised; the fourth is still new.
+    assert isinstance(b.receive_envelope(outs[1].raw).events[0], DuplicateReceived)
+    again = PartyPair(a, b)
+    _, accepted = again.deliver(outs[3], a)
+    assert accepted.receipt.through_seq == 4
+    nxt = a.send_text(["RU-GS"], "after restart", operator="o")
+    assert nxt.seq == 5
+    again.deliver(nxt, a)
+    assert again.witness_both()[0] > 0

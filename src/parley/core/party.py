@@ -55,12 +55,14 @@ from parley.core.envelope import (
     Content,
     Limits,
     OpenedEnvelope,
+    decrypt_envelope,
     open_envelope,
+    read_envelope,
     seal_envelope,
 )
 from parley.core.identity import Identity, IdentityCard
 from parley.core.receipts import Receipt, issue_receipt, read_receipt, verify_receipt_inclusion
-from parley.core.transcript import EntryType, Transcript
+from parley.core.transcript import EntryType, Transcript, split_entry
 from parley.errors import (
     CheckpointRejected,
     CheckpointRollback,
@@ -750,6 +752,83 @@ class Party:
                 self.cosignatures[party] = (checkpoint, note)
                 return CosignatureAccepted(party, checkpoint.size, note)
         raise UnknownSender("the cosigned note carries no cosignature from a pinned peer")
+
+    # Restoring from stored records ------------------------------------------
+
+    def restore(self, entries: Iterable[bytes]) -> None:
+        """Rebuild the state of a fresh ``Party`` from its own transcript entries.
+
+        A terminal that restarts pins its peers, then replays the entries it
+        stored, in log order. Every signature is checked again; an entry that
+        does not verify raises, since a terminal must not run on a damaged
+        record.
+        """
+        if self.transcript.size:
+            raise UsageError("restore() needs a Party with an empty transcript")
+        for entry in entries:
+            kind, raw = split_entry(entry)
+            index = self.transcript.append(kind, raw)
+            if kind is EntryType.ENVELOPE:
+                self._restore_envelope(raw, index)
+            else:
+                self._restore_receipt(raw)
+
+    def _restore_envelope(self, raw: bytes, index: int) -> None:
+        header = read_envelope(raw, self.card_of, self.limits)
+        digest = hashlib.sha256(raw).hexdigest()
+        self._channels[header.channel] = frozenset({*header.recipients, header.sender})
+        if header.sender == self.party:
+            out = Outgoing(
+                header.id,
+                header.channel,
+                header.seq,
+                header.recipients,
+                header.precedence,
+                raw,
+                index,
+            )
+            self._sent[header.id] = _SentRecord(out, digest)
+            self._sent_by_seq[(header.channel, header.seq)] = header.id
+            self._next_seq[header.channel] = max(
+                self._next_seq.get(header.channel, 1), header.seq + 1
+            )
+            return
+        key = (header.channel, header.sender)
+        self._inbound.setdefault(key, _InboundStream()).add(header.seq)
+        self._received[header.id] = _ReceivedRecord(
+            header.id, digest, index, header.channel, header.sender, header.seq
+        )
+        if header.kind == "ack":
+            self._check_ack(decrypt_envelope(header, self.identity))
+
+    def _restore_receipt(self, raw: bytes) -> None:
+        receipt = read_receipt(raw, self.card_of)
+        if receipt.receiver == self.party:
+            return  # a receipt this terminal issued
+        sent = self._sent.get(receipt.envelope_id)
+        if sent is None:
+            raise InvalidReceipt(f"stored receipt for unknown envelope {receipt.envelope_id}")
+        self._receipt_digests.add(hashlib.sha256(raw).digest())
+        sent.receipts[receipt.receiver] = receipt
+        key = (sent.outgoing.channel, receipt.receiver)
+        self._receipted_through[key] = max(self._receipted_through.get(key, 0), receipt.through_seq)
+
+    def restore_witnessed(self, owner: str, cosigned_note: str) -> None:
+        """Remember the last checkpoint of ``owner`` this party cosigned."""
+        card = self._peers.get(owner)
+        if card is None:
+            raise UnknownPeer(f"{owner} is not a pinned peer of {self.party}")
+        self._witness[owner].last_cosigned = verify_checkpoint(cosigned_note, card)
+
+    def restore_cosignature(self, witness: str, cosigned_note: str) -> None:
+        """Remember ``witness``'s cosignature on one of this party's checkpoints."""
+        card = self._peers.get(witness)
+        if card is None:
+            raise UnknownPeer(f"{witness} is not a pinned peer of {self.party}")
+        checkpoint = verify_checkpoint(cosigned_note, self.identity.card)
+        verify_cosignature(checkpoint, cosigned_note, card)
+        self._issued[checkpoint.body] = checkpoint
+        self.cosignatures[witness] = (checkpoint, cosigned_note)
 
     def last_cosigned_by(self, witness: str) -> Checkpoint | None:
         entry = self.cosignatures.get(witness)
