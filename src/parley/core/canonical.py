@@ -108,6 +108,10 @@ def parse_canonical(data: bytes, *, max_size: int | None = None, what: str = "bo
     """
     if max_size is not None and len(data) > max_size:
         raise BodyTooLarge(f"the {what} is {len(data)} bytes; the limit is {max_size} bytes")
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise NonCanonicalJSON(
+            f"the {what} begins with a byte order mark, which canonical JSON never has"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -128,7 +132,9 @@ def parse_canonical(data: bytes, *, max_size: int | None = None, what: str = "bo
         raise InvalidJSON(f"the {what} is not JSON: {exc.msg} at byte {exc.pos}") from None
     try:
         expected = rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, RecursionError) as exc:
+    except (rfc8785.CanonicalizationError, RecursionError, UnicodeError) as exc:
+        # UnicodeError: a lone surrogate escape (such as "\ud800") in an object
+        # key, which rfc8785 sorts by its UTF-16 encoding before writing it.
         raise NonCanonicalJSON(f"the {what} cannot be canonicalised: {exc}") from None
     if expected != data:
         raise NonCanonicalJSON(

@@ -33,8 +33,8 @@ an ML-DSA-65 line of the same layout whose key ID uses ``0xff`` followed by
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -67,6 +67,9 @@ COSIGNATURE_MLDSA_TYPE = b"\xffparley.mldsa65-cosignature/v1"
 _MAX_NOTE = 64 * 1024
 _MAX_SIGNATURES = 16
 _EM_DASH = "\u2014"
+# c2sp.org/tlog-checkpoint: the size is an ASCII decimal without leading zeros (a uint64).
+_SIZE_PATTERN = re.compile(r"0|[1-9][0-9]{0,19}")
+_MAX_SIZE = 2**64 - 1
 
 
 def log_origin(party: str) -> str:
@@ -136,7 +139,7 @@ def parse_note(text: str | bytes) -> tuple[str, list[NoteSignature]]:
             raise MalformedInput(f"malformed signature line {line[:60]!r}")
         try:
             raw = base64.b64decode(parts[2], validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a non-ASCII character
             raise MalformedInput(f"signature line for {parts[1][:60]} is not base64") from None
         if len(raw) < 5:
             raise MalformedInput(f"signature line for {parts[1][:60]} is too short")
@@ -153,12 +156,14 @@ def parse_checkpoint(body: str) -> tuple[str, int, bytes]:
         origin.removeprefix("parley.transcript/")
     ):
         raise SchemaViolation(f"checkpoint origin {origin[:80]!r} is not a Parley transcript")
-    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
+    if not _SIZE_PATTERN.fullmatch(size_text) or int(size_text) > _MAX_SIZE:
         raise SchemaViolation(f"checkpoint size {size_text[:30]!r} is not a decimal number")
     try:
         root = base64.b64decode(root_text, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a non-ASCII character
         raise SchemaViolation("checkpoint root hash is not base64") from None
+    if base64.b64encode(root).decode() != root_text:
+        raise SchemaViolation("checkpoint root hash is not in canonical base64 form")
     if len(root) != 32:
         raise SchemaViolation(f"checkpoint root hash is {len(root)} bytes, not 32")
     return origin, int(size_text), root

@@ -42,7 +42,9 @@ class SignedEnvelope:
     raw: bytes
 
 
-def sign_dsse(payload_type: str, payload: bytes, key_id: str, sign: Callable[[bytes], bytes]) -> bytes:
+def sign_dsse(
+    payload_type: str, payload: bytes, key_id: str, sign: Callable[[bytes], bytes]
+) -> bytes:
     signature = sign(pae(payload_type, payload))
     return canonical_bytes(
         {

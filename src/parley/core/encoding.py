@@ -34,7 +34,9 @@ Clock = Callable[[], datetime]
 """A function returning the current time as an aware UTC datetime."""
 
 PARTY_ID_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,62}")
-_TIME_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+# ASCII digits only: ``\d`` alone would also accept other scripts' digits
+# (which ``strptime`` reads), a second spelling of the same signed time.
+_TIME_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", re.ASCII)
 
 
 def b64encode(data: bytes) -> str:

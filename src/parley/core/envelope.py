@@ -247,12 +247,14 @@ def read_envelope(data: bytes, lookup: CardLookup, limits: Limits = Limits()) ->
     )
     obj = require_object(parse_canonical(dsse.payload, what="envelope payload"), "envelope payload")
     version = obj.get("v")
-    if version != ENVELOPE_VERSION:
+    if isinstance(version, bool) or version != ENVELOPE_VERSION:  # true == 1 in Python
         raise UnknownVersion(f"envelope version {str(version)[:20]} is not one this terminal reads")
     sender = check_party_id(obj.get("sender"), "envelope sender")
     card = lookup(sender)
     if card is None:
-        raise UnknownSender(f"no pinned card for the sender {sender}; the envelope cannot be trusted")
+        raise UnknownSender(
+            f"no pinned card for the sender {sender}; the envelope cannot be trusted"
+        )
     if dsse.key_id != card.key_id:
         raise InvalidSignature(
             f"the envelope names signing key {dsse.key_id[:16]}…, not the pinned key of {sender}"

@@ -58,10 +58,11 @@ def format_fingerprint(digest: bytes) -> str:
 def normalize_fingerprint(text: str) -> str:
     """Accept a fingerprint with or without spaces; return the grouped form."""
     digits = "".join(text.split())
-    if len(digits) != 60 or not digits.isdigit():
+    if len(digits) != 60 or not (digits.isascii() and digits.isdigit()):
         raise FingerprintMismatch(
             "a fingerprint is 60 digits (12 groups of 5); "
-            f"got {len(digits)} characters{'' if digits.isdigit() else ' with non-digits'}"
+            f"got {len(digits)} characters"
+            f"{'' if digits.isascii() and digits.isdigit() else ' with non-digits'}"
         )
     return " ".join(digits[i : i + 5] for i in range(0, 60, 5))
 
