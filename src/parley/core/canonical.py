@@ -183,9 +183,7 @@ def require_str(obj: Mapping[str, JSONValue], key: str, what: str, *, max_len: i
     return value
 
 
-def require_int(
-    obj: Mapping[str, JSONValue], key: str, what: str, *, minimum: int = 0
-) -> int:
+def require_int(obj: Mapping[str, JSONValue], key: str, what: str, *, minimum: int = 0) -> int:
     value = obj.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise SchemaViolation(f"{what}: {key} must be an integer")

@@ -277,4 +277,8 @@ def verify_cosignature(checkpoint: Checkpoint, note: str | bytes, witness: Ident
         raise InvalidSignature(
             f"the checkpoint {checkpoint.size} lacks a complete cosignature from {witness.party}"
         )
+    if found["ed"] != found["ml"]:
+        raise InvalidSignature(
+            f"the two cosignatures of {witness.party} carry different timestamps"
+        )
     return found["ed"]

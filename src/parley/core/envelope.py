@@ -334,6 +334,13 @@ def open_envelope(
             f"envelope {header.id} from {header.sender} is dated {format_time(header.created_at)}, "
             f"more than {limits.clock_skew} ahead of this terminal's clock ({format_time(now)})"
         )
+    card = lookup(header.sender)
+    if card is not None and not card.valid_at(header.created_at):
+        raise InvalidSignature(
+            f"envelope {header.id} is dated {format_time(header.created_at)}, outside the "
+            f"validity of {header.sender}'s card ({format_time(card.valid_from)} to "
+            f"{format_time(card.valid_until)})"
+        )
     return decrypt_envelope(header, me)
 
 

@@ -28,7 +28,7 @@ from parley.core.canonical import (
     require_str,
 )
 from parley.core.encoding import b64decode, b64encode, check_party_id, format_time, parse_time
-from parley.errors import FingerprintMismatch, InvalidCard, MalformedInput, SchemaViolation
+from parley.errors import FingerprintMismatch, InvalidCard, SchemaViolation, UsageError
 
 __all__ = [
     "CARD_TYPE",
@@ -264,14 +264,17 @@ class Identity:
         ML-DSA's hedged signatures differ but verify), so a reloaded identity
         has the same card bytes and therefore the same fingerprint.
         """
-        check_party_id(party, "party id")
+        try:
+            check_party_id(party, "party id")
+        except SchemaViolation as exc:
+            raise UsageError(str(exc)) from None
         try:
             ed_key = ed25519.Ed25519PrivateKey.from_private_bytes(ed25519_seed)
             ml_key = mldsa.MLDSA65PrivateKey.from_seed_bytes(mldsa65_seed)
             kem_key = mlkem.MLKEM768PrivateKey.from_seed_bytes(mlkem_seed)
             x_key = x25519.X25519PrivateKey.from_private_bytes(x25519_raw)
         except ValueError as exc:
-            raise MalformedInput(f"stored private key material is invalid: {exc}") from None
+            raise UsageError(f"the private key material is invalid: {exc}") from None
         hpke_private = hpke.MLKEM768X25519PrivateKey(kem_key, x_key)
         hpke_public_raw = (
             kem_key.public_key().public_bytes_raw() + x_key.public_key().public_bytes_raw()
@@ -301,8 +304,8 @@ class Identity:
         )
         try:
             public_card = IdentityCard.from_bytes(signed)
-        except SchemaViolation as exc:
-            raise MalformedInput(f"cannot build a card for {party!r}: {exc}") from None
+        except (SchemaViolation, InvalidCard) as exc:
+            raise UsageError(f"cannot build a card for {party!r}: {exc}") from None
         return cls(
             card=public_card,
             ed25519_private=ed_key,

@@ -129,7 +129,8 @@ def read_receipt(data: bytes, lookup: Callable[[str], IdentityCard | None]) -> R
         data, payload_type=RECEIPT_PAYLOAD_TYPE, max_size=MAX_RECEIPT_BYTES, what="receipt"
     )
     obj = require_object(parse_canonical(dsse.payload, what="receipt payload"), "receipt")
-    if obj.get("v") != 1 or obj.get("type") != RECEIPT_TYPE:
+    version = obj.get("v")
+    if type(version) is not int or version != 1 or obj.get("type") != RECEIPT_TYPE:
         raise UnknownVersion("the receipt is not a parley.receipt/v1")
     receiver = check_party_id(obj.get("receiver"), "receipt receiver")
     card = lookup(receiver)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from parley.errors import SchemaViolation
 from parley.merkle import MerkleLog, leaf_hash
 
 __all__ = ["EntryType", "Transcript", "entry_bytes", "split_entry"]
@@ -20,13 +21,18 @@ class EntryType(IntEnum):
     RECEIPT = 2
 
 
+_ENTRY_TYPES = frozenset(int(t) for t in EntryType)
+
+
 def entry_bytes(kind: EntryType, raw: bytes) -> bytes:
     return bytes([kind]) + raw
 
 
 def split_entry(entry: bytes) -> tuple[EntryType, bytes]:
-    if not entry:
-        raise ValueError("empty transcript entry")
+    if not entry or entry[0] not in _ENTRY_TYPES:
+        raise SchemaViolation(
+            "a transcript entry starts with a type byte: 0x01 envelope or 0x02 receipt"
+        )
     return EntryType(entry[0]), entry[1:]
 
 
