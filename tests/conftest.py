@@ -11,8 +11,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from parley.core.identity import Identity, IdentityCard
+
+# Speed belongs in benchmarks, not in tests: no per-example deadline, so a
+# loaded CI machine cannot turn a correct property into a flaky failure.
+settings.register_profile("parley", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("parley")
 
 NOW = datetime(2026, 2, 5, 12, 0, tzinfo=UTC)
 """The fixed time every test runs at unless it moves its own clock."""
