@@ -17,7 +17,6 @@ passphrase *or* a modified file, since the two cannot be distinguished.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import secrets
@@ -124,19 +123,6 @@ def load_identity(path: Path, passphrase: str) -> Identity:
         inner = json.loads(secret)
         card = IdentityCard.from_bytes(inner["card"].encode("utf-8"))
         keys = {k: b64decode(v, k) for k, v in inner["keys"].items()}
-        identity = Identity.from_private_material(
-            party=card.party,
-            name=card.name,
-            valid_from=card.valid_from,
-            valid_until=card.valid_until,
-            version=card.version,
-            ed25519_seed=keys["ed25519"],
-            mldsa65_seed=keys["mldsa65"],
-            mlkem_seed=keys["mlkem768"],
-            x25519_raw=keys["x25519"],
-        )
+        return Identity.from_stored(card, keys)
     except (ValueError, KeyError, TypeError, AttributeError, ParleyError) as exc:
         raise DamagedKeyFile(f"{path} decrypts but its contents are damaged: {exc}") from None
-    if identity.card.card_bytes != card.card_bytes:
-        raise DamagedKeyFile(f"{path} holds keys that do not match its identity card")
-    return dataclasses.replace(identity, card=card)

@@ -13,7 +13,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from parley.errors import SchemaViolation
 
@@ -27,7 +27,6 @@ __all__ = [
     "format_time",
     "parse_time",
     "uuid7",
-    "within_skew",
 ]
 
 Clock = Callable[[], datetime]
@@ -105,7 +104,3 @@ def check_uuid7(value: object, what: str) -> str:
     if str(parsed) != value or parsed.version != 7:
         raise SchemaViolation(f"{what} must be a lowercase UUIDv7, not {value[:40]!r}")
     return value
-
-
-def within_skew(moment: datetime, now: datetime, skew: timedelta) -> bool:
-    return moment <= now + skew

@@ -11,7 +11,9 @@ other over a telephone before either trusts the other's card.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -320,6 +322,31 @@ class Identity:
 
     def sign_mldsa65(self, data: bytes) -> bytes:
         return self.mldsa65_private.sign(data)
+
+    @classmethod
+    def from_stored(cls, card: IdentityCard, material: Mapping[str, bytes]) -> Identity:
+        """Rebuild an identity from its signed card and ``private_material()``.
+
+        The stored card is kept as it is (its ML-DSA self-signature is not
+        reproducible); the keys must be the ones the card names.
+        """
+        try:
+            identity = cls.from_private_material(
+                party=card.party,
+                name=card.name,
+                valid_from=card.valid_from,
+                valid_until=card.valid_until,
+                version=card.version,
+                ed25519_seed=material["ed25519"],
+                mldsa65_seed=material["mldsa65"],
+                mlkem_seed=material["mlkem768"],
+                x25519_raw=material["x25519"],
+            )
+        except KeyError as exc:
+            raise UsageError(f"the private key material lacks the {exc} key") from None
+        if identity.card.card_bytes != card.card_bytes:
+            raise UsageError(f"the private keys do not match the identity card of {card.party}")
+        return dataclasses.replace(identity, card=card)
 
     def private_material(self) -> dict[str, bytes]:
         """The secrets a key file must keep (see ``parley.keyfile``)."""

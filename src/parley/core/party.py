@@ -352,9 +352,26 @@ class Party:
         return out
 
     def send_text(
-        self, to: Sequence[str], text: str, *, operator: str, **kwargs: object
+        self,
+        to: Sequence[str],
+        text: str,
+        *,
+        operator: str,
+        channel: str | None = None,
+        precedence: str = "ROUTINE",
+        exercise: bool = False,
+        lang: str = "en",
     ) -> Outgoing:
-        return self.send(to, kind="text", body={"text": text}, operator=operator, **kwargs)  # type: ignore[arg-type]
+        return self.send(
+            to,
+            kind="text",
+            body={"text": text},
+            operator=operator,
+            channel=channel,
+            precedence=precedence,
+            exercise=exercise,
+            lang=lang,
+        )
 
     def acknowledge(self, envelope_id: str, *, operator: str) -> Outgoing:
         """A human acknowledgement: a signed message naming the operator who read it."""
@@ -387,7 +404,7 @@ class Party:
         rejected it; a rejected envelope leaves no trace in the state.
         """
         now = self.clock()
-        staged: list[tuple[OpenedEnvelope | None, _ReceivedRecord, list[Event]] | RemoteError] = []
+        staged: list[tuple[bool, _ReceivedRecord, list[Event]] | RemoteError] = []
         for data in batch:
             try:
                 staged.append(self._accept(data, now))
@@ -399,7 +416,7 @@ class Party:
             if isinstance(item, RemoteError):
                 results.append(item)
                 continue
-            _opened, record, events = item
+            is_new, record, events = item
             stream = self._inbound[(record.channel, record.sender)]
             receipt = issue_receipt(
                 self.identity,
@@ -414,16 +431,15 @@ class Party:
                 checkpoint=checkpoint,
                 now=now,
             )
-            if _opened is not None:
+            if is_new:
                 # A duplicate is answered again but its new receipt is not logged:
                 # a replay flood must not grow the transcript.
                 self.transcript.append(EntryType.RECEIPT, receipt)
             results.append(ReceiveResult(tuple(events), receipt))
         return results
 
-    def _accept(
-        self, data: bytes, now: datetime
-    ) -> tuple[OpenedEnvelope | None, _ReceivedRecord, list[Event]]:
+    def _accept(self, data: bytes, now: datetime) -> tuple[bool, _ReceivedRecord, list[Event]]:
+        """Check one envelope and record it; return (is it new, its record, events)."""
         opened = open_envelope(
             data, me=self.identity, lookup=self._lookup_peer, now=now, limits=self.limits
         )
@@ -438,7 +454,7 @@ class Party:
                     f"envelope id {header.id} from {header.sender} was already received "
                     "with different bytes"
                 )
-            return None, known, [DuplicateReceived(header.id, header.sender)]
+            return False, known, [DuplicateReceived(header.id, header.sender)]
         members = frozenset({*header.recipients, header.sender})
         known_members = self._channels.get(header.channel)
         if known_members is not None and known_members != members:
@@ -470,7 +486,7 @@ class Party:
         after = stream.missing()
         if after and after != before:
             events.append(GapDetected(header.channel, header.sender, after))
-        return opened, record, events
+        return True, record, events
 
     def _check_ack(self, opened: OpenedEnvelope) -> AckReceived:
         ack = opened.content.body["ack"]
@@ -547,14 +563,6 @@ class Party:
 
     def acks_for(self, envelope_id: str) -> dict[str, str]:
         return dict(self._sent[envelope_id].acks)
-
-    def unreceipted(self, receiver: str) -> list[Outgoing]:
-        """Envelopes sent to ``receiver`` that it has not yet receipted."""
-        return [
-            r.outgoing
-            for r in self._sent.values()
-            if receiver in r.outgoing.recipients and receiver not in r.receipts
-        ]
 
     def envelopes_since(self, channel: str, after_seq: int, *, for_party: str) -> list[bytes]:
         """Catch-up: the envelopes this party sent on ``channel`` after ``after_seq``."""
