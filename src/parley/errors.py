@@ -48,6 +48,8 @@ may be our own: a failed proof says the record is wrong, not who wrote it.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BodyTooLarge",
     "CheckpointRejected",
@@ -91,6 +93,11 @@ class ParleyError(Exception):
 
     #: Who broke the rule, for operators: "us", "peer" or "record".
     culprit = "us"
+
+    @property
+    def code(self) -> str:
+        """A machine-readable code: the class name in snake case (``invalid_signature``)."""
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
 
     def diagnostics(self) -> str:
         """A short explanation suitable for the CLI or the console."""

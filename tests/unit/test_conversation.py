@@ -302,3 +302,11 @@ def test_a_restarted_party_rebuilt_from_its_transcript_carries_on() -> None:
     assert nxt.seq == 5
     again.deliver(nxt, a)
     assert again.witness_both()[0] > 0
+
+
+def test_a_log_first_witnessed_empty_can_then_grow() -> None:
+    """A witness that cosigned an empty log needs no proof to cosign its growth."""
+    pair = PartyPair.create()
+    assert pair.witness(pair.a) == 0
+    pair.deliver(pair.a.send_text(["RU-GS"], "m", operator="o"), pair.a)
+    assert pair.witness(pair.a) == pair.a.transcript.size

@@ -552,6 +552,23 @@ class Party:
         self._receipted_through[key] = max(self._receipted_through.get(key, 0), receipt.through_seq)
         return ReceiptAccepted(receipt)
 
+    def held_through(self, channel: str, sender: str) -> tuple[int, tuple[int, ...]]:
+        """What this party holds from ``sender`` on ``channel``: (contiguous, missing)."""
+        stream = self._inbound.get((channel, sender))
+        if stream is None:
+            return 0, ()
+        return stream.contiguous, stream.missing()
+
+    def received_digest(self, envelope_id: str) -> str | None:
+        """Hex SHA-256 of a received envelope's bytes (how an ack names it)."""
+        record = self._received.get(envelope_id)
+        return record.digest if record else None
+
+    @property
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint this party signed, if any."""
+        return self._latest
+
     def receipted_through(self, channel: str, receiver: str) -> int:
         return self._receipted_through.get((channel, receiver), 0)
 
@@ -693,6 +710,8 @@ class Party:
                     new,
                 )
             return
+        if old.size == 0:
+            return  # the empty log is a prefix of every log (RFC 9162 has no proof for it)
         proof = proofs.get(old.size)
         if proof is None:
             if required:

@@ -1,0 +1,196 @@
+"""A terminal's data directory and its TOML configuration.
+
+``DIR/parley.toml`` holds everything an operator may tune; the other files
+of the directory are written by Parley itself:
+
+==================  =====================================================
+``parley.toml``     configuration (this module)
+``identity.key``    private keys, encrypted with the passphrase (0600)
+``card.json``       the public card and TLS certificate, to give to peers
+``console.token``   the bearer token of the operator API (0600)
+``parley.db``       the SQLite database (unless ``database`` says otherwise)
+``parley.log``      JSON log lines, one per event
+``serve.lock``      held by the running ``parley serve``
+==================  =====================================================
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from parley.errors import UsageError
+
+__all__ = [
+    "DEFAULT_ACK_DEADLINES",
+    "Config",
+    "DataDir",
+    "parse_hostport",
+]
+
+DEFAULT_ACK_DEADLINES = {
+    "FLASH": 600,
+    "IMMEDIATE": 1800,
+    "PRIORITY": 3 * 3600,
+    "ROUTINE": 6 * 3600,
+}
+"""Human acknowledgement targets per precedence, in seconds."""
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{what} must be HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+@dataclass(slots=True)
+class Config:
+    party: str
+    name: str
+    database: str
+    peer_listen: str = "0.0.0.0:7443"
+    console_listen: str = "127.0.0.1:7080"
+    link_test_interval: float = 3600.0
+    link_timeout: float = 10.0
+    alarm_command: list[str] = field(default_factory=list)
+    ack_deadlines: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_ACK_DEADLINES))
+    max_clock_skew: float = 600.0
+
+    def ack_deadline(self, precedence: str) -> timedelta:
+        return timedelta(
+            seconds=self.ack_deadlines.get(precedence, DEFAULT_ACK_DEADLINES["ROUTINE"])
+        )
+
+    def to_toml(self) -> str:
+        data: dict[str, Any] = {
+            "party": self.party,
+            "name": self.name,
+            "database": self.database,
+            "peer": {"listen": self.peer_listen},
+            "console": {"listen": self.console_listen},
+            "links": {"test_interval": self.link_test_interval, "timeout": self.link_timeout},
+            "alarms": {"command": self.alarm_command},
+            "ack_deadlines": self.ack_deadlines,
+            "protocol": {"max_clock_skew": self.max_clock_skew},
+        }
+        header = (
+            "# Parley terminal configuration. Times are in seconds.\n"
+            "# links.test_interval: how often each link is tested (3600 = hourly).\n"
+            "# alarms.command: a program (and arguments) run for each alarm, with the\n"
+            "#   alarm as JSON on its standard input; [] for none.\n"
+        )
+        return header + tomli_w.dumps(data)
+
+    @classmethod
+    def from_toml(cls, text: str, source: str) -> Config:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{source} is not valid TOML: {exc}") from None
+        try:
+            deadlines = dict(DEFAULT_ACK_DEADLINES)
+            deadlines.update({str(k): int(v) for k, v in data.get("ack_deadlines", {}).items()})
+            command = data.get("alarms", {}).get("command", [])
+            if isinstance(command, str):
+                command = [command] if command else []
+            return cls(
+                party=str(data["party"]),
+                name=str(data["name"]),
+                database=str(data["database"]),
+                peer_listen=str(data.get("peer", {}).get("listen", "0.0.0.0:7443")),
+                console_listen=str(data.get("console", {}).get("listen", "127.0.0.1:7080")),
+                link_test_interval=float(data.get("links", {}).get("test_interval", 3600)),
+                link_timeout=float(data.get("links", {}).get("timeout", 10)),
+                alarm_command=[str(c) for c in command],
+                ack_deadlines=deadlines,
+                max_clock_skew=float(data.get("protocol", {}).get("max_clock_skew", 600)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(f"{source}: missing or invalid setting {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DataDir:
+    """The files of one terminal's data directory."""
+
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "parley.toml"
+
+    @property
+    def key_file(self) -> Path:
+        return self.path / "identity.key"
+
+    @property
+    def card_file(self) -> Path:
+        return self.path / "card.json"
+
+    @property
+    def token_file(self) -> Path:
+        return self.path / "console.token"
+
+    @property
+    def sqlite_file(self) -> Path:
+        return self.path / "parley.db"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "parley.log"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "serve.lock"
+
+    def exists(self) -> bool:
+        return self.config_file.exists()
+
+    def require(self) -> None:
+        if not self.config_file.exists():
+            raise UsageError(
+                f"{self.path} is not a Parley data directory (no parley.toml); "
+                "create one with `parley --data DIR init`"
+            )
+
+    def load_config(self) -> Config:
+        self.require()
+        return Config.from_toml(self.config_file.read_text("utf-8"), str(self.config_file))
+
+    def save_config(self, config: Config) -> None:
+        write_private(self.config_file, config.to_toml().encode(), mode=0o644)
+
+    def new_token(self) -> str:
+        token = secrets.token_urlsafe(32)
+        write_private(self.token_file, token.encode() + b"\n")
+        return token
+
+    def read_token(self) -> str:
+        try:
+            return self.token_file.read_text("ascii").strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the console token {self.token_file}: {exc}") from None
+
+
+def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` atomically to ``path`` with ``mode`` (owner-only by default)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,190 @@
+"""The console listener's JSON operator API (``/api/v1``), used by the CLI.
+
+Bound to localhost by default. Every request must carry the bearer token
+kept in ``DIR/console.token`` (mode 0600): whoever can read the data
+directory is an operator of this terminal. The operator's name travels in
+the ``X-Parley-Operator`` header and is recorded with each message sent.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from parley.core.canonical import JSONValue
+from parley.errors import LocalError, ParleyError
+from parley.service.audit import audit
+from parley.service.terminal import CardBundle, Terminal
+
+__all__ = ["create_console_app"]
+
+
+class SendRequest(BaseModel):
+    to: list[str] = Field(min_length=1)
+    channel: str | None = None
+    precedence: Literal["FLASH", "IMMEDIATE", "PRIORITY", "ROUTINE"] = "ROUTINE"
+    exercise: bool = False
+    text: str | None = None
+    form: str | None = None
+    data: dict[str, Any] | None = None
+    lang: str = "en"
+
+
+class PeerRequest(BaseModel):
+    card: dict[str, Any]
+    fingerprint: str
+    links: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class ChannelRequest(BaseModel):
+    name: str
+    members: list[str] = Field(min_length=1)
+
+
+def build_body(
+    text: str | None, form: str | None, data: dict[str, Any] | None
+) -> tuple[str, dict[str, JSONValue]]:
+    """The envelope kind and content body for free text or a form."""
+    from parley.errors import UsageError
+
+    if (text is None) == (form is None):
+        raise UsageError("give either a text or a form (with its data), not both")
+    if text is not None:
+        if not text.strip():
+            raise UsageError("the message text is empty")
+        return "text", {"text": text}
+    if data is None:
+        raise UsageError(f"form {form} needs its data")
+    return "form", {"form": {"name": str(form), "data": data}}
+
+
+def _operator(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_parley_operator: Annotated[str | None, Header()] = None,
+) -> str:
+    """Authenticate the caller by the console token; return the operator's name."""
+    token: str = request.app.state.token
+    supplied = (authorization or "").removeprefix("Bearer ").strip()
+    if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
+        raise HTTPException(401, {"error": "unauthorized", "message": "bad or missing token"})
+    return (x_parley_operator or "operator")[:100]
+
+
+Operator = Annotated[str, Depends(_operator)]
+
+
+def create_console_app(terminal: Terminal, token: str) -> FastAPI:
+    app = FastAPI(
+        title=f"Parley operator API ({terminal.me})",
+        version="v1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
+
+    app.state.token = token
+
+    @app.exception_handler(ParleyError)
+    async def parley_error(request: Request, exc: ParleyError) -> JSONResponse:
+        status = 400 if isinstance(exc, LocalError) else 422
+        return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status)
+
+    @app.get("/api/v1/status")
+    async def status(op: Operator) -> dict[str, Any]:
+        return await run_in_threadpool(terminal.status)
+
+    @app.post("/api/v1/messages")
+    async def send(op: Operator, req: SendRequest) -> dict[str, Any]:
+        kind, body = build_body(req.text, req.form, req.data)
+        return await run_in_threadpool(
+            lambda: terminal.send(
+                req.to,
+                kind=kind,
+                body=body,
+                operator=op,
+                channel=req.channel,
+                precedence=req.precedence,
+                exercise=req.exercise,
+                lang=req.lang,
+            )
+        )
+
+    @app.get("/api/v1/inbox")
+    async def inbox(op: Operator, all: bool = False) -> list[dict[str, Any]]:
+        return await run_in_threadpool(lambda: terminal.messages("in", all_kinds=all))
+
+    @app.get("/api/v1/outbox")
+    async def outbox(op: Operator, all: bool = False) -> list[dict[str, Any]]:
+        return await run_in_threadpool(lambda: terminal.messages("out", all_kinds=all))
+
+    @app.get("/api/v1/messages/{envelope_id}")
+    async def show(op: Operator, envelope_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(terminal.show, envelope_id)
+
+    @app.post("/api/v1/messages/{envelope_id}/ack")
+    async def ack(op: Operator, envelope_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: terminal.acknowledge(envelope_id, operator=op))
+
+    @app.get("/api/v1/links")
+    async def links(op: Operator) -> list[dict[str, Any]]:
+        return await run_in_threadpool(terminal.links)
+
+    @app.post("/api/v1/links/test")
+    async def test_links(op: Operator, request: Request) -> dict[str, Any]:
+        worker = getattr(request.app.state, "worker", None)
+        if worker is None:
+            raise HTTPException(409, {"error": "not_serving", "message": "no delivery worker"})
+        await worker.test_links()
+        return {"queued": len(terminal.links())}
+
+    @app.get("/api/v1/alarms")
+    async def alarms(op: Operator) -> list[dict[str, Any]]:
+        return await run_in_threadpool(terminal.alarms)
+
+    @app.get("/api/v1/security-events")
+    async def security_events(op: Operator) -> list[dict[str, Any]]:
+        return await run_in_threadpool(terminal.security_events)
+
+    @app.get("/api/v1/peers")
+    async def peers(op: Operator) -> list[dict[str, Any]]:
+        return await run_in_threadpool(terminal.peers)
+
+    @app.post("/api/v1/peers")
+    async def add_peer(op: Operator, req: PeerRequest, request: Request) -> dict[str, Any]:
+        import json
+
+        bundle = CardBundle.from_json(json.dumps(req.card).encode())
+        card = await run_in_threadpool(
+            lambda: terminal.add_peer(bundle, req.fingerprint, req.links)
+        )
+        hook = getattr(request.app.state, "on_peer_added", None)
+        if hook is not None:
+            hook(card.party)
+        return {"party": card.party, "fingerprint": card.fingerprint}
+
+    @app.get("/api/v1/channels")
+    async def channels(op: Operator) -> list[dict[str, Any]]:
+        return await run_in_threadpool(terminal.channels)
+
+    @app.post("/api/v1/channels")
+    async def create_channel(op: Operator, req: ChannelRequest) -> dict[str, Any]:
+        return await run_in_threadpool(
+            lambda: terminal.create_channel(req.name, req.members, operator=op)
+        )
+
+    @app.post("/api/v1/channels/{name}/agree")
+    async def agree_channel(op: Operator, name: str) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: terminal.agree_channel(name, operator=op))
+
+    @app.post("/api/v1/verify")
+    async def verify(op: Operator) -> dict[str, Any]:
+        report = await run_in_threadpool(lambda: audit(terminal.engine, terminal.identity.card))
+        return report.summary()
+
+    return app

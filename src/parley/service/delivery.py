@@ -1,0 +1,393 @@
+"""The delivery worker: outbox, links, retries, failover, link tests, witnessing.
+
+One task per peer drains that peer's outbox in precedence order:
+
+* FLASH and IMMEDIATE go over every link that is not down, at once; the first
+  receipt wins (the receiver deduplicates, and answers the others with the
+  same cumulative receipt);
+* PRIORITY and ROUTINE go over the best link (up before degraded, then the
+  lowest round-trip time) and fail over to the next;
+* a delivery that fails on every link is retried after an exponential
+  backoff with full jitter, capped per precedence (FLASH retries within 2 s).
+
+After traffic with a peer, the worker asks it for a checkpoint and cosigns
+it, and hands it this terminal's own cosignature request in turn, so every
+transcript is witnessed along with the traffic. Each link is tested on a
+schedule with a ``test`` message; gaps reported by the core are filled from
+the sender's catch-up endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import structlog
+from starlette.concurrency import run_in_threadpool
+
+from parley.errors import ParleyError, RemoteError, VerificationError
+from parley.service import tls
+from parley.service.terminal import Terminal
+
+__all__ = ["BACKOFF_CAP", "DeliveryWorker", "backoff"]
+
+log = structlog.get_logger("parley.delivery")
+
+BACKOFF_BASE = 0.25
+BACKOFF_CAP = {"FLASH": 2.0, "IMMEDIATE": 5.0, "PRIORITY": 30.0, "ROUTINE": 60.0}
+STATE_RANK = {"up": 0, "unknown": 1, "degraded": 2, "down": 3}
+WITNESS_EVERY = 2.0  # seconds between checkpoint rounds with a busy peer
+
+
+def backoff(attempts: int, precedence: str, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**attempts))."""
+    cap = BACKOFF_CAP.get(precedence, 60.0)
+    return rng.uniform(0.0, min(cap, BACKOFF_BASE * 2 ** min(attempts, 20)))
+
+
+class LinkFailed(Exception):
+    """A link could not carry a request (transport error or 5xx)."""
+
+
+class Rejected(Exception):
+    """The peer answered with a 4xx: retrying the same bytes will not help soon."""
+
+
+@dataclass(slots=True)
+class Link:
+    peer: str
+    name: str
+    url: str
+    state: str
+    rtt_ms: float | None
+
+
+class DeliveryWorker:
+    def __init__(self, terminal: Terminal, *, rng: random.Random | None = None) -> None:
+        self.terminal = terminal
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self.wake = asyncio.Event()
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._peer_events: dict[str, asyncio.Event] = {}
+        self._last_witness: dict[str, float] = {}
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # Lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.terminal.on_outbox = self.notify
+        self._tasks.append(asyncio.create_task(self._supervise(), name="delivery-supervisor"))
+
+    def notify(self) -> None:
+        """Thread-safe: there is new work in the outbox."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        self.wake.set()
+        for event in self._peer_events.values():
+            event.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake_all()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    async def _supervise(self) -> None:
+        running: dict[str, asyncio.Task[None]] = {}
+        tests = asyncio.create_task(self._link_tests(), name="link-tests")
+        deadlines = asyncio.create_task(self._deadlines(), name="ack-deadlines")
+        self._tasks.extend([tests, deadlines])
+        while not self._stopping:
+            for peer in self.terminal.party.peers:
+                if peer not in running or running[peer].done():
+                    self._peer_events.setdefault(peer, asyncio.Event()).set()
+                    running[peer] = asyncio.create_task(self._peer_loop(peer), name=f"peer-{peer}")
+                    self._tasks.append(running[peer])
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=5.0)
+
+    # HTTP ---------------------------------------------------------------------
+
+    def _client(self, peer: str) -> httpx.AsyncClient:
+        client = self._clients.get(peer)
+        if client is None:
+            cert = self.terminal.peer_certificates[peer]
+            context = tls.client_context(self.terminal.identity, cert)
+            timeout = httpx.Timeout(self.terminal.config.link_timeout)
+            client = httpx.AsyncClient(verify=context, timeout=timeout, http2=False)
+            self._clients[peer] = client
+        return client
+
+    def _links(self, peer: str) -> list[Link]:
+        links = [
+            Link(item["peer"], item["name"], item["url"], item["state"], item["rtt_ms"])
+            for item in self.terminal.links()
+            if item["peer"] == peer
+        ]
+        links.sort(key=lambda li: (STATE_RANK.get(li.state, 9), li.rtt_ms or 1e9))
+        return links
+
+    async def _request(
+        self,
+        link: Link,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> bytes:
+        client = self._client(link.peer)
+        started = time.perf_counter()
+        try:
+            response = await client.request(
+                method,
+                link.url.rstrip("/") + path,
+                content=content,
+                params=params,
+                headers={"content-type": content_type} if content is not None else None,
+            )
+        except (httpx.HTTPError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}".strip(": ")
+            await run_in_threadpool(
+                self.terminal.record_link, link.peer, link.name, ok=False, error=error
+            )
+            raise LinkFailed(error) from None
+        rtt = (time.perf_counter() - started) * 1000
+        if response.status_code >= 500:
+            error = f"HTTP {response.status_code}"
+            await run_in_threadpool(
+                self.terminal.record_link, link.peer, link.name, ok=False, error=error
+            )
+            raise LinkFailed(error)
+        await run_in_threadpool(
+            self.terminal.record_link, link.peer, link.name, ok=True, rtt_ms=rtt
+        )
+        if response.status_code >= 400:
+            raise Rejected(f"HTTP {response.status_code}: {response.text[:300]}")
+        return response.content
+
+    # Per-peer delivery -------------------------------------------------------
+
+    async def _peer_loop(self, peer: str) -> None:
+        event = self._peer_events.setdefault(peer, asyncio.Event())
+        while not self._stopping:
+            event.clear()
+            try:
+                worked = await self._drain(peer)
+                await self._catch_up(peer)
+                if worked or time.monotonic() - self._last_witness.get(peer, 0) > 60:
+                    await self._witness(peer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery_loop_error", peer=peer)
+                await asyncio.sleep(1.0)
+            due = await run_in_threadpool(self.terminal.next_due, peer)
+            wait = 5.0
+            if due is not None:
+                wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=wait)
+
+    async def _drain(self, peer: str) -> bool:
+        worked = False
+        while not self._stopping:
+            batch = await run_in_threadpool(self.terminal.due_deliveries, peer, 32)
+            if not batch:
+                return worked
+            worked = True
+            urgent = [item for item in batch if item["precedence"] in ("FLASH", "IMMEDIATE")]
+            rest = [item for item in batch if item not in urgent]
+            if urgent:
+                await asyncio.gather(*(self._deliver(item) for item in urgent))
+            for item in rest:
+                await self._deliver(item)
+        return worked
+
+    async def _deliver(self, item: dict[str, Any]) -> bool:
+        peer = item["peer"]
+        links = self._links(peer)
+        if item["via"]:
+            links = [li for li in links if li.name == item["via"]]
+        if not links:
+            await self._failed(item, f"no link to {peer}")
+            return False
+        errors: list[str] = []
+        if item["precedence"] in ("FLASH", "IMMEDIATE") and not item["via"]:
+            usable = [li for li in links if li.state != "down"] or links
+            tasks = [asyncio.create_task(self._post(li, item)) for li in usable]
+            try:
+                for next_done in asyncio.as_completed(tasks):
+                    try:
+                        await next_done
+                        return True
+                    except (LinkFailed, Rejected, ParleyError) as exc:
+                        errors.append(str(exc))
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        else:
+            for link in links:
+                try:
+                    await self._post(link, item)
+                    return True
+                except (LinkFailed, Rejected, ParleyError) as exc:
+                    errors.append(f"{link.name}: {exc}")
+        await self._failed(item, "; ".join(errors)[:500] or "failed")
+        return False
+
+    async def _post(self, link: Link, item: dict[str, Any]) -> None:
+        receipt = await self._request(link, "POST", "/v1/envelopes", content=item["raw"])
+        try:
+            await run_in_threadpool(
+                self.terminal.receive_receipt, receipt, peer=link.peer, link=link.name
+            )
+        except (RemoteError, VerificationError) as exc:
+            await run_in_threadpool(
+                self.terminal.record_security_event,
+                endpoint="receipt",
+                remote=link.url,
+                tls_party=link.peer,
+                error=exc,
+            )
+            raise
+        if item["via"]:
+            await run_in_threadpool(
+                self.terminal.record_link,
+                link.peer,
+                link.name,
+                ok=True,
+                test=True,
+                rtt_ms=self._links_rtt(link),
+            )
+        log.debug("delivered", id=item["envelope_id"], peer=link.peer, link=link.name)
+
+    def _links_rtt(self, link: Link) -> float | None:
+        for item in self.terminal.links():
+            if item["peer"] == link.peer and item["name"] == link.name:
+                rtt = item["rtt_ms"]
+                return float(rtt) if rtt is not None else None
+        return None
+
+    async def _failed(self, item: dict[str, Any], error: str) -> None:
+        delay = backoff(item["attempts"], item["precedence"], self.rng)
+        retry_at = self.terminal.clock() + timedelta(seconds=delay)
+        await run_in_threadpool(
+            self.terminal.delivery_failed, item["envelope_id"], item["peer"], error, retry_at
+        )
+        if item["via"]:
+            await run_in_threadpool(
+                self.terminal.record_link,
+                item["peer"],
+                item["via"],
+                ok=False,
+                error=error,
+                test=True,
+            )
+        log.info(
+            "delivery_failed",
+            id=item["envelope_id"],
+            peer=item["peer"],
+            attempts=item["attempts"] + 1,
+            retry_in_s=round(delay, 3),
+            error=error[:200],
+        )
+
+    # Catch-up and witnessing ----------------------------------------------------
+
+    async def _any_link(self, peer: str, method: str, path: str, **kwargs: Any) -> bytes:
+        errors = []
+        for link in self._links(peer):
+            try:
+                return await self._request(link, method, path, **kwargs)
+            except (LinkFailed, Rejected) as exc:
+                errors.append(f"{link.name}: {exc}")
+        raise LinkFailed("; ".join(errors) or f"no link to {peer}")
+
+    async def _catch_up(self, peer: str) -> None:
+        gaps = [(key, after) for key, after in list(self.terminal.gaps.items()) if key[1] == peer]
+        for (channel, sender), after in gaps:
+            try:
+                data = await self._any_link(
+                    peer, "GET", "/v1/catch-up", params={"channel": channel, "after": after}
+                )
+                got = await run_in_threadpool(self.terminal.apply_catch_up, sender, data)
+                log.info("caught_up", peer=peer, channel=channel, after=after, received=len(got))
+            except (LinkFailed, ParleyError) as exc:
+                log.info("catch_up_failed", peer=peer, channel=channel, error=str(exc)[:200])
+
+    async def _witness(self, peer: str) -> None:
+        """Cosign the peer's latest checkpoint, and have it cosign ours."""
+        now = time.monotonic()
+        if now - self._last_witness.get(peer, 0) < WITNESS_EVERY:
+            return
+        self._last_witness[peer] = now
+        try:
+            request = await run_in_threadpool(self.terminal.checkpoint_request, peer)
+            offer = await self._any_link(peer, "POST", "/v1/checkpoint-offers", content=request)
+            cosigned = await run_in_threadpool(self.terminal.witness, peer, offer)
+            # Our cosignature travels back to the log owner.
+            await self._any_link(
+                peer, "POST", "/v1/cosignatures", content=cosigned, content_type="text/plain"
+            )
+        except (LinkFailed, ParleyError) as exc:
+            log.info("witness_round_failed", peer=peer, error=str(exc)[:300])
+
+    # Schedules ------------------------------------------------------------------
+
+    async def _link_tests(self) -> None:
+        interval = max(1.0, self.terminal.config.link_test_interval)
+        await asyncio.sleep(min(interval, 2.0))
+        while not self._stopping:
+            await self.test_links()
+            await asyncio.sleep(interval)
+
+    async def test_links(self, peers: Sequence[str] | None = None) -> None:
+        """Queue one ``test`` message per link (each pinned to its link)."""
+        for item in await run_in_threadpool(self.terminal.links):
+            if peers is not None and item["peer"] not in peers:
+                continue
+            try:
+                await run_in_threadpool(self._queue_test, item["peer"], item["name"])
+            except ParleyError as exc:
+                log.warning("link_test_not_queued", peer=item["peer"], error=str(exc))
+
+    def _queue_test(self, peer: str, link: str) -> None:
+        self.terminal.send(
+            [peer],
+            kind="test",
+            body={"test": {"link": link}},
+            operator="link-test",
+            precedence="ROUTINE",
+            via=link,
+        )
+
+    async def _deadlines(self) -> None:
+        while not self._stopping:
+            try:
+                await run_in_threadpool(self.terminal.check_deadlines)
+            except Exception:
+                log.exception("deadline_check_failed")
+            await asyncio.sleep(5.0)

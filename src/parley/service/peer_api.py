@@ -1,0 +1,228 @@
+"""The peer listener's API (``/v1``), served over mutual TLS to pinned peers only.
+
+Every handler reads the raw body (bounded), hands the bytes to the core,
+which verifies signatures before it trusts any field, and only then stores
+anything. A rejected request gets a 4xx with a machine-readable ``error``
+code, is recorded as a security event, and leaves nothing else behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from parley.errors import (
+    BodyTooLarge,
+    CheckpointRejected,
+    NotARecipient,
+    ParleyError,
+    RemoteError,
+    ReplayedEnvelope,
+    SchemaViolation,
+    UnknownPeer,
+    UnknownSender,
+    VerificationError,
+)
+from parley.service.terminal import Terminal
+
+__all__ = ["STATUS_FOR", "create_peer_app", "error_response"]
+
+API_VERSION = "v1"
+JSON = "application/json"
+
+STATUS_FOR: list[tuple[type[ParleyError], int]] = [
+    (BodyTooLarge, 413),
+    (UnknownSender, 403),
+    (UnknownPeer, 403),
+    (NotARecipient, 403),
+    (ReplayedEnvelope, 409),
+    (CheckpointRejected, 409),
+]
+
+ERROR_SCHEMA = {
+    "description": "The request was refused; nothing was stored but a security event.",
+    "content": {
+        JSON: {
+            "schema": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {
+                    "error": {"type": "string", "description": "machine-readable error code"},
+                    "message": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: ERROR_SCHEMA,
+    403: ERROR_SCHEMA,
+    409: ERROR_SCHEMA,
+    413: ERROR_SCHEMA,
+}
+
+
+def error_response(exc: ParleyError) -> JSONResponse:
+    status = 400
+    for cls, code in STATUS_FOR:
+        if isinstance(exc, cls):
+            status = code
+            break
+    return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge(f"the request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_peer_app(
+    terminal: Terminal, tls_party_of: Callable[[Request], str | None] = lambda r: None
+) -> FastAPI:
+    """The ASGI application of the peer listener.
+
+    ``tls_party_of`` names the pinned peer whose client certificate the TLS
+    connection presented (the server supplies it).
+    """
+    app = FastAPI(
+        title=f"Parley peer API ({terminal.me})",
+        version=API_VERSION,
+        description=(
+            "Terminal-to-terminal API. Reached only over TLS 1.3 with a client "
+            "certificate pinned by this terminal. Bodies are Parley's canonical JSON "
+            "objects (envelopes, receipts, checkpoint notes), verified before they are "
+            "parsed."
+        ),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=f"/{API_VERSION}/openapi.json",
+    )
+    limit = terminal.limits.max_body_bytes + 64 * 1024
+
+    async def guarded(
+        request: Request, endpoint: str, work: Callable[[str | None], Awaitable[Response]]
+    ) -> Response:
+        party = tls_party_of(request)
+        remote = f"{request.client.host}:{request.client.port}" if request.client else "?"
+        try:
+            return await work(party)
+        except (RemoteError, VerificationError) as exc:
+            await run_in_threadpool(
+                terminal.record_security_event,
+                endpoint=endpoint,
+                remote=remote,
+                tls_party=party,
+                error=exc,
+            )
+            return error_response(exc)
+        except UnknownPeer as exc:
+            await run_in_threadpool(
+                terminal.record_security_event,
+                endpoint=endpoint,
+                remote=remote,
+                tls_party=party,
+                error=exc,
+            )
+            return error_response(exc)
+
+    @app.post(
+        f"/{API_VERSION}/envelopes",
+        summary="Deliver one envelope; the answer is the receiver's signed receipt",
+        response_class=Response,
+        responses={
+            200: {"description": "signed receipt (canonical JSON)", "content": {JSON: {}}},
+            **ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": {"type": "object"}}},
+                "description": "a signed, encrypted envelope (DSSE, canonical JSON)",
+            }
+        },
+    )
+    async def post_envelope(request: Request) -> Response:
+        async def work(party: str | None) -> Response:
+            raw = await read_body(request, limit)
+            receipt = await run_in_threadpool(terminal.receive_envelope, raw, tls_party=party)
+            return Response(receipt, media_type=JSON)
+
+        return await guarded(request, "envelopes", work)
+
+    @app.get(
+        f"/{API_VERSION}/catch-up",
+        summary="Envelopes this terminal sent on a channel after a sequence number, with proofs",
+        response_class=Response,
+        responses={200: {"description": "catch-up answer", "content": {JSON: {}}}, **ERRORS},
+    )
+    async def catch_up(
+        request: Request,
+        channel: Annotated[str, Query(max_length=63, pattern=r"^[A-Z0-9][A-Z0-9._-]{0,62}$")],
+        after: Annotated[int, Query(ge=0, le=2**53)],
+    ) -> Response:
+        async def work(party: str | None) -> Response:
+            if party is None:
+                raise UnknownSender("catch-up needs the caller's pinned client certificate")
+            data = await run_in_threadpool(terminal.catch_up, channel, after, for_party=party)
+            return Response(data, media_type=JSON)
+
+        return await guarded(request, "catch-up", work)
+
+    @app.post(
+        f"/{API_VERSION}/checkpoint-offers",
+        summary="Ask for a fresh checkpoint with consistency proofs (the witness's request)",
+        response_class=Response,
+        responses={200: {"description": "checkpoint offer", "content": {JSON: {}}}, **ERRORS},
+        openapi_extra={
+            "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}}}}
+        },
+    )
+    async def checkpoint_offer(request: Request) -> Response:
+        async def work(party: str | None) -> Response:
+            raw = await read_body(request, 8192)
+            offer = await run_in_threadpool(terminal.offer_checkpoint, raw)
+            return Response(offer, media_type=JSON)
+
+        return await guarded(request, "checkpoint-offers", work)
+
+    @app.post(
+        f"/{API_VERSION}/cosignatures",
+        summary="Hand over a cosignature on one of this terminal's checkpoints",
+        responses={200: {"description": "accepted"}, **ERRORS},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def cosignature(request: Request) -> Response:
+        async def work(party: str | None) -> Response:
+            raw = await read_body(request, 65536)
+            result = await run_in_threadpool(terminal.accept_cosignature, raw, tls_party=party)
+            return JSONResponse(result)
+
+        return await guarded(request, "cosignatures", work)
+
+    @app.get(f"/{API_VERSION}/health", summary="Liveness: the terminal's party id")
+    async def health(request: Request) -> dict[str, str]:
+        return {"party": terminal.me, "status": "up"}
+
+    @app.exception_handler(SchemaViolation)
+    async def schema_violation(request: Request, exc: SchemaViolation) -> JSONResponse:
+        return error_response(exc)
+
+    return app

@@ -1,0 +1,291 @@
+"""``parley serve``: both listeners and the delivery worker in one process.
+
+* the peer listener: HTTPS, TLS 1.3 only, client certificates required and
+  pinned (``parley.service.tls``); the connection's pinned peer is known to
+  the handlers;
+* the console listener: plain HTTP on localhost for the operator API;
+* the delivery worker (``parley.service.delivery``).
+
+SIGINT and SIGTERM stop accepting connections, let requests in flight
+finish, stop the worker (a message not yet receipted simply stays in the
+outbox) and exit 0. While it runs, ``DIR/serve.lock`` is held and
+``DIR/serve.json`` names the addresses actually bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+import uvicorn
+from fastapi import Request
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from parley.config import DataDir, parse_hostport
+from parley.errors import UsageError
+from parley.service import tls
+from parley.service.console_api import create_console_app
+from parley.service.delivery import DeliveryWorker
+from parley.service.peer_api import create_peer_app
+from parley.service.terminal import Terminal
+
+__all__ = ["ServeLock", "configure_logging", "run", "serve"]
+
+log = structlog.get_logger("parley.server")
+
+
+class ServeLock:
+    """An exclusive lock on ``DIR/serve.lock``: one process owns a terminal's state."""
+
+    def __init__(self, data: DataDir) -> None:
+        self.path = data.lock_file
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        handle = open(self.path, "a+")  # noqa: SIM115 - held for the lock's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    @staticmethod
+    def held(data: DataDir) -> bool:
+        lock = ServeLock(data)
+        if lock.acquire():
+            lock.release()
+            return False
+        return True
+
+
+class _Tee:
+    def __init__(self, *streams: IO[str]) -> None:
+        self.streams = streams
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            for stream in self.streams:
+                stream.write(text)
+                stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def configure_logging(log_file: Path | None, *, stderr: bool = True) -> None:
+    """JSON log lines to ``log_file`` (and stderr)."""
+    import sys
+
+    streams: list[IO[str]] = []
+    if log_file is not None:
+        streams.append(open(log_file, "a", encoding="utf-8"))  # noqa: SIM115
+    if stderr:
+        streams.append(sys.stderr)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=_Tee(*streams)),  # type: ignore[arg-type]
+        cache_logger_on_first_use=True,
+    )
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to ``parley serve``."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(hostport: str, what: str) -> socket.socket:
+    host, port = parse_hostport(hostport, what)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {hostport} for the {what}: {exc}") from None
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - naming a wildcard bind, not binding
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+def _peer_protocol(terminal: Terminal, registry: dict[tuple[str, int], str]) -> type[H11Protocol]:
+    """An HTTP protocol that records which pinned peer each TLS connection belongs to."""
+
+    class PeerProtocol(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            peername = transport.get_extra_info("peername")
+            if ssl_object is None or peername is None:
+                return
+            der = ssl_object.getpeercert(binary_form=True)
+            for party, pem in terminal.peer_certificates.items():
+                if der is not None and tls.certificate_der(pem) == der:
+                    registry[(peername[0], peername[1])] = party
+                    break
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            peername = self.transport.get_extra_info("peername") if self.transport else None
+            if peername is not None:
+                registry.pop((peername[0], peername[1]), None)
+            super().connection_lost(exc)
+
+    return PeerProtocol
+
+
+def _run_alarm_command(command: list[str], alarm: dict[str, Any]) -> None:
+    def run() -> None:
+        try:
+            subprocess.run(  # noqa: S603 - the operator's own configured command
+                command, input=json.dumps(alarm).encode(), timeout=30, check=False
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("alarm_command_failed", command=command, error=str(exc))
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+async def serve(terminal: Terminal, *, stop: asyncio.Event | None = None) -> None:
+    """Run the terminal until ``stop`` is set (or SIGINT/SIGTERM arrives)."""
+    data = terminal.data
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if terminal.config.alarm_command:
+        command = terminal.config.alarm_command
+        terminal.on_alarm = lambda alarm: _run_alarm_command(command, alarm)
+
+    registry: dict[tuple[str, int], str] = {}
+
+    def tls_party_of(request: Request) -> str | None:
+        if request.client is None:
+            return None
+        return registry.get((request.client.host, request.client.port))
+
+    ssl_context = tls.server_context(terminal.identity, terminal.peer_certificates.values())
+    peer_sock = _bind(terminal.config.peer_listen, "peer listener")
+    console_sock = _bind(terminal.config.console_listen, "console listener")
+    token = data.read_token() if data.token_file.exists() else data.new_token()
+
+    peer_app = create_peer_app(terminal, tls_party_of)
+    console_app = create_console_app(terminal, token)
+    worker = DeliveryWorker(terminal)
+    console_app.state.worker = worker
+
+    def on_peer_added(party: str) -> None:
+        tls.add_peer_certificate(ssl_context, terminal.peer_certificates[party])
+        worker.notify()
+
+    console_app.state.on_peer_added = on_peer_added
+
+    peer_config = uvicorn.Config(
+        peer_app,
+        http=_peer_protocol(terminal, registry),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    peer_config.load()
+    peer_config.ssl = ssl_context
+    console_config = uvicorn.Config(
+        console_app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    peer_server = _QuietServer(peer_config)
+    console_server = _QuietServer(console_config)
+    servers = [
+        asyncio.create_task(peer_server.serve(sockets=[peer_sock])),
+        asyncio.create_task(console_server.serve(sockets=[console_sock])),
+    ]
+    await worker.start()
+    while not (peer_server.started and console_server.started):
+        if any(t.done() for t in servers):
+            break
+        await asyncio.sleep(0.02)
+    info = {
+        "pid": os.getpid(),
+        "party": terminal.me,
+        "peer_url": _url("https", peer_sock),
+        "console_url": _url("http", console_sock),
+    }
+    (data.path / "serve.json").write_text(json.dumps(info) + "\n")
+    log.info("terminal_started", **info)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopper, *servers], return_when=asyncio.FIRST_COMPLETED)
+    log.info("terminal_stopping", party=terminal.me)
+    peer_server.should_exit = True
+    console_server.should_exit = True
+    await asyncio.gather(*servers, return_exceptions=True)
+    await worker.stop()
+    stopper.cancel()
+    with contextlib.suppress(FileNotFoundError):
+        (data.path / "serve.json").unlink()
+    for sock in (peer_sock, console_sock):
+        sock.close()
+    log.info("terminal_stopped", party=terminal.me)
+
+
+def run(path: Path, passphrase: str) -> None:
+    """Open the terminal in ``path`` and serve until a signal stops it."""
+    data = DataDir(path)
+    data.require()
+    lock = ServeLock(data)
+    if not lock.acquire():
+        raise UsageError(f"a terminal is already running on {path} (serve.lock is held)")
+    try:
+        configure_logging(data.log_file)
+        terminal = Terminal.open(path, passphrase)
+        asyncio.run(serve(terminal))
+    finally:
+        lock.release()
+
+
+def ssl_version_name(context: ssl.SSLContext) -> str:
+    return str(context.minimum_version)

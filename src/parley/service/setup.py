@@ -1,0 +1,65 @@
+"""``parley init``: a new terminal's keys, configuration, token and database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from parley.config import Config, DataDir, parse_hostport
+from parley.core.encoding import check_party_id
+from parley.core.identity import Identity
+from parley.errors import SchemaViolation, UsageError
+from parley.keyfile import DEFAULT_SCRYPT_N, save_identity
+from parley.service import tls
+from parley.service.terminal import CardBundle, utc_now
+from parley.store.db import engine_for, migrate, normalize_url, sqlite_url
+
+__all__ = ["init_terminal"]
+
+
+def init_terminal(
+    path: Path,
+    *,
+    party: str,
+    name: str,
+    passphrase: str,
+    peer_listen: str = "0.0.0.0:7443",
+    console_listen: str = "127.0.0.1:7080",
+    database: str | None = None,
+    link_test_interval: float = 3600.0,
+    scrypt_n: int = DEFAULT_SCRYPT_N,
+) -> Config:
+    """Create the data directory of a new terminal; refuse to overwrite one."""
+    try:
+        check_party_id(party, "party id")
+    except SchemaViolation as exc:
+        raise UsageError(f"{exc} (use capitals, digits, '.', '_' or '-', e.g. US-EUCOM)") from None
+    if not name.strip():
+        raise UsageError("the terminal needs a display name (--name)")
+    if len(passphrase) < 8:
+        raise UsageError("the key passphrase must be at least 8 characters")
+    parse_hostport(peer_listen, "--peer-listen")
+    parse_hostport(console_listen, "--console-listen")
+    data = DataDir(path)
+    if data.exists() or data.key_file.exists():
+        raise UsageError(f"{path} already holds a terminal; refusing to overwrite its keys")
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    url = normalize_url(database) if database else sqlite_url(data.sqlite_file.resolve())
+    engine = engine_for(url)
+    migrate(engine)
+    engine.dispose()
+    identity = Identity.generate(party, name, now=utc_now())
+    save_identity(identity, data.key_file, passphrase, scrypt_n=scrypt_n)
+    bundle = CardBundle(identity.card, tls.certificate_for(identity))
+    data.card_file.write_bytes(bundle.to_json() + b"\n")
+    config = Config(
+        party=party,
+        name=name,
+        database=url,
+        peer_listen=peer_listen,
+        console_listen=console_listen,
+        link_test_interval=link_test_interval,
+    )
+    data.new_token()
+    data.save_config(config)
+    return config

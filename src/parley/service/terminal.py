@@ -1,0 +1,1308 @@
+"""The terminal's service layer: the protocol core bound to its database.
+
+``Terminal`` owns one ``parley.core.party.Party`` and one database. Every
+operation that changes the protocol state writes the transcript entries it
+produced, and the indexes over them, in one transaction; if that transaction
+fails the in-memory state is rebuilt from the database, so memory is never
+ahead of the disk. Received envelopes are logged and committed before their
+receipt leaves the terminal; a message is in the log and the outbox before
+``send`` returns.
+
+All methods are synchronous and serialised by one lock; the listeners call
+them from worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+
+from parley import merkle
+from parley.config import Config, DataDir
+from parley.core.canonical import JSONValue, canonical_bytes, parse_canonical, require_object
+from parley.core.checkpoint import parse_note, verify_checkpoint
+from parley.core.encoding import b64decode, b64encode, check_party_id
+from parley.core.envelope import PRECEDENCES, Limits, read_envelope
+from parley.core.identity import Identity, IdentityCard
+from parley.core.party import (
+    AckReceived,
+    GapDetected,
+    MessageReceived,
+    Outgoing,
+    Party,
+    bilateral_channel,
+)
+from parley.core.transcript import EntryType, entry_bytes
+from parley.errors import (
+    CheckpointRejected,
+    Equivocation,
+    InvalidCard,
+    ParleyError,
+    RemoteError,
+    SchemaViolation,
+    UnknownPeer,
+    UsageError,
+)
+from parley.keyfile import load_identity
+from parley.service import tls
+from parley.store import models as m
+from parley.store.db import engine_for, migrate, schema_is_current
+
+__all__ = ["CardBundle", "Records", "Terminal", "utc_now"]
+
+log = structlog.get_logger("parley.terminal")
+
+PRECEDENCE_RANK = {"FLASH": 0, "IMMEDIATE": 1, "PRIORITY": 2, "ROUTINE": 3}
+HUMAN_KINDS = ("text", "form")
+SHOWN_KINDS = ("text", "form", "service")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes: every stored time is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _utc(value)
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class CardBundle:
+    """What a terminal gives its peers: the signed card and its TLS certificate.
+
+    The certificate is for the card's own Ed25519 key, so the fingerprint of
+    the card vouches for both.
+    """
+
+    card: IdentityCard
+    tls_certificate: bytes  # PEM
+
+    def to_json(self) -> bytes:
+        card = json.loads(self.card.signed_bytes)
+        return canonical_bytes(
+            {"card": card, "tls_certificate": self.tls_certificate.decode("ascii")}
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CardBundle:
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidCard(f"the card file is not JSON: {exc}") from None
+        if not isinstance(obj, dict) or set(obj) != {"card", "tls_certificate"}:
+            raise InvalidCard(
+                "a card file holds exactly 'card' and 'tls_certificate' (as `parley card` prints)"
+            )
+        card = IdentityCard.from_bytes(canonical_bytes(obj["card"]))
+        pem = obj["tls_certificate"]
+        if not isinstance(pem, str):
+            raise InvalidCard("the card file's tls_certificate must be a PEM string")
+        return cls(card, tls.check_certificate(pem.encode("ascii", "replace"), card))
+
+
+class Records:
+    """Read-only views of a terminal's database (no private keys needed)."""
+
+    def __init__(self, engine: Engine, me: str) -> None:
+        self.engine = engine
+        self._me = me
+
+    @property
+    def me(self) -> str:
+        return self._me
+
+    # Reading --------------------------------------------------------------------
+
+    def _message_dict(self, row: Any, conn: Connection, *, full: bool) -> dict[str, Any]:
+        recipients = row.recipients.split(",")
+        item: dict[str, Any] = {
+            "id": row.envelope_id,
+            "direction": row.direction,
+            "channel": row.channel,
+            "sender": row.sender,
+            "recipients": recipients,
+            "seq": row.seq,
+            "kind": row.kind,
+            "precedence": row.precedence,
+            "exercise": row.exercise,
+            "created_at": _iso(row.created_at),
+            "stored_at": _iso(row.stored_at),
+            "operator": row.operator,
+            "lang": row.lang,
+            "body": json.loads(row.body),
+            "log_index": row.log_index,
+            "ack_due": _iso(row.ack_due),
+        }
+        if row.direction == "in":
+            item["acknowledged_at"] = _iso(row.acked_at)
+            item["acknowledged_by"] = row.acked_by
+            return item
+        receipts = conn.execute(
+            select(m.receipts).where(m.receipts.c.envelope_id == row.envelope_id)
+        ).all()
+        acks = conn.execute(select(m.acks).where(m.acks.c.envelope_id == row.envelope_id)).all()
+        outbox = conn.execute(
+            select(m.outbox).where(m.outbox.c.envelope_id == row.envelope_id)
+        ).all()
+        item["receipts"] = {r.receiver: _iso(r.stored_at) for r in receipts}
+        item["acks"] = {a.party: {"operator": a.operator, "at": _iso(a.at)} for a in acks}
+        item["delivery"] = {
+            o.peer: {
+                "state": o.state,
+                "attempts": o.attempts,
+                "link": o.link,
+                "last_error": o.last_error,
+            }
+            for o in outbox
+        }
+        return item
+
+    def messages(
+        self, direction: str, *, limit: int = 200, all_kinds: bool = False
+    ) -> list[dict[str, Any]]:
+        kinds = ("text", "form", "service", "ack", "test") if all_kinds else SHOWN_KINDS
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(m.messages)
+                .where(and_(m.messages.c.direction == direction, m.messages.c.kind.in_(kinds)))
+                .order_by(m.messages.c.log_index.desc())
+                .limit(limit)
+            ).all()
+            items = [self._message_dict(row, conn, full=False) for row in rows]
+        items.sort(key=lambda i: (PRECEDENCE_RANK.get(i["precedence"], 9),))
+        return items
+
+    def show(self, envelope_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(m.messages).where(m.messages.c.envelope_id == envelope_id)
+            ).first()
+            if row is None:
+                raise UsageError(f"no message {envelope_id} on this terminal")
+            return self._message_dict(row, conn, full=True)
+
+    def links(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(m.links).order_by(m.links.c.peer, m.links.c.name)).all()
+        return [
+            {
+                "peer": r.peer,
+                "name": r.name,
+                "url": r.url,
+                "state": r.state,
+                "rtt_ms": r.rtt_ms,
+                "last_success": _iso(r.last_success),
+                "last_test": _iso(r.last_test),
+                "last_error": r.last_error,
+                "failures": r.failures,
+            }
+            for r in rows
+        ]
+
+    def alarms(self, *, include_cleared: bool = True, limit: int = 500) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            query = select(m.alarms).order_by(m.alarms.c.id.desc()).limit(limit)
+            if not include_cleared:
+                query = query.where(m.alarms.c.cleared_at.is_(None))
+            rows = conn.execute(query).all()
+        return [
+            {
+                "id": r.id,
+                "at": _iso(r.at),
+                "kind": r.kind,
+                "severity": r.severity,
+                "subject": r.subject,
+                "message": r.message,
+                "cleared_at": _iso(r.cleared_at),
+            }
+            for r in rows
+        ]
+
+    def security_events(self, limit: int = 500) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(m.security_events).order_by(m.security_events.c.id.desc()).limit(limit)
+            ).all()
+        return [
+            {
+                "id": r.id,
+                "at": _iso(r.at),
+                "endpoint": r.endpoint,
+                "remote": r.remote,
+                "tls_party": r.tls_party,
+                "code": r.code,
+                "message": r.message,
+            }
+            for r in rows
+        ]
+
+    def peers(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            links = conn.execute(select(m.links).order_by(m.links.c.peer, m.links.c.name)).all()
+            rows = conn.execute(select(m.peers).order_by(m.peers.c.party)).all()
+        return [
+            {
+                "party": row.party,
+                "name": IdentityCard.from_bytes(row.card).name,
+                "fingerprint": row.fingerprint,
+                "links": [
+                    {"name": link.name, "url": link.url} for link in links if link.peer == row.party
+                ],
+            }
+            for row in rows
+        ]
+
+    def channels(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(m.channels).order_by(m.channels.c.name)).all()
+            agreements = conn.execute(select(m.channel_agreements)).all()
+        result = []
+        for row in rows:
+            members = row.members.split(",")
+            agreed = sorted(a.party for a in agreements if a.channel == row.name)
+            active = row.kind == "bilateral" or set(agreed) >= set(members)
+            result.append(
+                {
+                    "name": row.name,
+                    "members": members,
+                    "kind": row.kind,
+                    "proposed_by": row.proposed_by,
+                    "agreed": agreed,
+                    "state": "active" if active else "proposed",
+                }
+            )
+        return result
+
+
+class Terminal(Records):
+    """One party's terminal: protocol state, database, alarms."""
+
+    def __init__(
+        self,
+        data: DataDir,
+        config: Config,
+        identity: Identity,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        super().__init__(engine, identity.party)
+        self.data = data
+        self.config = config
+        self.identity = identity
+        self.clock = clock
+        self.limits = Limits(clock_skew=timedelta(seconds=config.max_clock_skew))
+        self.lock = threading.RLock()
+        self.tls_certificate = tls.certificate_for(identity)
+        self.party = Party(identity, clock=clock, limits=self.limits)
+        self.peer_certificates: dict[str, bytes] = {}
+        #: (channel, sender) -> highest contiguous sequence, for catch-up requests.
+        self.gaps: dict[tuple[str, str], int] = {}
+        #: Called (outside the lock) whenever there is new work for the delivery worker.
+        self.on_outbox: Callable[[], None] = lambda: None
+        #: Called with each alarm raised (the server runs the alarm command).
+        self.on_alarm: Callable[[dict[str, Any]], None] = lambda alarm: None
+        self._reload()
+
+    # Opening ------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        passphrase: str,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> Terminal:
+        data = DataDir(path)
+        config = data.load_config()
+        identity = load_identity(data.key_file, passphrase)
+        engine = engine_for(config.database)
+        if not schema_is_current(engine):
+            migrate(engine)
+        return cls(data, config, identity, engine, clock=clock)
+
+    def card_bundle(self) -> CardBundle:
+        return CardBundle(self.identity.card, self.tls_certificate)
+
+    def _reload(self) -> None:
+        """Rebuild the protocol state from the database (every signature checked again)."""
+        party = Party(self.identity, clock=self.clock, limits=self.limits)
+        certs: dict[str, bytes] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(m.peers)):
+                card = IdentityCard.from_bytes(row.card)
+                party.add_peer(card, row.fingerprint)
+                certs[row.party] = row.tls_certificate
+            entries = [
+                row.entry
+                for row in conn.execute(select(m.log_entries.c.entry).order_by(m.log_entries.c.idx))
+            ]
+            party.restore(entries)
+            latest = select(m.cosignatures).order_by(
+                m.cosignatures.c.size.desc(), m.cosignatures.c.id.desc()
+            )
+            done: set[tuple[str, str]] = set()
+            for row in conn.execute(latest):
+                key = (row.direction, row.party)
+                if key in done or row.party not in party.peers:
+                    continue
+                done.add(key)
+                if row.direction == "of-us":
+                    party.restore_cosignature(row.party, row.note)
+                else:
+                    party.restore_witnessed(row.party, row.note)
+        self.party = party
+        self.peer_certificates = certs
+
+    def _commit(self, work: Callable[[Connection], Any]) -> Any:
+        """Run ``work`` in one transaction; on failure rebuild memory from the disk."""
+        try:
+            with self.engine.begin() as conn:
+                return work(conn)
+        except BaseException:
+            self._reload()
+            raise
+
+    def _log_new_entries(self, conn: Connection, start: int) -> None:
+        transcript = self.party.transcript
+        now = self.clock()
+        rows = [
+            {"idx": i, "entry": transcript.entry(i), "stored_at": now}
+            for i in range(start, transcript.size)
+        ]
+        if rows:
+            conn.execute(insert(m.log_entries), rows)
+        latest = self.party.latest_checkpoint
+        if latest is not None and latest.size > 0:
+            exists = conn.execute(
+                select(m.checkpoints.c.size).where(m.checkpoints.c.size == latest.size)
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(m.checkpoints).values(size=latest.size, note=latest.note, issued_at=now)
+                )
+
+    # Peers --------------------------------------------------------------------
+
+    def add_peer(
+        self, bundle: CardBundle, fingerprint: str, links: Sequence[tuple[str, str]]
+    ) -> IdentityCard:
+        """Pin a peer's card (after its fingerprint was read aloud) with its links."""
+        for name, url in links:
+            check_party_id(name.upper(), "link name")
+            if not url.startswith("https://"):
+                raise UsageError(f"link {name} must be an https:// URL, not {url!r}")
+        with self.lock:
+            card = bundle.card.pinned(fingerprint)
+            if card.party == self.me:
+                raise UsageError("a terminal cannot pin its own card as a peer")
+            if card.party in self.party.peers:
+                known = self.party.peers[card.party]
+                if known.card_bytes != card.card_bytes:
+                    raise UsageError(
+                        f"{card.party} is already pinned with another card (fingerprint "
+                        f"{known.fingerprint}); a new card needs a new terminal identity"
+                    )
+            now = self.clock()
+
+            def work(conn: Connection) -> None:
+                if card.party not in self.party.peers:
+                    conn.execute(
+                        insert(m.peers).values(
+                            party=card.party,
+                            card=card.signed_bytes,
+                            fingerprint=card.fingerprint,
+                            tls_certificate=bundle.tls_certificate,
+                            added_at=now,
+                        )
+                    )
+                existing = {
+                    r.name
+                    for r in conn.execute(
+                        select(m.links.c.name).where(m.links.c.peer == card.party)
+                    )
+                }
+                for name, url in links:
+                    if name in existing:
+                        conn.execute(
+                            update(m.links)
+                            .where(and_(m.links.c.peer == card.party, m.links.c.name == name))
+                            .values(url=url)
+                        )
+                    else:
+                        conn.execute(
+                            insert(m.links).values(
+                                peer=card.party, name=name, url=url, state="unknown", failures=0
+                            )
+                        )
+                channel = bilateral_channel(self.me, card.party)
+                if (
+                    conn.execute(
+                        select(m.channels.c.name).where(m.channels.c.name == channel)
+                    ).first()
+                    is None
+                ):
+                    conn.execute(
+                        insert(m.channels).values(
+                            name=channel,
+                            members=",".join(sorted({self.me, card.party})),
+                            kind="bilateral",
+                            proposed_by=None,
+                            created_at=now,
+                        )
+                    )
+
+            self._commit(work)
+            self.party.add_peer(card, fingerprint)
+            self.peer_certificates[card.party] = bundle.tls_certificate
+        log.info("peer_pinned", peer=card.party, fingerprint=card.fingerprint, links=len(links))
+        return card
+
+    # Sending ------------------------------------------------------------------
+
+    def send(
+        self,
+        to: Sequence[str],
+        *,
+        kind: str,
+        body: dict[str, JSONValue],
+        operator: str,
+        channel: str | None = None,
+        precedence: str = "ROUTINE",
+        exercise: bool = False,
+        lang: str = "en",
+        via: str | None = None,
+    ) -> dict[str, Any]:
+        """Seal a message, log it and queue it for every recipient, in one transaction."""
+        if precedence not in PRECEDENCES:
+            raise UsageError(f"precedence must be one of {', '.join(PRECEDENCES)}")
+        with self.lock:
+            recipients = sorted(set(to))
+            if channel is not None and kind in HUMAN_KINDS:
+                self._require_active_channel(channel, recipients)
+            start = self.party.transcript.size
+            out = self.party.send(
+                recipients,
+                kind=kind,
+                body=body,
+                operator=operator,
+                channel=channel,
+                precedence=precedence,
+                exercise=exercise,
+                lang=lang,
+            )
+            self._commit(
+                lambda conn: self._store_sent(
+                    conn, out, kind, body, operator, lang, exercise, start, via
+                )
+            )
+        self.on_outbox()
+        log.info(
+            "message_queued",
+            id=out.envelope_id,
+            kind=kind,
+            channel=out.channel,
+            seq=out.seq,
+            precedence=precedence,
+            to=list(out.recipients),
+        )
+        return {
+            "id": out.envelope_id,
+            "channel": out.channel,
+            "seq": out.seq,
+            "log_index": out.log_index,
+        }
+
+    def _store_sent(
+        self,
+        conn: Connection,
+        out: Outgoing,
+        kind: str,
+        body: dict[str, JSONValue],
+        operator: str,
+        lang: str,
+        exercise: bool,
+        start: int,
+        via: str | None,
+    ) -> None:
+        now = self.clock()
+        self._log_new_entries(conn, start)
+        conn.execute(
+            insert(m.messages).values(
+                envelope_id=out.envelope_id,
+                log_index=out.log_index,
+                direction="out",
+                channel=out.channel,
+                sender=self.me,
+                recipients=",".join(out.recipients),
+                seq=out.seq,
+                kind=kind,
+                precedence=out.precedence,
+                exercise=exercise,
+                created_at=now,
+                stored_at=now,
+                operator=operator,
+                lang=lang,
+                body=canonical_bytes(body).decode(),
+                ack_due=now + self.config.ack_deadline(out.precedence)
+                if kind in HUMAN_KINDS
+                else None,
+                overdue=False,
+            )
+        )
+        conn.execute(
+            insert(m.outbox),
+            [
+                {
+                    "envelope_id": out.envelope_id,
+                    "peer": peer,
+                    "precedence": out.precedence,
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt": now,
+                    "via": via,
+                }
+                for peer in out.recipients
+            ],
+        )
+        self._ensure_channel(conn, out.channel, [self.me, *out.recipients], now)
+
+    def _ensure_channel(
+        self, conn: Connection, name: str, members: Iterable[str], now: datetime
+    ) -> None:
+        if conn.execute(select(m.channels.c.name).where(m.channels.c.name == name)).first():
+            return
+        members = sorted(set(members))
+        conn.execute(
+            insert(m.channels).values(
+                name=name,
+                members=",".join(members),
+                kind="bilateral" if len(members) == 2 and name == ".".join(members) else "named",
+                proposed_by=None,
+                created_at=now,
+            )
+        )
+
+    def acknowledge(self, envelope_id: str, *, operator: str) -> dict[str, Any]:
+        """Send the human acknowledgement of a received message."""
+        with self.lock, self.engine.connect() as conn:
+            row = conn.execute(
+                select(m.messages).where(m.messages.c.envelope_id == envelope_id)
+            ).first()
+        if row is None or row.direction != "in":
+            raise UsageError(f"no received message {envelope_id} to acknowledge")
+        if row.acked_at is not None:
+            raise UsageError(f"message {envelope_id} was already acknowledged by {row.acked_by}")
+        if row.kind not in HUMAN_KINDS:
+            raise UsageError(
+                f"message {envelope_id} is a {row.kind} message: nothing to acknowledge"
+            )
+        with self.lock:
+            start = self.party.transcript.size
+            out = self.party.acknowledge(envelope_id, operator=operator)
+            digest = self.party.received_digest(envelope_id) or ""
+            body: dict[str, JSONValue] = {"ack": {"digest": digest, "envelope_id": envelope_id}}
+
+            def work(conn: Connection) -> None:
+                self._store_sent(conn, out, "ack", body, operator, "en", False, start, None)
+                conn.execute(
+                    update(m.messages)
+                    .where(m.messages.c.envelope_id == envelope_id)
+                    .values(acked_at=self.clock(), acked_by=operator)
+                )
+
+            self._commit(work)
+        self.on_outbox()
+        log.info("message_acknowledged", id=envelope_id, operator=operator, ack=out.envelope_id)
+        return {"id": out.envelope_id, "acknowledges": envelope_id}
+
+    # Receiving ------------------------------------------------------------------
+
+    def receive_envelope(self, raw: bytes, *, tls_party: str | None = None) -> bytes:
+        """Verify, log and commit one envelope, then return its signed receipt."""
+        return self.receive_batch([raw], tls_party=tls_party)[0]
+
+    def receive_batch(self, raws: Sequence[bytes], *, tls_party: str | None = None) -> list[bytes]:
+        """Receive envelopes under one checkpoint; raise the first ``RemoteError``.
+
+        A batch is all or nothing for errors only in the sense that the bad
+        envelope leaves no trace; the good ones before it are kept.
+        """
+        with self.lock:
+            start = self.party.transcript.size
+            results = self.party.receive_envelopes(raws)
+            now = self.clock()
+            receipts: list[bytes] = []
+            error: RemoteError | None = None
+            received: list[MessageReceived] = []
+            acked: list[AckReceived] = []
+            for result in results:
+                if isinstance(result, RemoteError):
+                    error = error or result
+                    continue
+                receipts.append(result.receipt)
+                for event in result.events:
+                    if isinstance(event, MessageReceived):
+                        header = event.envelope.header
+                        if tls_party is not None and header.sender != tls_party:
+                            # Relaying another party's envelope is allowed (store and
+                            # forward); it is noted in the log.
+                            log.info("relayed_envelope", sender=header.sender, via=tls_party)
+                        received.append(event)
+                    elif isinstance(event, AckReceived):
+                        acked.append(event)
+                    elif isinstance(event, GapDetected):
+                        held, _ = self.party.held_through(event.channel, event.sender)
+                        self.gaps[(event.channel, event.sender)] = held
+            for key in list(self.gaps):
+                if not self.party.held_through(*key)[1]:
+                    del self.gaps[key]
+
+            def work(conn: Connection) -> None:
+                self._log_new_entries(conn, start)
+                for event in received:
+                    self._store_received(conn, event, now)
+                for ack in acked:
+                    conn.execute(
+                        insert(m.acks).values(
+                            envelope_id=ack.envelope_id,
+                            party=ack.by,
+                            operator=ack.operator,
+                            ack_envelope_id=ack.ack_envelope_id,
+                            at=now,
+                        )
+                    )
+
+            if received or acked or self.party.transcript.size != start:
+                self._commit(work)
+        for event in received:
+            h = event.envelope.header
+            log.info(
+                "message_received",
+                id=h.id,
+                sender=h.sender,
+                channel=h.channel,
+                seq=h.seq,
+                kind=h.kind,
+                precedence=h.precedence,
+            )
+        if error is not None and not receipts:
+            raise error
+        if error is not None:
+            log.warning("batch_partly_rejected", error=error.code, message=str(error))
+        return receipts
+
+    def _store_received(self, conn: Connection, event: MessageReceived, now: datetime) -> None:
+        header = event.envelope.header
+        content = event.envelope.content
+        human = header.kind in HUMAN_KINDS
+        conn.execute(
+            insert(m.messages).values(
+                envelope_id=header.id,
+                log_index=event.log_index,
+                direction="in",
+                channel=header.channel,
+                sender=header.sender,
+                recipients=",".join(header.recipients),
+                seq=header.seq,
+                kind=header.kind,
+                precedence=header.precedence,
+                exercise=header.exercise,
+                created_at=header.created_at,
+                stored_at=now,
+                operator=content.operator,
+                lang=content.lang,
+                body=canonical_bytes(content.body).decode(),
+                ack_due=now + self.config.ack_deadline(header.precedence) if human else None,
+                overdue=False,
+            )
+        )
+        self._ensure_channel(conn, header.channel, [header.sender, *header.recipients], now)
+        if header.kind == "service":
+            self._apply_service(conn, header.channel, header.sender, content.body, now)
+
+    # Receipts -------------------------------------------------------------------
+
+    def receive_receipt(self, raw: bytes, *, peer: str, link: str | None = None) -> dict[str, Any]:
+        """Check and keep a receipt; mark the envelope delivered to ``peer``."""
+        with self.lock:
+            start = self.party.transcript.size
+            try:
+                accepted = self.party.receive_receipt(raw)
+            except Equivocation as exc:
+                self._record_equivocation(exc, peer)
+                raise
+            receipt = accepted.receipt
+            if receipt.receiver != peer:
+                raise SchemaViolation(
+                    f"a receipt signed by {receipt.receiver} came back from {peer}"
+                )
+            now = self.clock()
+
+            def work(conn: Connection) -> None:
+                self._log_new_entries(conn, start)
+                exists = conn.execute(
+                    select(m.receipts.c.envelope_id).where(
+                        and_(
+                            m.receipts.c.envelope_id == receipt.envelope_id,
+                            m.receipts.c.receiver == receipt.receiver,
+                        )
+                    )
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        insert(m.receipts).values(
+                            envelope_id=receipt.envelope_id,
+                            receiver=receipt.receiver,
+                            issued_at=receipt.issued_at,
+                            stored_at=now,
+                            through_seq=receipt.through_seq,
+                            log_index=start if self.party.transcript.size > start else None,
+                        )
+                    )
+                conn.execute(
+                    update(m.outbox)
+                    .where(
+                        and_(
+                            m.outbox.c.envelope_id == receipt.envelope_id,
+                            m.outbox.c.peer == peer,
+                        )
+                    )
+                    .values(state="delivered", delivered_at=now, link=link, last_error=None)
+                )
+
+            self._commit(work)
+        return {
+            "envelope_id": receipt.envelope_id,
+            "receiver": receipt.receiver,
+            "through_seq": receipt.through_seq,
+        }
+
+    # Delivery bookkeeping -------------------------------------------------------
+
+    def due_deliveries(self, peer: str, limit: int = 64) -> list[dict[str, Any]]:
+        """Pending outbox rows for ``peer`` whose next attempt is due, most urgent first."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(m.outbox, m.messages.c.log_index)
+                .join(m.messages, m.messages.c.envelope_id == m.outbox.c.envelope_id)
+                .where(
+                    and_(
+                        m.outbox.c.peer == peer,
+                        m.outbox.c.state == "pending",
+                        m.outbox.c.next_attempt <= now,
+                    )
+                )
+                .order_by(m.messages.c.log_index)
+                .limit(limit * 4)
+            ).all()
+        rows = sorted(rows, key=lambda r: (PRECEDENCE_RANK.get(r.precedence, 9), r.log_index))
+        transcript = self.party.transcript
+        result = []
+        for row in rows[:limit]:
+            raw = transcript.entry(row.log_index)[1:]
+            result.append(
+                {
+                    "envelope_id": row.envelope_id,
+                    "peer": row.peer,
+                    "precedence": row.precedence,
+                    "attempts": row.attempts,
+                    "via": row.via,
+                    "raw": raw,
+                }
+            )
+        return result
+
+    def next_due(self, peer: str) -> datetime | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(func.min(m.outbox.c.next_attempt)).where(
+                    and_(m.outbox.c.peer == peer, m.outbox.c.state == "pending")
+                )
+            ).scalar()
+        return _utc(value)
+
+    def delivery_failed(self, envelope_id: str, peer: str, error: str, retry_at: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(m.outbox)
+                .where(and_(m.outbox.c.envelope_id == envelope_id, m.outbox.c.peer == peer))
+                .values(
+                    attempts=m.outbox.c.attempts + 1, next_attempt=retry_at, last_error=error[:500]
+                )
+            )
+
+    def pending_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(m.outbox).where(m.outbox.c.state == "pending")
+                ).scalar_one()
+            )
+
+    # Catch-up -------------------------------------------------------------------
+
+    def catch_up(self, channel: str, after_seq: int, *, for_party: str, limit: int = 256) -> bytes:
+        """The envelopes this terminal sent on ``channel`` after ``after_seq``, with proofs."""
+        with self.lock:
+            envelopes = self.party.envelopes_since(channel, after_seq, for_party=for_party)[:limit]
+            checkpoint = self.party.checkpoint()
+            items = []
+            for raw in envelopes:
+                header = read_envelope(raw, self.party.card_of, self.limits)
+                index = self.party.sent(header.id).log_index
+                proof = self.party.transcript.tree.inclusion_proof(index, checkpoint.size)
+                items.append(
+                    {
+                        "envelope": b64encode(raw),
+                        "log_index": index,
+                        "inclusion": [b64encode(h) for h in proof],
+                    }
+                )
+        return canonical_bytes(
+            {"checkpoint": checkpoint.note, "envelopes": items, "type": "parley.catch-up/v1"}
+        )
+
+    def apply_catch_up(self, peer: str, data: bytes) -> list[bytes]:
+        """Check a catch-up answer from ``peer`` (proofs included) and receive its envelopes."""
+        obj = require_object(
+            parse_canonical(data, max_size=64 * 1024 * 1024, what="catch-up"), "catch-up"
+        )
+        card = self.party.card_of(peer)
+        if card is None:
+            raise UnknownPeer(f"{peer} is not a pinned peer")
+        note = obj.get("checkpoint")
+        items = obj.get("envelopes")
+        if not isinstance(note, str) or not isinstance(items, list):
+            raise SchemaViolation("a catch-up answer holds a checkpoint and a list of envelopes")
+        checkpoint = verify_checkpoint(note, card)
+        raws = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise SchemaViolation("catch-up entries are objects")
+            raw = b64decode(item.get("envelope"), "catch-up envelope")
+            index = item.get("log_index")
+            proof = item.get("inclusion")
+            if not isinstance(index, int) or not isinstance(proof, list):
+                raise SchemaViolation("catch-up entries carry log_index and inclusion")
+            merkle.verify_inclusion(
+                merkle.leaf_hash(entry_bytes(EntryType.ENVELOPE, raw)),
+                index,
+                checkpoint.size,
+                [b64decode(h, "inclusion hash") for h in proof],
+                checkpoint.root,
+            )
+            raws.append(raw)
+        if not raws:
+            return []
+        return self.receive_batch(raws, tls_party=peer)
+
+    # Checkpoints and witnessing ----------------------------------------------
+
+    def offer_checkpoint(self, request: bytes) -> bytes:
+        with self.lock:
+            start = self.party.transcript.size
+            offer = self.party.offer_checkpoint(request)
+            self._commit(lambda conn: self._log_new_entries(conn, start))
+            return offer
+
+    def checkpoint_request(self, owner: str) -> bytes:
+        with self.lock:
+            return self.party.checkpoint_request(owner)
+
+    def witness(self, owner: str, offer: bytes) -> bytes:
+        """Cosign ``owner``'s offered checkpoint; keep the cosigned note."""
+        with self.lock:
+            try:
+                cosigned = self.party.witness(offer)
+            except Equivocation as exc:
+                self._record_equivocation(exc, owner)
+                raise
+            except CheckpointRejected as exc:
+                self.raise_alarm("checkpoint_rejected", "critical", owner, str(exc), once=True)
+                raise
+            checkpoint = self.party.last_cosigned_of(owner)
+            assert checkpoint is not None
+            now = self.clock()
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(m.cosignatures).values(
+                        direction="by-us",
+                        party=owner,
+                        size=checkpoint.size,
+                        note=cosigned.decode(),
+                        at=now,
+                    )
+                )
+            return cosigned
+
+    def accept_cosignature(self, note: bytes, *, tls_party: str | None = None) -> dict[str, Any]:
+        with self.lock:
+            accepted = self.party.accept_cosignature(note)
+            if tls_party is not None and accepted.witness != tls_party:
+                raise SchemaViolation(
+                    f"{tls_party} delivered a cosignature made by {accepted.witness}"
+                )
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(m.cosignatures).values(
+                        direction="of-us",
+                        party=accepted.witness,
+                        size=accepted.size,
+                        note=accepted.note,
+                        at=self.clock(),
+                    )
+                )
+        return {"witness": accepted.witness, "size": accepted.size}
+
+    def _record_equivocation(self, exc: Equivocation, party: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(m.evidence).values(
+                    at=self.clock(),
+                    party=party,
+                    message=str(exc),
+                    evidence=canonical_bytes(dict(exc.evidence)).decode(),
+                )
+            )
+        self.raise_alarm("equivocation", "critical", party, str(exc))
+
+    # Channels -------------------------------------------------------------------
+
+    def _require_active_channel(self, channel: str, recipients: Sequence[str]) -> None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(m.channels).where(m.channels.c.name == channel)).first()
+            if row is None or row.kind == "bilateral":
+                return
+            members = row.members.split(",")
+            agreed = {
+                r.party
+                for r in conn.execute(
+                    select(m.channel_agreements.c.party).where(
+                        m.channel_agreements.c.channel == channel
+                    )
+                )
+            }
+        missing = sorted(set(members) - agreed)
+        if missing:
+            raise UsageError(
+                f"channel {channel} is not agreed yet: waiting for {', '.join(missing)}"
+            )
+
+    def create_channel(self, name: str, members: Sequence[str], *, operator: str) -> dict[str, Any]:
+        """Propose a named channel to its members; it is usable once every member agrees."""
+        check_party_id(name, "channel name")
+        members = sorted({*members, self.me})
+        if len(members) < 2:
+            raise UsageError("a channel needs at least two members")
+        if "." in name and name == ".".join(members):
+            raise UsageError("that name is reserved for the bilateral channel")
+        with self.engine.connect() as conn:
+            if conn.execute(select(m.channels.c.name).where(m.channels.c.name == name)).first():
+                raise UsageError(f"channel {name} already exists")
+        others = [p for p in members if p != self.me]
+        result = self.send(
+            others,
+            kind="service",
+            body={"service": {"channel_proposal": {"members": list(members), "name": name}}},
+            operator=operator,
+            channel=name,
+            precedence="PRIORITY",
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(m.channels)
+                .where(m.channels.c.name == name)
+                .values(kind="named", proposed_by=self.me)
+            )
+            conn.execute(
+                insert(m.channel_agreements).values(channel=name, party=self.me, at=self.clock())
+            )
+        return {"channel": name, "members": members, "proposal": result["id"]}
+
+    def agree_channel(self, name: str, *, operator: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(m.channels).where(m.channels.c.name == name)).first()
+            if row is None or row.kind != "named":
+                raise UsageError(f"no proposed channel {name}")
+            done = conn.execute(
+                select(m.channel_agreements.c.party).where(
+                    and_(
+                        m.channel_agreements.c.channel == name,
+                        m.channel_agreements.c.party == self.me,
+                    )
+                )
+            ).first()
+        if done:
+            raise UsageError(f"this terminal already agreed to channel {name}")
+        others = [p for p in row.members.split(",") if p != self.me]
+        result = self.send(
+            others,
+            kind="service",
+            body={"service": {"channel_agreement": {"name": name}}},
+            operator=operator,
+            channel=name,
+            precedence="PRIORITY",
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(m.channel_agreements).values(channel=name, party=self.me, at=self.clock())
+            )
+        return {"channel": name, "agreement": result["id"]}
+
+    def _apply_service(
+        self,
+        conn: Connection,
+        channel: str,
+        sender: str,
+        body: Mapping[str, Any],
+        now: datetime,
+    ) -> None:
+        service = body.get("service")
+        if not isinstance(service, dict):
+            return
+        proposal = service.get("channel_proposal")
+        if isinstance(proposal, dict):
+            conn.execute(
+                update(m.channels)
+                .where(m.channels.c.name == channel)
+                .values(kind="named", proposed_by=sender)
+            )
+        if isinstance(proposal, dict) or isinstance(service.get("channel_agreement"), dict):
+            exists = conn.execute(
+                select(m.channel_agreements.c.party).where(
+                    and_(
+                        m.channel_agreements.c.channel == channel,
+                        m.channel_agreements.c.party == sender,
+                    )
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(m.channel_agreements).values(channel=channel, party=sender, at=now)
+                )
+
+    def record_link(
+        self,
+        peer: str,
+        name: str,
+        *,
+        ok: bool,
+        rtt_ms: float | None = None,
+        error: str | None = None,
+        test: bool = False,
+    ) -> str:
+        """Record one use or test of a link; return its new state; raise alarms on failure."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(m.links).where(and_(m.links.c.peer == peer, m.links.c.name == name))
+            ).first()
+            if row is None:
+                return "unknown"
+            failures = 0 if ok else row.failures + 1
+            state = "up" if ok else ("degraded" if failures < 3 else "down")
+            values: dict[str, Any] = {"state": state, "failures": failures}
+            if ok:
+                values.update(last_success=now, rtt_ms=rtt_ms, last_error=None)
+            else:
+                values.update(last_error=(error or "failed")[:500])
+            if test:
+                values["last_test"] = now
+            conn.execute(update(m.links).where(m.links.c.id == row.id).values(**values))
+            states = [
+                r.state for r in conn.execute(select(m.links.c.state).where(m.links.c.peer == peer))
+            ]
+        if test and not ok:
+            self.raise_alarm(
+                "link_test_failed",
+                "warning",
+                f"{peer}/{name}",
+                f"link {name} to {peer} failed its test: {error}",
+            )
+        if not ok and row.state != "down" and state == "down":
+            log.warning("link_down", peer=peer, link=name, error=error)
+        if states and all(s == "down" for s in states):
+            self.raise_alarm(
+                "peer_unreachable",
+                "critical",
+                peer,
+                f"no healthy link to {peer}: every link is down",
+                once=True,
+            )
+        elif ok:
+            self.clear_alarms("peer_unreachable", peer)
+        return state
+
+    # Alarms -----------------------------------------------------------------------
+
+    def raise_alarm(
+        self, kind: str, severity: str, subject: str, message: str, *, once: bool = False
+    ) -> dict[str, Any] | None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            if (
+                once
+                and conn.execute(
+                    select(m.alarms.c.id).where(
+                        and_(
+                            m.alarms.c.kind == kind,
+                            m.alarms.c.subject == subject,
+                            m.alarms.c.cleared_at.is_(None),
+                        )
+                    )
+                ).first()
+            ):
+                return None
+            alarm_id = conn.execute(
+                insert(m.alarms).values(
+                    at=now, kind=kind, severity=severity, subject=subject, message=message
+                )
+            ).inserted_primary_key
+        alarm = {
+            "id": alarm_id[0] if alarm_id else None,
+            "at": _iso(now),
+            "kind": kind,
+            "severity": severity,
+            "subject": subject,
+            "message": message,
+            "party": self.me,
+        }
+        log.warning("alarm", **{k: v for k, v in alarm.items() if k != "at"})
+        try:
+            self.on_alarm(alarm)
+        except Exception:  # an alarm hook must never break the terminal
+            log.exception("alarm_hook_failed")
+        return alarm
+
+    def clear_alarms(self, kind: str, subject: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(m.alarms)
+                .where(
+                    and_(
+                        m.alarms.c.kind == kind,
+                        m.alarms.c.subject == subject,
+                        m.alarms.c.cleared_at.is_(None),
+                    )
+                )
+                .values(cleared_at=self.clock())
+            )
+
+    def record_security_event(
+        self, *, endpoint: str, remote: str, tls_party: str | None, error: ParleyError
+    ) -> None:
+        code = getattr(error, "code", type(error).__name__)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(m.security_events).values(
+                    at=self.clock(),
+                    endpoint=endpoint,
+                    remote=remote,
+                    tls_party=tls_party,
+                    code=code,
+                    message=str(error)[:1000],
+                )
+            )
+        log.warning(
+            "security_event",
+            endpoint=endpoint,
+            remote=remote,
+            peer=tls_party,
+            code=code,
+            message=str(error)[:300],
+        )
+
+    # Deadlines --------------------------------------------------------------------
+
+    def check_deadlines(self) -> int:
+        """Raise overdue-acknowledgement alarms (sender) and reminders (receiver)."""
+        now = self.clock()
+        raised = 0
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(m.messages).where(
+                    and_(
+                        m.messages.c.ack_due.is_not(None),
+                        m.messages.c.ack_due <= now,
+                        m.messages.c.overdue.is_(False),
+                    )
+                )
+            ).all()
+            acks = {
+                (a.envelope_id, a.party)
+                for a in conn.execute(select(m.acks.c.envelope_id, m.acks.c.party))
+            }
+        for row in rows:
+            if row.direction == "out":
+                waiting = [p for p in row.recipients.split(",") if (row.envelope_id, p) not in acks]
+                if waiting:
+                    self.raise_alarm(
+                        "ack_overdue",
+                        "warning",
+                        row.envelope_id,
+                        f"{row.precedence} message {row.envelope_id} is not acknowledged by "
+                        f"{', '.join(waiting)} within its deadline",
+                    )
+                    raised += 1
+            elif row.acked_at is None:
+                self.raise_alarm(
+                    "ack_reminder",
+                    "info",
+                    row.envelope_id,
+                    f"{row.precedence} message {row.envelope_id} from {row.sender} awaits "
+                    "acknowledgement: its deadline has passed",
+                )
+                raised += 1
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(m.messages)
+                    .where(m.messages.c.envelope_id == row.envelope_id)
+                    .values(overdue=True)
+                )
+        return raised
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            checkpoint = self.party.checkpoint()
+        return {
+            "party": self.me,
+            "name": self.identity.card.name,
+            "fingerprint": self.identity.card.fingerprint,
+            "log_size": checkpoint.size,
+            "root": checkpoint.root.hex(),
+            "pending": self.pending_count(),
+            "peers": sorted(self.party.peers),
+            "cosigned_by": {
+                p: c.size
+                for p in self.party.peers
+                if (c := self.party.last_cosigned_by(p)) is not None
+            },
+        }
+
+
+def digest_hex(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def parse_note_origin(note: str) -> str:
+    body, _ = parse_note(note)
+    return body.split("\n", 1)[0]

@@ -1,0 +1,1 @@
+"""Storage: the terminal's database (SQLite by default, PostgreSQL on request)."""

@@ -1,0 +1,214 @@
+"""The terminal's tables (SQLAlchemy 2 Core).
+
+The transcript (``log_entries``) is the record: every other table is an
+index over it or local bookkeeping (outbox, links, alarms). ``parley verify``
+checks the record itself, so a changed byte anywhere in it is caught even if
+the indexes were changed to match.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Time columns are timezone-aware UTC everywhere.
+Time = DateTime(timezone=True)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+peers = Table(
+    "peers",
+    metadata,
+    Column("party", String(63), primary_key=True),
+    Column("card", LargeBinary, nullable=False),
+    Column("fingerprint", String(71), nullable=False),
+    Column("tls_certificate", LargeBinary, nullable=False),
+    Column("added_at", Time, nullable=False),
+)
+
+links = Table(
+    "links",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("peer", String(63), ForeignKey("peers.party"), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("state", String(16), nullable=False, default="unknown"),
+    Column("rtt_ms", Float),
+    Column("last_success", Time),
+    Column("last_test", Time),
+    Column("last_error", Text),
+    Column("failures", Integer, nullable=False, default=0),
+    UniqueConstraint("peer", "name"),
+)
+
+log_entries = Table(
+    "log_entries",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry", LargeBinary, nullable=False),
+    Column("stored_at", Time, nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("envelope_id", String(36), primary_key=True),
+    Column("log_index", BigInteger, nullable=False, unique=True),
+    Column("direction", String(3), nullable=False),  # "in" or "out"
+    Column("channel", String(63), nullable=False),
+    Column("sender", String(63), nullable=False),
+    Column("recipients", Text, nullable=False),  # comma-separated party ids
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("precedence", String(16), nullable=False),
+    Column("exercise", Boolean, nullable=False),
+    Column("created_at", Time, nullable=False),
+    Column("stored_at", Time, nullable=False),
+    Column("operator", Text, nullable=False),
+    Column("lang", String(16), nullable=False),
+    Column("body", Text, nullable=False),  # canonical JSON of the decrypted content body
+    Column("ack_due", Time),
+    Column("acked_at", Time),
+    Column("acked_by", Text),
+    # Sender: the overdue-acknowledgement alarm was raised; receiver: the reminder was.
+    Column("overdue", Boolean, nullable=False, default=False),
+    UniqueConstraint("channel", "sender", "seq"),
+)
+Index("messages_by_direction", messages.c.direction, messages.c.stored_at)
+
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("envelope_id", String(36), nullable=False),
+    Column("receiver", String(63), nullable=False),
+    Column("issued_at", Time, nullable=False),
+    Column("stored_at", Time, nullable=False),
+    Column("through_seq", BigInteger, nullable=False),
+    Column("log_index", BigInteger),
+    PrimaryKeyConstraint("envelope_id", "receiver"),
+)
+
+acks = Table(
+    "acks",
+    metadata,
+    Column("envelope_id", String(36), nullable=False),
+    Column("party", String(63), nullable=False),
+    Column("operator", Text, nullable=False),
+    Column("ack_envelope_id", String(36), nullable=False),
+    Column("at", Time, nullable=False),
+    PrimaryKeyConstraint("envelope_id", "party"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("envelope_id", String(36), nullable=False),
+    Column("peer", String(63), nullable=False),
+    Column("precedence", String(16), nullable=False),
+    Column("state", String(16), nullable=False),  # pending, delivered
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt", Time, nullable=False),
+    Column("last_error", Text),
+    Column("delivered_at", Time),
+    Column("link", String(63)),  # the link that delivered it
+    Column("via", String(63)),  # only this link (link tests), or any
+    PrimaryKeyConstraint("envelope_id", "peer"),
+)
+Index("outbox_pending", outbox.c.state, outbox.c.peer)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+    Column("issued_at", Time, nullable=False),
+)
+
+cosignatures = Table(
+    "cosignatures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # direction "of-us": a peer cosigned our checkpoint; "by-us": we cosigned a peer's.
+    Column("direction", String(8), nullable=False),
+    Column("party", String(63), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("at", Time, nullable=False),
+)
+Index("cosignatures_latest", cosignatures.c.direction, cosignatures.c.party, cosignatures.c.size)
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("members", Text, nullable=False),
+    Column("kind", String(16), nullable=False),  # bilateral, named
+    Column("proposed_by", String(63)),
+    Column("created_at", Time, nullable=False),
+)
+
+channel_agreements = Table(
+    "channel_agreements",
+    metadata,
+    Column("channel", String(63), nullable=False),
+    Column("party", String(63), nullable=False),
+    Column("at", Time, nullable=False),
+    PrimaryKeyConstraint("channel", "party"),
+)
+
+alarms = Table(
+    "alarms",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Time, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("cleared_at", Time),
+)
+
+security_events = Table(
+    "security_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Time, nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("remote", Text, nullable=False),
+    Column("tls_party", String(63)),
+    Column("code", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+)
+
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Time, nullable=False),
+    Column("party", String(63), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("evidence", Text, nullable=False),  # canonical JSON
+)

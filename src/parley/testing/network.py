@@ -1,0 +1,250 @@
+"""Networks of real terminals on loopback, for tests, benchmarks and the demo.
+
+Each terminal is a real ``parley serve`` process with its own data directory
+and database; links are real mutual-TLS connections on 127.0.0.1 (optionally
+through a ``FaultProxy``). Set-up (keys, pinning) runs in this process with a
+cheap key-file cost, since no passphrase here guards anything real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from parley.config import DataDir
+from parley.service.setup import init_terminal
+from parley.service.terminal import CardBundle, Terminal
+
+__all__ = [
+    "PASSPHRASE",
+    "TerminalProcess",
+    "free_port",
+    "make_network",
+    "postgres_database",
+    "wait_until",
+]
+
+PASSPHRASE = "loopback-test-passphrase"  # noqa: S105 - guards test keys only
+TEST_SCRYPT_N = 2**10
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}: {last!r}")
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one terminal; dropped afterwards."""
+    import psycopg
+
+    name = f"parley_{secrets.token_hex(6)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class TerminalProcess:
+    """One terminal: its data directory and, while started, its ``parley serve`` process."""
+
+    party: str
+    data: Path
+    peer_port: int
+    console_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log: list[Path] = field(default_factory=list)
+    starts: int = 0
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://127.0.0.1:{self.peer_port}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PARLEY_PASSPHRASE"] = PASSPHRASE
+        env["PARLEY_DATA"] = str(self.data)
+        return env
+
+    def start(self, *, wait: bool = True) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.starts += 1
+        out = self.data / f"serve-{self.starts}.out"
+        self.log.append(out)
+        with open(out, "wb") as handle:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "parley.cli", "--data", str(self.data), "serve"],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.party} exited with {self.proc.returncode}: {self.output()[-2000:]}"
+                )
+            try:
+                info = json.loads((self.data / "serve.json").read_text())
+            except (OSError, ValueError):
+                return False
+            return bool(self.proc is not None and info.get("pid") == self.proc.pid)
+
+        wait_until(ready, timeout=timeout, what=f"{self.party} to start")
+
+    def output(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.log if p.exists())
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to finish anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.data / "serve.json").unlink()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def api(self, method: str, path: str, body: Any = None, *, operator: str = "duty") -> Any:
+        """Call the running terminal's operator API; raise on an error status."""
+        token = DataDir(self.data).read_token()
+        response = httpx.request(
+            method,
+            self.console_url + "/api/v1" + path,
+            json=body,
+            headers={"authorization": f"Bearer {token}", "x-parley-operator": operator},
+            timeout=30,
+        )
+        if response.status_code >= 400:
+            raise RuntimeError(
+                f"{self.party} {method} {path}: {response.status_code} {response.text[:500]}"
+            )
+        return response.json()
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "parley.cli", "--data", str(self.data), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"parley {' '.join(args)} on {self.party} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+
+def make_network(
+    root: Path,
+    parties: Sequence[tuple[str, str]],
+    *,
+    databases: dict[str, str] | None = None,
+    link_test_interval: float = 3600.0,
+    links: Callable[[str, str, TerminalProcess], list[tuple[str, str]]] | None = None,
+) -> dict[str, TerminalProcess]:
+    """Create terminals that have pinned each other (not started).
+
+    ``links(owner, peer, peer_terminal)`` returns the (name, url) links
+    ``owner`` uses to reach ``peer``; by default one link, ``primary``,
+    straight to the peer's listener.
+    """
+    terminals: dict[str, TerminalProcess] = {}
+    for party, name in parties:
+        data = root / party.lower()
+        peer_port, console_port = free_port(), free_port()
+        init_terminal(
+            data,
+            party=party,
+            name=name,
+            passphrase=PASSPHRASE,
+            peer_listen=f"127.0.0.1:{peer_port}",
+            console_listen=f"127.0.0.1:{console_port}",
+            database=(databases or {}).get(party),
+            link_test_interval=link_test_interval,
+            scrypt_n=TEST_SCRYPT_N,
+        )
+        terminals[party] = TerminalProcess(party, data, peer_port, console_port)
+    bundles = {
+        party: CardBundle.from_json(DataDir(t.data).card_file.read_bytes())
+        for party, t in terminals.items()
+    }
+    for owner, terminal in terminals.items():
+        local = Terminal.open(terminal.data, PASSPHRASE)
+        try:
+            for peer, bundle in bundles.items():
+                if peer == owner:
+                    continue
+                peer_links = (
+                    links(owner, peer, terminals[peer])
+                    if links
+                    else [("primary", terminals[peer].peer_url)]
+                )
+                local.add_peer(bundle, bundle.card.fingerprint, peer_links)
+        finally:
+            local.engine.dispose()
+    return terminals
