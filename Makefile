@@ -28,7 +28,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 demo: $(STAMP)
-	$(PY) -m parley.demo
+	$(VENV)/bin/parley demo
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.core_bench

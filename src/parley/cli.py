@@ -24,6 +24,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from parley.config import DataDir
@@ -49,8 +50,11 @@ peer_app = typer.Typer(help="Pin peers (after reading fingerprints aloud) and li
 channel_app = typer.Typer(help="Named multi-party channels, agreed by every member.")
 app.add_typer(peer_app, name="peer")
 app.add_typer(channel_app, name="channel")
+user_app = typer.Typer(help="Operator accounts (Argon2id passwords, roles, lockout).")
+app.add_typer(user_app, name="user")
 
-out = Console()
+# Tables stay readable when the output goes to a file or a pipe.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
@@ -413,7 +417,7 @@ def inbox(
                 r["channel"],
                 r["stored_at"][:19],
                 ack if r["kind"] in ("text", "form") else "",
-                _summary(r["body"])[:60],
+                escape(_summary(r["body"])[:60]),
             )
         out.print(table)
 
@@ -573,6 +577,56 @@ def channel_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None
         out.print(table)
 
     emit(items, json_, render)
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    role: Annotated[
+        str, typer.Option(help="duty_officer, supervisor, auditor or admin.")
+    ] = "duty_officer",
+) -> None:
+    """Create an operator account; the password comes from a prompt or PARLEY_USER_PASSWORD."""
+    from parley.service.users import add_user
+    from parley.store.db import engine_for
+
+    password = os.environ.get("PARLEY_USER_PASSWORD")
+    if not password:
+        if not sys.stdin.isatty():
+            fail("no password: set PARLEY_USER_PASSWORD or run in a terminal")
+        password = str(
+            typer.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
+        )
+    config = state.data.load_config()
+    engine = engine_for(config.database)
+    try:
+        from parley.service.terminal import utc_now
+
+        add_user(engine, name, role, password, now=utc_now())
+    finally:
+        engine.dispose()
+    err.print(f"Created operator {name} ({role}).")
+
+
+@user_app.command("list")
+def user_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Operator accounts and their roles."""
+    from parley.service.users import list_users
+    from parley.store.db import engine_for
+
+    engine = engine_for(state.data.load_config().database)
+    try:
+        users = list_users(engine)
+    finally:
+        engine.dispose()
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("Name", "Role", "Locked")
+        for r in rows:
+            table.add_row(str(r["name"]), str(r["role"]), "yes" if r["locked"] else "")
+        out.print(table)
+
+    emit(users, json_, render)
 
 
 @app.command()

@@ -399,3 +399,14 @@ def test_close_stops_the_thread_and_the_listener(echo: EchoServer) -> None:
         proxy.restore()
     with pytest.raises(RuntimeError, match="closed"):
         proxy.start()
+
+
+def test_start_on_a_busy_port_raises_and_leaves_no_thread(echo: EchoServer) -> None:
+    before = set(threading.enumerate())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proxy = FaultProxy(echo.address, listen=busy.getsockname())
+        with pytest.raises(OSError, match="in use"):
+            proxy.start()
+    assert not [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]

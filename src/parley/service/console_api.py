@@ -8,9 +8,11 @@ the ``X-Parley-Operator`` header and is recorded with each message sent.
 
 from __future__ import annotations
 
+import base64
 import hmac
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -20,6 +22,7 @@ from parley.core.canonical import JSONValue
 from parley.errors import LocalError, ParleyError
 from parley.service.audit import audit
 from parley.service.terminal import CardBundle, Terminal
+from parley.service.users import AuthenticationFailed, authenticate
 
 __all__ = ["create_console_app"]
 
@@ -68,12 +71,38 @@ def _operator(
     authorization: Annotated[str | None, Header()] = None,
     x_parley_operator: Annotated[str | None, Header()] = None,
 ) -> str:
-    """Authenticate the caller by the console token; return the operator's name."""
+    """Authenticate the caller; return the operator's name.
+
+    Either the console token (``Bearer``; the CLI, acting for whoever can read
+    the data directory, named by ``X-Parley-Operator``) or an operator
+    account (``Basic``; Argon2id, locked after repeated failures).
+    """
+    terminal: Terminal = request.app.state.terminal
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            name, _, password = base64.b64decode(credentials, validate=True).decode().partition(":")
+            account = authenticate(terminal.engine, name, password, now=terminal.clock())
+        except (ValueError, UnicodeDecodeError, AuthenticationFailed) as exc:
+            structlog.get_logger("parley.console").warning("login_failed", reason=str(exc))
+            raise HTTPException(
+                401, {"error": "unauthorized", "message": "wrong name or password, or locked"}
+            ) from None
+        request.state.role = account.role
+        return account.name
     token: str = request.app.state.token
-    supplied = (authorization or "").removeprefix("Bearer ").strip()
+    supplied = credentials.strip() if scheme.lower() == "bearer" else ""
     if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
         raise HTTPException(401, {"error": "unauthorized", "message": "bad or missing token"})
+    request.state.role = "admin"
     return (x_parley_operator or "operator")[:100]
+
+
+def _may_send(request: Request) -> None:
+    if getattr(request.state, "role", None) == "auditor":
+        raise HTTPException(
+            403, {"error": "forbidden", "message": "an auditor reads and verifies; it cannot send"}
+        )
 
 
 Operator = Annotated[str, Depends(_operator)]
@@ -89,6 +118,7 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
     )
 
     app.state.token = token
+    app.state.terminal = terminal
 
     @app.exception_handler(ParleyError)
     async def parley_error(request: Request, exc: ParleyError) -> JSONResponse:
@@ -100,7 +130,8 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
         return await run_in_threadpool(terminal.status)
 
     @app.post("/api/v1/messages")
-    async def send(op: Operator, req: SendRequest) -> dict[str, Any]:
+    async def send(op: Operator, req: SendRequest, request: Request) -> dict[str, Any]:
+        _may_send(request)
         kind, body = build_body(req.text, req.form, req.data)
         return await run_in_threadpool(
             lambda: terminal.send(
@@ -128,7 +159,8 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
         return await run_in_threadpool(terminal.show, envelope_id)
 
     @app.post("/api/v1/messages/{envelope_id}/ack")
-    async def ack(op: Operator, envelope_id: str) -> dict[str, Any]:
+    async def ack(op: Operator, envelope_id: str, request: Request) -> dict[str, Any]:
+        _may_send(request)
         return await run_in_threadpool(lambda: terminal.acknowledge(envelope_id, operator=op))
 
     @app.get("/api/v1/links")
@@ -173,13 +205,15 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
         return await run_in_threadpool(terminal.channels)
 
     @app.post("/api/v1/channels")
-    async def create_channel(op: Operator, req: ChannelRequest) -> dict[str, Any]:
+    async def create_channel(op: Operator, req: ChannelRequest, request: Request) -> dict[str, Any]:
+        _may_send(request)
         return await run_in_threadpool(
             lambda: terminal.create_channel(req.name, req.members, operator=op)
         )
 
     @app.post("/api/v1/channels/{name}/agree")
-    async def agree_channel(op: Operator, name: str) -> dict[str, Any]:
+    async def agree_channel(op: Operator, name: str, request: Request) -> dict[str, Any]:
+        _may_send(request)
         return await run_in_threadpool(lambda: terminal.agree_channel(name, operator=op))
 
     @app.post("/api/v1/verify")

@@ -212,3 +212,14 @@ evidence = Table(
     Column("message", Text, nullable=False),
     Column("evidence", Text, nullable=False),  # canonical JSON
 )
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),  # duty_officer, supervisor, auditor, admin
+    Column("password_hash", Text, nullable=False),  # Argon2id
+    Column("created_at", Time, nullable=False),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", Time),
+)
