@@ -55,7 +55,7 @@ app.add_typer(user_app, name="user")
 
 # Tables stay readable when the output goes to a file or a pipe.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class State:
