@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from collections.abc import Sequence
@@ -32,8 +33,10 @@ import httpx
 import structlog
 from starlette.concurrency import run_in_threadpool
 
+from parley.core.encoding import b64decode
 from parley.errors import ParleyError, RemoteError, VerificationError
 from parley.service import tls
+from parley.service.peer_api import FRAMES, frame
 from parley.service.terminal import Terminal
 
 __all__ = ["BACKOFF_CAP", "DeliveryWorker", "backoff"]
@@ -221,9 +224,71 @@ class DeliveryWorker:
             rest = [item for item in batch if item not in urgent]
             if urgent:
                 await asyncio.gather(*(self._deliver(item) for item in urgent))
-            for item in rest:
+            pinned = [item for item in rest if item["via"]]
+            for item in pinned:
                 await self._deliver(item)
+            bulk = [item for item in rest if not item["via"]]
+            if bulk:
+                await self._deliver_batch(peer, bulk)
         return worked
+
+    async def _deliver_batch(self, peer: str, items: list[dict[str, Any]]) -> None:
+        """Non-urgent messages in one request over the best link, failing over to the next."""
+        errors: list[str] = []
+        for link in self._links(peer):
+            try:
+                data = await self._request(
+                    link,
+                    "POST",
+                    "/v1/envelopes/batch",
+                    content=frame([item["raw"] for item in items]),
+                    content_type=FRAMES,
+                )
+            except (LinkFailed, Rejected) as exc:
+                errors.append(f"{link.name}: {exc}")
+                continue
+            await self._batch_answers(link, items, data)
+            return
+        for item in items:
+            await self._failed(item, "; ".join(errors)[:500] or f"no link to {peer}")
+
+    async def _batch_answers(self, link: Link, items: list[dict[str, Any]], data: bytes) -> None:
+        try:
+            results = json.loads(data)["results"]
+            if not isinstance(results, list) or len(results) != len(items):
+                raise ValueError("one result per envelope expected")
+        except (ValueError, KeyError, TypeError) as exc:
+            for item in items:
+                await self._failed(item, f"{link.name}: unreadable batch answer ({exc})")
+            return
+        receipts: list[tuple[dict[str, Any], bytes]] = []
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, dict) and isinstance(result.get("receipt"), str):
+                try:
+                    receipts.append((item, b64decode(result["receipt"], "receipt")))
+                    continue
+                except ParleyError as exc:
+                    result = {"error": exc.code, "message": str(exc)}
+            message = result.get("message", "?") if isinstance(result, dict) else "?"
+            await self._failed(item, f"{link.name}: refused by {link.peer}: {message}")
+        if not receipts:
+            return
+        answers = await run_in_threadpool(
+            self.terminal.receive_receipts,
+            [raw for _, raw in receipts],
+            peer=link.peer,
+            link=link.name,
+        )
+        for (item, _), answer in zip(receipts, answers, strict=True):
+            if isinstance(answer, ParleyError):
+                await run_in_threadpool(
+                    self.terminal.record_security_event,
+                    endpoint="receipt",
+                    remote=link.url,
+                    tls_party=link.peer,
+                    error=answer,
+                )
+                await self._failed(item, f"{link.name}: bad receipt: {answer}")
 
     async def _deliver(self, item: dict[str, Any]) -> bool:
         peer = item["peer"]

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from parley.core.encoding import b64encode
 from parley.errors import (
     BodyTooLarge,
     CheckpointRejected,
@@ -29,7 +30,7 @@ from parley.errors import (
 )
 from parley.service.terminal import Terminal
 
-__all__ = ["STATUS_FOR", "create_peer_app", "error_response"]
+__all__ = ["FRAMES", "STATUS_FOR", "create_peer_app", "error_response", "frame", "split_frames"]
 
 API_VERSION = "v1"
 JSON = "application/json"
@@ -64,6 +65,42 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: ERROR_SCHEMA,
     413: ERROR_SCHEMA,
 }
+
+
+FRAMES = "application/x-parley-frames"
+MAX_BATCH_ENVELOPES = 256
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+def frame(items: list[bytes]) -> bytes:
+    """Envelopes for the batch endpoint: each preceded by its length (4 bytes, big-endian)."""
+    return b"".join(len(item).to_bytes(4, "big") + item for item in items)
+
+
+def split_frames(data: bytes, item_limit: int) -> list[bytes]:
+    """Split a framed batch; refuse bad framing, too many items or an oversized one."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < 4:
+            raise SchemaViolation("the batch ends inside a length prefix")
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        offset += 4
+        if size > item_limit:
+            raise BodyTooLarge(f"an envelope of {size} bytes exceeds the {item_limit}-byte limit")
+        if size > len(data) - offset:
+            raise SchemaViolation("the batch ends inside an envelope")
+        items.append(data[offset : offset + size])
+        offset += size
+        if len(items) > MAX_BATCH_ENVELOPES:
+            raise SchemaViolation(f"a batch holds at most {MAX_BATCH_ENVELOPES} envelopes")
+    if not items:
+        raise SchemaViolation("the batch is empty")
+    return items
+
+
+def _remote(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
 
 
 def error_response(exc: ParleyError) -> JSONResponse:
@@ -116,7 +153,7 @@ def create_peer_app(
         request: Request, endpoint: str, work: Callable[[str | None], Awaitable[Response]]
     ) -> Response:
         party = tls_party_of(request)
-        remote = f"{request.client.host}:{request.client.port}" if request.client else "?"
+        remote = _remote(request)
         try:
             return await work(party)
         except (RemoteError, VerificationError) as exc:
@@ -161,6 +198,46 @@ def create_peer_app(
             return Response(receipt, media_type=JSON)
 
         return await guarded(request, "envelopes", work)
+
+    @app.post(
+        f"/{API_VERSION}/envelopes/batch",
+        summary="Deliver several envelopes; one signed receipt (or error) per envelope",
+        responses={
+            200: {
+                "description": "per envelope, in order: {receipt: base64} or {error, message}",
+                "content": {JSON: {}},
+            },
+            **ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {FRAMES: {"schema": {"type": "string", "format": "binary"}}},
+                "description": "envelopes, each preceded by its length (4 bytes, big-endian)",
+            }
+        },
+    )
+    async def post_batch(request: Request) -> Response:
+        async def work(party: str | None) -> Response:
+            raw = await read_body(request, MAX_BATCH_BYTES)
+            envelopes = split_frames(raw, limit)
+            answers = await run_in_threadpool(terminal.receive_batch, envelopes, tls_party=party)
+            results: list[dict[str, str]] = []
+            for answer in answers:
+                if isinstance(answer, ParleyError):
+                    await run_in_threadpool(
+                        terminal.record_security_event,
+                        endpoint="envelopes/batch",
+                        remote=_remote(request),
+                        tls_party=party,
+                        error=answer,
+                    )
+                    results.append({"error": answer.code, "message": str(answer)})
+                else:
+                    results.append({"receipt": b64encode(answer)})
+            return JSONResponse({"results": results})
+
+        return await guarded(request, "envelopes/batch", work)
 
     @app.get(
         f"/{API_VERSION}/catch-up",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from parley.core.party import (
     Party,
     bilateral_channel,
 )
+from parley.core.receipts import Receipt
 from parley.core.transcript import EntryType, entry_bytes
 from parley.errors import (
     CheckpointRejected,
@@ -51,6 +53,7 @@ from parley.errors import (
     SchemaViolation,
     UnknownPeer,
     UsageError,
+    VerificationError,
 )
 from parley.keyfile import load_identity
 from parley.service import tls
@@ -314,6 +317,7 @@ class Terminal(Records):
         self.peer_certificates: dict[str, bytes] = {}
         #: (channel, sender) -> highest contiguous sequence, for catch-up requests.
         self.gaps: dict[tuple[str, str], int] = {}
+        self._link_written: dict[tuple[str, str], tuple[str, float]] = {}
         #: Called (outside the lock) whenever there is new work for the delivery worker.
         self.on_outbox: Callable[[], None] = lambda: None
         #: Called with each alarm raised (the server runs the alarm command).
@@ -637,27 +641,32 @@ class Terminal(Records):
 
     def receive_envelope(self, raw: bytes, *, tls_party: str | None = None) -> bytes:
         """Verify, log and commit one envelope, then return its signed receipt."""
-        return self.receive_batch([raw], tls_party=tls_party)[0]
+        result = self.receive_batch([raw], tls_party=tls_party)[0]
+        if isinstance(result, RemoteError):
+            raise result
+        return result
 
-    def receive_batch(self, raws: Sequence[bytes], *, tls_party: str | None = None) -> list[bytes]:
-        """Receive envelopes under one checkpoint; raise the first ``RemoteError``.
+    def receive_batch(
+        self, raws: Sequence[bytes], *, tls_party: str | None = None
+    ) -> list[bytes | RemoteError]:
+        """Receive envelopes under one checkpoint signature and one commit.
 
-        A batch is all or nothing for errors only in the sense that the bad
-        envelope leaves no trace; the good ones before it are kept.
+        Each item yields its signed receipt, or the ``RemoteError`` that
+        rejected it (a rejected envelope leaves no trace). Receipts are
+        returned only after the commit.
         """
         with self.lock:
             start = self.party.transcript.size
             results = self.party.receive_envelopes(raws)
             now = self.clock()
-            receipts: list[bytes] = []
-            error: RemoteError | None = None
+            answers: list[bytes | RemoteError] = []
             received: list[MessageReceived] = []
             acked: list[AckReceived] = []
             for result in results:
                 if isinstance(result, RemoteError):
-                    error = error or result
+                    answers.append(result)
                     continue
-                receipts.append(result.receipt)
+                answers.append(result.receipt)
                 for event in result.events:
                     if isinstance(event, MessageReceived):
                         header = event.envelope.header
@@ -703,11 +712,7 @@ class Terminal(Records):
                 kind=h.kind,
                 precedence=h.precedence,
             )
-        if error is not None and not receipts:
-            raise error
-        if error is not None:
-            log.warning("batch_partly_rejected", error=error.code, message=str(error))
-        return receipts
+        return answers
 
     def _store_received(self, conn: Connection, event: MessageReceived, now: datetime) -> None:
         header = event.envelope.header
@@ -742,58 +747,87 @@ class Terminal(Records):
 
     def receive_receipt(self, raw: bytes, *, peer: str, link: str | None = None) -> dict[str, Any]:
         """Check and keep a receipt; mark the envelope delivered to ``peer``."""
+        result = self.receive_receipts([raw], peer=peer, link=link)[0]
+        if isinstance(result, ParleyError):
+            raise result
+        return result
+
+    def receive_receipts(
+        self, raws: Sequence[bytes], *, peer: str, link: str | None = None
+    ) -> list[dict[str, Any] | ParleyError]:
+        """Check and keep receipts from ``peer`` in one commit (each checked on its own)."""
         with self.lock:
             start = self.party.transcript.size
-            try:
-                accepted = self.party.receive_receipt(raw)
-            except Equivocation as exc:
-                self._record_equivocation(exc, peer)
-                raise
-            receipt = accepted.receipt
-            if receipt.receiver != peer:
-                raise SchemaViolation(
-                    f"a receipt signed by {receipt.receiver} came back from {peer}"
+            accepted: list[tuple[Receipt, int | None]] = []
+            answers: list[dict[str, Any] | ParleyError] = []
+            for raw in raws:
+                before = self.party.transcript.size
+                try:
+                    receipt = self.party.receive_receipt(raw).receipt
+                    if receipt.receiver != peer:
+                        raise SchemaViolation(
+                            f"a receipt signed by {receipt.receiver} came back from {peer}"
+                        )
+                except Equivocation as exc:
+                    self._record_equivocation(exc, peer)
+                    answers.append(exc)
+                    continue
+                except (RemoteError, VerificationError) as exc:
+                    answers.append(exc)
+                    continue
+                logged = before if self.party.transcript.size > before else None
+                accepted.append((receipt, logged))
+                answers.append(
+                    {
+                        "envelope_id": receipt.envelope_id,
+                        "receiver": receipt.receiver,
+                        "through_seq": receipt.through_seq,
+                    }
                 )
             now = self.clock()
 
             def work(conn: Connection) -> None:
                 self._log_new_entries(conn, start)
-                exists = conn.execute(
-                    select(m.receipts.c.envelope_id).where(
-                        and_(
-                            m.receipts.c.envelope_id == receipt.envelope_id,
-                            m.receipts.c.receiver == receipt.receiver,
-                        )
-                    )
-                ).first()
-                if exists is None:
-                    conn.execute(
-                        insert(m.receipts).values(
-                            envelope_id=receipt.envelope_id,
-                            receiver=receipt.receiver,
-                            issued_at=receipt.issued_at,
-                            stored_at=now,
-                            through_seq=receipt.through_seq,
-                            log_index=start if self.party.transcript.size > start else None,
-                        )
-                    )
-                conn.execute(
-                    update(m.outbox)
-                    .where(
-                        and_(
-                            m.outbox.c.envelope_id == receipt.envelope_id,
-                            m.outbox.c.peer == peer,
-                        )
-                    )
-                    .values(state="delivered", delivered_at=now, link=link, last_error=None)
-                )
+                for receipt, logged in accepted:
+                    self._store_receipt(conn, receipt, logged, peer, link, now)
 
-            self._commit(work)
-        return {
-            "envelope_id": receipt.envelope_id,
-            "receiver": receipt.receiver,
-            "through_seq": receipt.through_seq,
-        }
+            if accepted:
+                self._commit(work)
+        return answers
+
+    def _store_receipt(
+        self,
+        conn: Connection,
+        receipt: Receipt,
+        logged: int | None,
+        peer: str,
+        link: str | None,
+        now: datetime,
+    ) -> None:
+        exists = conn.execute(
+            select(m.receipts.c.envelope_id).where(
+                and_(
+                    m.receipts.c.envelope_id == receipt.envelope_id,
+                    m.receipts.c.receiver == receipt.receiver,
+                )
+            )
+        ).first()
+        if exists is None:
+            conn.execute(
+                insert(m.receipts).values(
+                    envelope_id=receipt.envelope_id,
+                    receiver=receipt.receiver,
+                    issued_at=receipt.issued_at,
+                    stored_at=now,
+                    through_seq=receipt.through_seq,
+                    log_index=logged,
+                )
+            )
+        conn.execute(
+            update(m.outbox)
+            .where(and_(m.outbox.c.envelope_id == receipt.envelope_id, m.outbox.c.peer == peer))
+            .values(state="delivered", delivered_at=now, link=link, last_error=None)
+        )
 
     # Delivery bookkeeping -------------------------------------------------------
 
@@ -881,7 +915,7 @@ class Terminal(Records):
             {"checkpoint": checkpoint.note, "envelopes": items, "type": "parley.catch-up/v1"}
         )
 
-    def apply_catch_up(self, peer: str, data: bytes) -> list[bytes]:
+    def apply_catch_up(self, peer: str, data: bytes) -> list[bytes | RemoteError]:
         """Check a catch-up answer from ``peer`` (proofs included) and receive its envelopes."""
         obj = require_object(
             parse_canonical(data, max_size=64 * 1024 * 1024, what="catch-up"), "catch-up"
@@ -1110,8 +1144,18 @@ class Terminal(Records):
         error: str | None = None,
         test: bool = False,
     ) -> str:
-        """Record one use or test of a link; return its new state; raise alarms on failure."""
+        """Record one use or test of a link; return its new state; raise alarms on failure.
+
+        A success on a link already up is written at most every few seconds
+        (the round-trip time shown may be that old), so that traffic does not
+        pay a database commit per request.
+        """
         now = self.clock()
+        key = (peer, name)
+        if ok and not test:
+            previous = self._link_written.get(key)
+            if previous is not None and previous[0] == "up" and time.monotonic() - previous[1] < 5:
+                return "up"
         with self.engine.begin() as conn:
             row = conn.execute(
                 select(m.links).where(and_(m.links.c.peer == peer, m.links.c.name == name))
@@ -1128,6 +1172,7 @@ class Terminal(Records):
             if test:
                 values["last_test"] = now
             conn.execute(update(m.links).where(m.links.c.id == row.id).values(**values))
+            self._link_written[key] = (state, time.monotonic())
             states = [
                 r.state for r in conn.execute(select(m.links.c.state).where(m.links.c.peer == peer))
             ]
