@@ -97,7 +97,8 @@ class ParleyError(Exception):
     @property
     def code(self) -> str:
         """A machine-readable code: the class name in snake case (``invalid_signature``)."""
-        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
+        name = type(self).__name__
+        return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
     def diagnostics(self) -> str:
         """A short explanation suitable for the CLI or the console."""

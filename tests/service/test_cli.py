@@ -87,7 +87,8 @@ def test_init_card_fingerprint_and_peer_add(tmp_path: Path) -> None:
         "--link",
         "primary",
     )
-    assert bad_link.returncode != 0 and "NAME=URL" in bad_link.stderr
+    assert bad_link.returncode != 0
+    assert "NAME=URL" in bad_link.stderr
 
     ok = parley(
         us,
@@ -176,7 +177,8 @@ def test_send_without_serve_is_durable_then_delivered_and_verify_catches_one_byt
         timeout=30,
         what="the receipt",
     )
-    assert us.stop() == 0 and ru.stop() == 0
+    assert us.stop() == 0
+    assert ru.stop() == 0
 
     report = json.loads(ru.cli("verify", "--json").stdout)
     assert report["ok"], report["failures"]

@@ -119,15 +119,41 @@ class Content:
         require_keys(obj, "inner content", {"body", "lang", "operator", "salt"})
         body = require_object(obj["body"], "inner content body")
         _check_body(kind, body)
+        lang = require_str(obj, "lang", "inner content", max_len=35)
+        operator = require_str(obj, "operator", "inner content", max_len=200)
+        for name, value in (("lang", lang), ("operator", operator)):
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                raise SchemaViolation(f"the inner content's {name} holds a control character")
         return cls(
-            lang=require_str(obj, "lang", "inner content", max_len=35),
-            operator=require_str(obj, "operator", "inner content", max_len=200),
+            lang=lang,
+            operator=operator,
             body=body,
             salt=b64decode(obj["salt"], "inner content salt"),
         )
 
 
+MAX_BODY_DEPTH = 32
+"""Deepest nesting of arrays and objects allowed in a message body."""
+
+
+def _depth(value: JSONValue) -> int:
+    """Nesting depth of a JSON value, computed without recursion."""
+    deepest = 0
+    stack: list[tuple[JSONValue, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
 def _check_body(kind: str, body: Mapping[str, JSONValue]) -> None:
+    if _depth(dict(body)) > MAX_BODY_DEPTH:
+        raise SchemaViolation(f"a message body may nest at most {MAX_BODY_DEPTH} levels deep")
     if set(body) != {kind}:
         raise SchemaViolation(f"a {kind} envelope's content must hold exactly the field {kind!r}")
     value = body[kind]

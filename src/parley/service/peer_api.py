@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from parley.core.encoding import b64encode
 from parley.errors import (
@@ -156,6 +157,9 @@ def create_peer_app(
         remote = _remote(request)
         try:
             return await work(party)
+        except ClientDisconnect:
+            # The peer went away mid-request: nothing was read in full, nothing stored.
+            return Response(status_code=400)
         except (RemoteError, VerificationError) as exc:
             await run_in_threadpool(
                 terminal.record_security_event,

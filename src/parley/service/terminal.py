@@ -1264,7 +1264,8 @@ class Terminal(Records):
                     remote=remote,
                     tls_party=tls_party,
                     code=code,
-                    message=str(error)[:1000],
+                    # A peer's bytes may be quoted in the message: no NUL reaches the database.
+                    message=str(error)[:1000].replace("\x00", "\\x00"),
                 )
             )
         log.warning(
