@@ -1,4 +1,4 @@
-"""The service layer in one process (no sockets): catch-up, equivocation, restarts, failed commits."""
+"""The service layer in one process: catch-up, equivocation, restarts, failed commits."""
 
 from __future__ import annotations
 
