@@ -61,3 +61,30 @@ def test_flash_message_is_receipted_acknowledged_and_verified(network: NetworkFa
         assert report["ok"], report["failures"]
         assert report["cosignatures"] >= 1
         assert report["receipts"] >= 1
+
+
+def test_peer_api_is_versioned_and_described_by_openapi(network: NetworkFactory) -> None:
+    import httpx
+
+    from parley.keyfile import load_identity
+    from parley.service import tls
+    from parley.service.terminal import CardBundle
+    from parley.testing.network import PASSPHRASE
+
+    terminals = network()
+    us, ru = terminals["US-EUCOM"], terminals["RU-GS"]
+    identity = load_identity(us.data / "identity.key", PASSPHRASE)
+    ru_cert = CardBundle.from_json((ru.data / "card.json").read_bytes()).tls_certificate
+    with httpx.Client(verify=tls.client_context(identity, ru_cert), timeout=10) as client:
+        spec = client.get(ru.peer_url + "/v1/openapi.json").json()
+        health = client.get(ru.peer_url + "/v1/health").json()
+    assert spec["info"]["version"] == "v1"
+    assert {
+        "/v1/envelopes",
+        "/v1/envelopes/batch",
+        "/v1/catch-up",
+        "/v1/checkpoint-offers",
+        "/v1/cosignatures",
+    } <= set(spec["paths"])
+    assert all(path.startswith("/v1/") for path in spec["paths"])
+    assert health == {"party": "RU-GS", "status": "up"}
