@@ -97,7 +97,7 @@ def _global(
     state.data = DataDir(data)
     state.passphrase_file = passphrase_file
     state.operator = operator or _login_name()
-    from parley.service.server import configure_logging
+    from parley.logs import configure_logging
 
     # Commands log to DIR/parley.log only; stdout carries their results.
     configure_logging(state.data.log_file if state.data.path.is_dir() else None, stderr=False)
@@ -166,7 +166,7 @@ class ApiBackend:
 @contextmanager
 def backend(*, needs_keys: bool) -> Iterator[tuple[ApiBackend | None, Records | None]]:
     """The running terminal's API if it runs; else the records (and keys if needed)."""
-    from parley.service.server import ServeLock
+    from parley.service.lock import ServeLock
     from parley.store.db import engine_for, schema_is_current
 
     data = state.data

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import structlog
 import uvicorn
@@ -35,85 +33,17 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from parley.config import DataDir, parse_hostport
 from parley.errors import UsageError
+from parley.logs import configure_logging
 from parley.service import tls
 from parley.service.console_api import create_console_app
 from parley.service.delivery import DeliveryWorker
+from parley.service.lock import ServeLock
 from parley.service.peer_api import create_peer_app
 from parley.service.terminal import Terminal
 
-__all__ = ["ServeLock", "configure_logging", "run", "serve"]
+__all__ = ["ServeLock", "run", "serve"]
 
 log = structlog.get_logger("parley.server")
-
-
-class ServeLock:
-    """An exclusive lock on ``DIR/serve.lock``: one process owns a terminal's state."""
-
-    def __init__(self, data: DataDir) -> None:
-        self.path = data.lock_file
-        self._handle: IO[str] | None = None
-
-    def acquire(self) -> bool:
-        handle = open(self.path, "a+")  # noqa: SIM115 - held for the lock's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return False
-        self._handle = handle
-        return True
-
-    def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-    @staticmethod
-    def held(data: DataDir) -> bool:
-        lock = ServeLock(data)
-        if lock.acquire():
-            lock.release()
-            return False
-        return True
-
-
-class _Tee:
-    def __init__(self, *streams: IO[str]) -> None:
-        self.streams = streams
-        self.lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        with self.lock:
-            for stream in self.streams:
-                stream.write(text)
-                stream.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-def configure_logging(log_file: Path | None, *, stderr: bool = True) -> None:
-    """JSON log lines to ``log_file`` (and stderr)."""
-    import sys
-
-    streams: list[IO[str]] = []
-    if log_file is not None:
-        streams.append(open(log_file, "a", encoding="utf-8"))  # noqa: SIM115
-    if stderr:
-        streams.append(sys.stderr)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(file=_Tee(*streams)),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
-    )
 
 
 class _QuietServer(uvicorn.Server):
@@ -285,7 +215,3 @@ def run(path: Path, passphrase: str) -> None:
         asyncio.run(serve(terminal))
     finally:
         lock.release()
-
-
-def ssl_version_name(context: ssl.SSLContext) -> str:
-    return str(context.minimum_version)
