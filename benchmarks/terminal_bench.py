@@ -20,6 +20,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from sqlalchemy import select
 from parley.config import DataDir
 from parley.store import models as m
 from parley.store.db import engine_for
-from parley.testing.network import make_network, wait_until
+from parley.testing.network import TerminalProcess, make_network, wait_until
 
 
 def _latencies(url: str, ids: list[str]) -> list[float]:
@@ -53,6 +54,10 @@ def _latencies(url: str, ids: list[str]) -> list[float]:
     finally:
         engine.dispose()
     return [(held[i] - sent[i]).total_seconds() * 1000 for i in ids if i in held]
+
+
+def _receipted(terminal: TerminalProcess, message_id: str) -> Callable[[], bool]:
+    return lambda: "RU-GS" in terminal.api("GET", f"/messages/{message_id}")["receipts"]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -82,12 +87,7 @@ def run(latency_n: int, throughput_n: int) -> dict[str, Any]:
                 body = {"to": ["RU-GS"], "precedence": "FLASH", "text": f"latency probe {i}"}
                 message_id = us.api("POST", "/messages", body)["id"]
                 ids.append(message_id)
-                wait_until(
-                    lambda message_id=message_id: "RU-GS"
-                    in us.api("GET", f"/messages/{message_id}")["receipts"],
-                    timeout=60,
-                    interval=0.002,
-                )
+                wait_until(_receipted(us, message_id), timeout=60, interval=0.002)
             latencies = _latencies(url, ids)
 
             started = time.perf_counter()
@@ -103,9 +103,7 @@ def run(latency_n: int, throughput_n: int) -> dict[str, Any]:
                     )
                 )
             queued = time.perf_counter() - started
-            wait_until(
-                lambda: us.api("GET", "/status")["pending"] == 0, timeout=600, interval=0.05
-            )
+            wait_until(lambda: us.api("GET", "/status")["pending"] == 0, timeout=600, interval=0.05)
             drained = time.perf_counter() - started
         finally:
             for t in (us, ru):

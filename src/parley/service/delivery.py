@@ -82,6 +82,7 @@ class DeliveryWorker:
         self._peer_events: dict[str, asyncio.Event] = {}
         self._last_witness: dict[str, float] = {}
         self._stopping = False
+        self._inflight: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # Lifecycle ----------------------------------------------------------------
@@ -224,13 +225,30 @@ class DeliveryWorker:
             rest = [item for item in batch if item not in urgent]
             if urgent:
                 await asyncio.gather(*(self._deliver(item) for item in urgent))
-            pinned = [item for item in rest if item["via"]]
-            for item in pinned:
-                await self._deliver(item)
+            # A link test travels on its own link only; a dead link must not hold up
+            # the rest, so each runs as its own task (its next attempt pushed past
+            # the link timeout meanwhile, so it is not picked up twice).
+            for item in rest:
+                if item["via"] and item["envelope_id"] not in self._inflight:
+                    self._inflight.add(item["envelope_id"])
+                    await run_in_threadpool(
+                        self.terminal.postpone,
+                        item["envelope_id"],
+                        peer,
+                        self.terminal.config.link_timeout + 1.0,
+                    )
+                    task = asyncio.create_task(self._deliver_pinned(item))
+                    self._tasks.append(task)
             bulk = [item for item in rest if not item["via"]]
             if bulk:
                 await self._deliver_batch(peer, bulk)
         return worked
+
+    async def _deliver_pinned(self, item: dict[str, Any]) -> None:
+        try:
+            await self._deliver(item)
+        finally:
+            self._inflight.discard(item["envelope_id"])
 
     async def _deliver_batch(self, peer: str, items: list[dict[str, Any]]) -> None:
         """Non-urgent messages in one request over the best link, failing over to the next."""
@@ -363,6 +381,7 @@ class DeliveryWorker:
             self.terminal.delivery_failed, item["envelope_id"], item["peer"], error, retry_at
         )
         if item["via"]:
+            # The failed request was already counted against the link; this marks the test.
             await run_in_threadpool(
                 self.terminal.record_link,
                 item["peer"],
@@ -370,6 +389,7 @@ class DeliveryWorker:
                 ok=False,
                 error=error,
                 test=True,
+                count=False,
             )
         log.info(
             "delivery_failed",
@@ -440,6 +460,8 @@ class DeliveryWorker:
                 log.warning("link_test_not_queued", peer=item["peer"], error=str(exc))
 
     def _queue_test(self, peer: str, link: str) -> None:
+        if self.terminal.pending_test(peer, link):
+            return  # the previous test of this link is still under way
         self.terminal.send(
             [peer],
             kind="test",

@@ -94,6 +94,14 @@ def _peer_protocol(terminal: Terminal, registry: dict[tuple[str, int], str]) -> 
                     registry[(peername[0], peername[1])] = party
                     break
 
+        def shutdown(self) -> None:
+            # An idle pooled peer connection would never finish the TLS close
+            # handshake: drop it at once instead of waiting out the grace period.
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.abort()
+                return
+            super().shutdown()
+
         def connection_lost(self, exc: Exception | None) -> None:
             peername = self.transport.get_extra_info("peername") if self.transport else None
             if peername is not None:

@@ -317,6 +317,7 @@ class Terminal(Records):
         self.peer_certificates: dict[str, bytes] = {}
         #: (channel, sender) -> highest contiguous sequence, for catch-up requests.
         self.gaps: dict[tuple[str, str], int] = {}
+        self._alarm_lock = threading.Lock()
         self._link_written: dict[tuple[str, str], tuple[str, float]] = {}
         #: Called (outside the lock) whenever there is new work for the delivery worker.
         self.on_outbox: Callable[[], None] = lambda: None
@@ -884,6 +885,29 @@ class Terminal(Records):
                 )
             )
 
+    def postpone(self, envelope_id: str, peer: str, seconds: float) -> None:
+        """Push a pending delivery's next attempt ``seconds`` into the future."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(m.outbox)
+                .where(and_(m.outbox.c.envelope_id == envelope_id, m.outbox.c.peer == peer))
+                .values(next_attempt=self.clock() + timedelta(seconds=seconds))
+            )
+
+    def pending_test(self, peer: str, link: str) -> bool:
+        """Whether a test message pinned to this link still awaits its receipt."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(m.outbox.c.envelope_id).where(
+                    and_(
+                        m.outbox.c.peer == peer,
+                        m.outbox.c.via == link,
+                        m.outbox.c.state == "pending",
+                    )
+                )
+            ).first()
+        return row is not None
+
     def pending_count(self) -> int:
         with self.engine.connect() as conn:
             return int(
@@ -1143,6 +1167,7 @@ class Terminal(Records):
         rtt_ms: float | None = None,
         error: str | None = None,
         test: bool = False,
+        count: bool = True,
     ) -> str:
         """Record one use or test of a link; return its new state; raise alarms on failure.
 
@@ -1162,7 +1187,7 @@ class Terminal(Records):
             ).first()
             if row is None:
                 return "unknown"
-            failures = 0 if ok else row.failures + 1
+            failures = 0 if ok else row.failures + (1 if count else 0)
             state = "up" if ok else ("degraded" if failures < 3 else "down")
             values: dict[str, Any] = {"state": state, "failures": failures}
             if ok:
@@ -1182,7 +1207,10 @@ class Terminal(Records):
                 "warning",
                 f"{peer}/{name}",
                 f"link {name} to {peer} failed its test: {error}",
+                once=True,
             )
+        elif test and ok:
+            self.clear_alarms("link_test_failed", f"{peer}/{name}")
         if not ok and row.state != "down" and state == "down":
             log.warning("link_down", peer=peer, link=name, error=error)
         if states and all(s == "down" for s in states):
@@ -1203,7 +1231,9 @@ class Terminal(Records):
         self, kind: str, severity: str, subject: str, message: str, *, once: bool = False
     ) -> dict[str, Any] | None:
         now = self.clock()
-        with self.engine.begin() as conn:
+        # One serve process owns the database: a process lock makes "once" hold
+        # under concurrent failures on every backend.
+        with self._alarm_lock, self.engine.begin() as conn:
             if (
                 once
                 and conn.execute(
