@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,26 +16,30 @@ from typing import Any
 import httpx
 
 
-def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "parley.cli", "demo", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    errors = tmp_path / "demo.err"
+    with open(errors, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parley.cli", "demo", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
         assert proc.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(proc.stdout, selectors.EVENT_READ)
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
         rows: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 240
-        while len(rows) < 4 and time.monotonic() < deadline:
-            if selector.select(timeout=1):
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                rows.append(json.loads(line))
-        assert len(rows) == 4, proc.stderr.read() if proc.stderr else ""
+        deadline = time.monotonic() + 300
+        while len(rows) < 4 and time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(queue.Empty):
+                rows.append(json.loads(lines.get(timeout=1)))
+        assert len(rows) == 4, errors.read_text()[-3000:]
         assert [r["party"] for r in rows] == ["US-EUCOM", "RU-GS", "UA-GS", "AE-MEDIATOR"]
         for row in rows:
             assert set(row) == {

@@ -83,6 +83,8 @@ class DeliveryWorker:
         self._last_witness: dict[str, float] = {}
         self._stopping = False
         self._inflight: set[str] = set()
+        self._witness_due: set[str] = set()
+        self._witnessed_activity: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # Lifecycle ----------------------------------------------------------------
@@ -199,7 +201,13 @@ class DeliveryWorker:
             try:
                 worked = await self._drain(peer)
                 await self._catch_up(peer)
-                if worked or time.monotonic() - self._last_witness.get(peer, 0) > 60:
+                if worked:
+                    self._witness_due.add(peer)
+                if self.terminal.activity.get(peer, 0) != self._witnessed_activity.get(peer):
+                    self._witness_due.add(peer)
+                if time.monotonic() - self._last_witness.get(peer, 0) > 60:
+                    self._witness_due.add(peer)
+                if peer in self._witness_due:
                     await self._witness(peer)
             except asyncio.CancelledError:
                 raise
@@ -207,7 +215,7 @@ class DeliveryWorker:
                 log.exception("delivery_loop_error", peer=peer)
                 await asyncio.sleep(1.0)
             due = await run_in_threadpool(self.terminal.next_due, peer)
-            wait = 5.0
+            wait = WITNESS_EVERY if peer in self._witness_due else 5.0
             if due is not None:
                 wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
             if wait > 0:
@@ -427,8 +435,10 @@ class DeliveryWorker:
         """Cosign the peer's latest checkpoint, and have it cosign ours."""
         now = time.monotonic()
         if now - self._last_witness.get(peer, 0) < WITNESS_EVERY:
-            return
+            return  # still due: the loop comes back within WITNESS_EVERY
         self._last_witness[peer] = now
+        self._witnessed_activity[peer] = self.terminal.activity.get(peer, 0)
+        self._witness_due.discard(peer)
         try:
             request = await run_in_threadpool(self.terminal.checkpoint_request, peer)
             offer = await self._any_link(peer, "POST", "/v1/checkpoint-offers", content=request)
@@ -438,6 +448,7 @@ class DeliveryWorker:
                 peer, "POST", "/v1/cosignatures", content=cosigned, content_type="text/plain"
             )
         except (LinkFailed, ParleyError) as exc:
+            self._witness_due.add(peer)
             log.info("witness_round_failed", peer=peer, error=str(exc)[:300])
 
     # Schedules ------------------------------------------------------------------

@@ -318,6 +318,8 @@ class Terminal(Records):
         #: (channel, sender) -> highest contiguous sequence, for catch-up requests.
         self.gaps: dict[tuple[str, str], int] = {}
         self._alarm_lock = threading.Lock()
+        #: Messages received per sender since start (the worker witnesses logs that grew).
+        self.activity: dict[str, int] = {}
         self._link_written: dict[tuple[str, str], tuple[str, float]] = {}
         #: Called (outside the lock) whenever there is new work for the delivery worker.
         self.on_outbox: Callable[[], None] = lambda: None
@@ -702,6 +704,11 @@ class Terminal(Records):
 
             if received or acked or self.party.transcript.size != start:
                 self._commit(work)
+        for event in received:
+            sender = event.envelope.header.sender
+            self.activity[sender] = self.activity.get(sender, 0) + 1
+        if received:
+            self.on_outbox()  # wakes the worker: the sender's log grew, witness it
         for event in received:
             h = event.envelope.header
             log.info(
