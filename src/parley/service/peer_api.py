@@ -160,16 +160,7 @@ def create_peer_app(
         except ClientDisconnect:
             # The peer went away mid-request: nothing was read in full, nothing stored.
             return Response(status_code=400)
-        except (RemoteError, VerificationError) as exc:
-            await run_in_threadpool(
-                terminal.record_security_event,
-                endpoint=endpoint,
-                remote=remote,
-                tls_party=party,
-                error=exc,
-            )
-            return error_response(exc)
-        except UnknownPeer as exc:
+        except (RemoteError, VerificationError, UnknownPeer) as exc:
             await run_in_threadpool(
                 terminal.record_security_event,
                 endpoint=endpoint,

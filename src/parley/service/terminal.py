@@ -14,7 +14,6 @@ them from worker threads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -30,7 +29,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from parley import merkle
 from parley.config import Config, DataDir
 from parley.core.canonical import JSONValue, canonical_bytes, parse_canonical, require_object
-from parley.core.checkpoint import parse_note, verify_checkpoint
+from parley.core.checkpoint import verify_checkpoint
 from parley.core.encoding import b64decode, b64encode, check_party_id
 from parley.core.envelope import PRECEDENCES, Limits, read_envelope
 from parley.core.identity import Identity, IdentityCard
@@ -1380,12 +1379,3 @@ class Terminal(Records):
                 if (c := self.party.last_cosigned_by(p)) is not None
             },
         }
-
-
-def digest_hex(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
-
-
-def parse_note_origin(note: str) -> str:
-    body, _ = parse_note(note)
-    return body.split("\n", 1)[0]
