@@ -419,3 +419,37 @@ def test_a_space_inside_a_number_is_refused(number: int, data: st.DataObject) ->
     at = data.draw(st.integers(min_value=1, max_value=len(text) - 1))
     with pytest.raises(InvalidJSON):
         parse_canonical(b"[" + text[:at] + b" " + text[at:] + b"]")
+
+
+# The C encoder serves values where its output is RFC 8785's; rfc8785 is the
+# reference. Keys and strings are drawn from the whole of Unicode (surrogates
+# excluded), so keys that sort differently in UTF-16 and code-point order
+# (U+E000..U+FFFF against astral characters) are reached.
+_texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=8)
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | _texts,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(
+        _texts | st.sampled_from(["\ue000", "\U0001f600", "a\uffff", "a\U00010000"]),
+        children,
+        max_size=4,
+    ),
+    max_leaves=20,
+)
+
+
+@given(_json_values)
+def test_canonical_bytes_equals_the_rfc8785_reference(value: Any) -> None:
+    expected = rfc8785.dumps(value)
+    assert canonical_bytes(value) == expected
+    assert parse_canonical(expected) == value
+
+
+def test_keys_that_sort_apart_in_utf16_use_the_reference_order() -> None:
+    value = {"\ue000": 1, "\U0001f600": 2}
+    # UTF-16: U+1F600 is D83D DE00, which sorts before E000.
+    assert canonical_bytes(value) == '{"\U0001f600":2,"\ue000":1}'.encode()
+    assert parse_canonical(canonical_bytes(value)) == value

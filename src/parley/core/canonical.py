@@ -48,27 +48,52 @@ JSONValue: TypeAlias = Any
 
 def canonical_bytes(value: JSONValue) -> bytes:
     """Serialise ``value`` as RFC 8785 canonical JSON (floats are refused)."""
-    _check_no_floats(value)
+    if _check_value(value):
+        return _stdlib_canonical(value)
     return rfc8785.dumps(value)
 
 
-def _check_no_floats(value: JSONValue) -> None:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return
+def _stdlib_canonical(value: JSONValue) -> bytes:
+    """The standard library's C encoder, for values where its output is RFC 8785's.
+
+    With sorted keys, no whitespace and no ASCII escaping, ``json.dumps``
+    writes exactly what RFC 8785 prescribes for strings (the same short
+    escapes and lowercase ``\\u00xx`` for other control characters),
+    integers, booleans and null, and sorts keys the same way as long as no
+    key holds a character at or above U+D800 (where UTF-16 order, which
+    RFC 8785 uses, and code-point order part). ``_check_value`` makes sure
+    of that; a lone surrogate fails the UTF-8 encoding and falls back to
+    ``rfc8785``, which refuses it with its own error.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return rfc8785.dumps(value)
+
+
+def _check_value(value: JSONValue) -> bool:
+    """Refuse floats and unsafe integers; say whether the C encoder is exact for ``value``."""
+    if value is None or isinstance(value, (bool, str)):
+        return True
     if isinstance(value, int):
         if abs(value) > MAX_SAFE_INTEGER:
             raise IntegerOutOfRange(f"integer {value} is beyond +/-2^53")
-        return
+        return True
     if isinstance(value, float):
         raise FloatNotAllowed(f"float {value!r} cannot be signed; use an integer or a string")
     if isinstance(value, Mapping):
-        for v in value.values():
-            _check_no_floats(v)
-        return
-    if isinstance(value, Sequence):
+        exact = type(value) is dict
+        for k, v in value.items():
+            if not (isinstance(k, str) and (k.isascii() or max(k) < "\ud800")):
+                exact = False
+            exact = _check_value(v) and exact
+        return exact
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        exact = type(value) in (list, tuple)
         for v in value:
-            _check_no_floats(v)
-        return
+            exact = _check_value(v) and exact
+        return exact
     raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
@@ -131,7 +156,7 @@ def parse_canonical(data: bytes, *, max_size: int | None = None, what: str = "bo
     except json.JSONDecodeError as exc:
         raise InvalidJSON(f"the {what} is not JSON: {exc.msg} at byte {exc.pos}") from None
     try:
-        expected = rfc8785.dumps(value)
+        expected = _stdlib_canonical(value) if _check_value(value) else rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, RecursionError, UnicodeError) as exc:
         # UnicodeError: a lone surrogate escape (such as "\ud800") in an object
         # key, which rfc8785 sorts by its UTF-16 encoding before writing it.

@@ -19,12 +19,16 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from parley.core.canonical import JSONValue
-from parley.errors import LocalError, ParleyError
+from parley.errors import LocalError, ParleyError, UsageError
 from parley.service.audit import audit
-from parley.service.terminal import CardBundle, Terminal
+from parley.service.terminal import CardBundle, Draft, Terminal
 from parley.service.users import AuthenticationFailed, authenticate
 
 __all__ = ["create_console_app"]
+
+
+#: The most messages one batch request may carry (one transaction on disk).
+MAX_BATCH = 5000
 
 
 class SendRequest(BaseModel):
@@ -36,6 +40,10 @@ class SendRequest(BaseModel):
     form: str | None = None
     data: dict[str, Any] | None = None
     lang: str = "en"
+
+
+class BatchRequest(BaseModel):
+    messages: list[SendRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class PeerRequest(BaseModel):
@@ -145,6 +153,31 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
                 lang=req.lang,
             )
         )
+
+    @app.post("/api/v1/messages/batch")
+    async def send_batch(op: Operator, req: BatchRequest, request: Request) -> dict[str, Any]:
+        """Queue several messages in one transaction: all are accepted, or none."""
+        _may_send(request)
+        drafts = []
+        for n, item in enumerate(req.messages):
+            try:
+                kind, body = build_body(item.text, item.form, item.data)
+            except UsageError as exc:
+                raise UsageError(f"message {n + 1} of {len(req.messages)}: {exc}") from exc
+            drafts.append(
+                Draft(
+                    tuple(item.to),
+                    kind=kind,
+                    body=body,
+                    operator=op,
+                    channel=item.channel,
+                    precedence=item.precedence,
+                    exercise=item.exercise,
+                    lang=item.lang,
+                )
+            )
+        results = await run_in_threadpool(terminal.send_many, drafts)
+        return {"messages": results}
 
     @app.get("/api/v1/inbox")
     async def inbox(op: Operator, all: bool = False) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 
 from parley import merkle
 from parley.config import Config, DataDir
@@ -59,7 +59,7 @@ from parley.service import tls
 from parley.store import models as m
 from parley.store.db import engine_for, migrate, schema_is_current
 
-__all__ = ["CardBundle", "Records", "Terminal", "utc_now"]
+__all__ = ["CardBundle", "Draft", "Records", "Terminal", "utc_now"]
 
 log = structlog.get_logger("parley.terminal")
 
@@ -82,6 +82,21 @@ def _utc(value: datetime | None) -> datetime | None:
 def _iso(value: datetime | None) -> str | None:
     value = _utc(value)
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A message an operator asked to send, before it is sealed."""
+
+    to: tuple[str, ...]
+    kind: str
+    body: dict[str, JSONValue]
+    operator: str
+    channel: str | None = None
+    precedence: str = "ROUTINE"
+    exercise: bool = False
+    lang: str = "en"
+    via: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +332,7 @@ class Terminal(Records):
         #: (channel, sender) -> highest contiguous sequence, for catch-up requests.
         self.gaps: dict[tuple[str, str], int] = {}
         self._alarm_lock = threading.Lock()
+        self._stored_channels: set[str] = set()
         #: Messages received per sender since start (the worker witnesses logs that grew).
         self.activity: dict[str, int] = {}
         self._link_written: dict[tuple[str, str], tuple[str, float]] = {}
@@ -376,6 +392,7 @@ class Terminal(Records):
                     party.restore_witnessed(row.party, row.note)
         self.party = party
         self.peer_certificates = certs
+        self._stored_channels = set()
 
     def _commit(self, work: Callable[[Connection], Any]) -> Any:
         """Run ``work`` in one transaction; on failure rebuild memory from the disk."""
@@ -497,85 +514,117 @@ class Terminal(Records):
         via: str | None = None,
     ) -> dict[str, Any]:
         """Seal a message, log it and queue it for every recipient, in one transaction."""
-        if precedence not in PRECEDENCES:
-            raise UsageError(f"precedence must be one of {', '.join(PRECEDENCES)}")
-        with self.lock:
-            recipients = sorted(set(to))
-            if channel is not None and kind in HUMAN_KINDS:
-                self._require_active_channel(channel, recipients)
-            start = self.party.transcript.size
-            out = self.party.send(
-                recipients,
-                kind=kind,
-                body=body,
-                operator=operator,
-                channel=channel,
-                precedence=precedence,
-                exercise=exercise,
-                lang=lang,
-            )
-            self._commit(
-                lambda conn: self._store_sent(
-                    conn, out, kind, body, operator, lang, exercise, start, via
-                )
-            )
-        self.on_outbox()
-        log.info(
-            "message_queued",
-            id=out.envelope_id,
+        draft = Draft(
+            tuple(to),
             kind=kind,
-            channel=out.channel,
-            seq=out.seq,
+            body=body,
+            operator=operator,
+            channel=channel,
             precedence=precedence,
-            to=list(out.recipients),
+            exercise=exercise,
+            lang=lang,
+            via=via,
         )
-        return {
-            "id": out.envelope_id,
-            "channel": out.channel,
-            "seq": out.seq,
-            "log_index": out.log_index,
-        }
+        return self.send_many([draft])[0]
 
-    def _store_sent(
-        self,
-        conn: Connection,
-        out: Outgoing,
-        kind: str,
-        body: dict[str, JSONValue],
-        operator: str,
-        lang: str,
-        exercise: bool,
-        start: int,
-        via: str | None,
-    ) -> None:
-        now = self.clock()
-        self._log_new_entries(conn, start)
-        conn.execute(
-            insert(m.messages).values(
-                envelope_id=out.envelope_id,
-                log_index=out.log_index,
-                direction="out",
+    def send_many(self, drafts: Sequence[Draft]) -> list[dict[str, Any]]:
+        """Seal several messages and store them all in one transaction (all or none).
+
+        One commit (one fsync) for the whole batch is what lets an operator
+        queue thousands of messages a second; a draft that is refused refuses
+        the batch, and the error names which one.
+        """
+        for n, draft in enumerate(drafts):
+            if draft.precedence not in PRECEDENCES:
+                raise UsageError(
+                    f"message {n + 1}: precedence must be one of {', '.join(PRECEDENCES)}"
+                )
+        if not drafts:
+            return []
+        with self.lock:
+            start = self.party.transcript.size
+            sealed: list[tuple[Draft, Outgoing]] = []
+            try:
+                for draft in drafts:
+                    recipients = sorted(set(draft.to))
+                    if draft.channel is not None and draft.kind in HUMAN_KINDS:
+                        self._require_active_channel(draft.channel, recipients)
+                    out = self.party.send(
+                        recipients,
+                        kind=draft.kind,
+                        body=draft.body,
+                        operator=draft.operator,
+                        channel=draft.channel,
+                        precedence=draft.precedence,
+                        exercise=draft.exercise,
+                        lang=draft.lang,
+                    )
+                    sealed.append((draft, out))
+            except ParleyError as exc:
+                if sealed:
+                    self._reload()  # forget the drafts sealed before the refused one
+                if len(drafts) > 1:
+                    raise type(exc)(f"message {len(sealed) + 1} of {len(drafts)}: {exc}") from exc
+                raise
+
+            def work(conn: Connection) -> None:
+                self._log_new_entries(conn, start)
+                self._store_sent(conn, sealed)
+
+            self._commit(work)
+        self.on_outbox()
+        for draft, out in sealed:
+            log.info(
+                "message_queued",
+                id=out.envelope_id,
+                kind=draft.kind,
                 channel=out.channel,
-                sender=self.me,
-                recipients=",".join(out.recipients),
                 seq=out.seq,
-                kind=kind,
                 precedence=out.precedence,
-                exercise=exercise,
-                created_at=now,
-                stored_at=now,
-                operator=operator,
-                lang=lang,
-                body=canonical_bytes(body).decode(),
-                ack_due=now + self.config.ack_deadline(out.precedence)
-                if kind in HUMAN_KINDS
-                else None,
-                overdue=False,
+                to=list(out.recipients),
             )
-        )
-        conn.execute(
-            insert(m.outbox),
-            [
+        return [
+            {
+                "id": out.envelope_id,
+                "channel": out.channel,
+                "seq": out.seq,
+                "log_index": out.log_index,
+            }
+            for _, out in sealed
+        ]
+
+    def _store_sent(self, conn: Connection, sealed: Sequence[tuple[Draft, Outgoing]]) -> None:
+        """The message and outbox rows of messages just sealed (one statement each)."""
+        now = self.clock()
+        messages: list[dict[str, Any]] = []
+        outbox: list[dict[str, Any]] = []
+        for draft, out in sealed:
+            messages.append(
+                {
+                    "envelope_id": out.envelope_id,
+                    "log_index": out.log_index,
+                    "direction": "out",
+                    "channel": out.channel,
+                    "sender": self.me,
+                    "recipients": ",".join(out.recipients),
+                    "seq": out.seq,
+                    "kind": draft.kind,
+                    "precedence": out.precedence,
+                    "exercise": draft.exercise,
+                    "created_at": now,
+                    "stored_at": now,
+                    "operator": draft.operator,
+                    "lang": draft.lang,
+                    "body": canonical_bytes(draft.body).decode(),
+                    "ack_due": now + self.config.ack_deadline(out.precedence)
+                    if draft.kind in HUMAN_KINDS
+                    else None,
+                    "acked_at": None,
+                    "acked_by": None,
+                    "overdue": False,
+                }
+            )
+            outbox.extend(
                 {
                     "envelope_id": out.envelope_id,
                     "peer": peer,
@@ -583,18 +632,24 @@ class Terminal(Records):
                     "state": "pending",
                     "attempts": 0,
                     "next_attempt": now,
-                    "via": via,
+                    "via": draft.via,
                 }
                 for peer in out.recipients
-            ],
-        )
-        self._ensure_channel(conn, out.channel, [self.me, *out.recipients], now)
+            )
+            self._ensure_channel(conn, out.channel, [self.me, *out.recipients], now)
+        conn.execute(insert(m.messages), messages)
+        conn.execute(insert(m.outbox), outbox)
 
     def _ensure_channel(
         self, conn: Connection, name: str, members: Iterable[str], now: datetime
     ) -> None:
-        if conn.execute(select(m.channels.c.name).where(m.channels.c.name == name)).first():
+        # Channels known to be stored are remembered: a failed commit reloads the set.
+        if name in self._stored_channels:
             return
+        if conn.execute(select(m.channels.c.name).where(m.channels.c.name == name)).first():
+            self._stored_channels.add(name)
+            return
+        self._stored_channels.add(name)
         members = sorted(set(members))
         conn.execute(
             insert(m.channels).values(
@@ -627,7 +682,8 @@ class Terminal(Records):
             body: dict[str, JSONValue] = {"ack": {"digest": digest, "envelope_id": envelope_id}}
 
             def work(conn: Connection) -> None:
-                self._store_sent(conn, out, "ack", body, operator, "en", False, start, None)
+                self._log_new_entries(conn, start)
+                self._store_sent(conn, [(Draft(out.recipients, "ack", body, operator), out)])
                 conn.execute(
                     update(m.messages)
                     .where(m.messages.c.envelope_id == envelope_id)
@@ -688,8 +744,7 @@ class Terminal(Records):
 
             def work(conn: Connection) -> None:
                 self._log_new_entries(conn, start)
-                for event in received:
-                    self._store_received(conn, event, now)
+                self._store_received(conn, received, now)
                 for ack in acked:
                     conn.execute(
                         insert(m.acks).values(
@@ -721,34 +776,46 @@ class Terminal(Records):
             )
         return answers
 
-    def _store_received(self, conn: Connection, event: MessageReceived, now: datetime) -> None:
-        header = event.envelope.header
-        content = event.envelope.content
-        human = header.kind in HUMAN_KINDS
-        conn.execute(
-            insert(m.messages).values(
-                envelope_id=header.id,
-                log_index=event.log_index,
-                direction="in",
-                channel=header.channel,
-                sender=header.sender,
-                recipients=",".join(header.recipients),
-                seq=header.seq,
-                kind=header.kind,
-                precedence=header.precedence,
-                exercise=header.exercise,
-                created_at=header.created_at,
-                stored_at=now,
-                operator=content.operator,
-                lang=content.lang,
-                body=canonical_bytes(content.body).decode(),
-                ack_due=now + self.config.ack_deadline(header.precedence) if human else None,
-                overdue=False,
+    def _store_received(
+        self, conn: Connection, events: Sequence[MessageReceived], now: datetime
+    ) -> None:
+        rows = []
+        for event in events:
+            header = event.envelope.header
+            content = event.envelope.content
+            human = header.kind in HUMAN_KINDS
+            rows.append(
+                {
+                    "envelope_id": header.id,
+                    "log_index": event.log_index,
+                    "direction": "in",
+                    "channel": header.channel,
+                    "sender": header.sender,
+                    "recipients": ",".join(header.recipients),
+                    "seq": header.seq,
+                    "kind": header.kind,
+                    "precedence": header.precedence,
+                    "exercise": header.exercise,
+                    "created_at": header.created_at,
+                    "stored_at": now,
+                    "operator": content.operator,
+                    "lang": content.lang,
+                    "body": canonical_bytes(content.body).decode(),
+                    "ack_due": now + self.config.ack_deadline(header.precedence) if human else None,
+                    "acked_at": None,
+                    "acked_by": None,
+                    "overdue": False,
+                }
             )
-        )
-        self._ensure_channel(conn, header.channel, [header.sender, *header.recipients], now)
-        if header.kind == "service":
-            self._apply_service(conn, header.channel, header.sender, content.body, now)
+            self._ensure_channel(conn, header.channel, [header.sender, *header.recipients], now)
+        if rows:
+            conn.execute(insert(m.messages), rows)
+        for event in events:
+            if event.envelope.header.kind == "service":
+                header = event.envelope.header
+                self._apply_service(
+                    conn, header.channel, header.sender, event.envelope.content.body, now
+                )
 
     # Receipts -------------------------------------------------------------------
 
@@ -795,45 +862,60 @@ class Terminal(Records):
 
             def work(conn: Connection) -> None:
                 self._log_new_entries(conn, start)
-                for receipt, logged in accepted:
-                    self._store_receipt(conn, receipt, logged, peer, link, now)
+                self._store_receipts(conn, accepted, peer, link, now)
 
             if accepted:
                 self._commit(work)
         return answers
 
-    def _store_receipt(
+    def _store_receipts(
         self,
         conn: Connection,
-        receipt: Receipt,
-        logged: int | None,
+        accepted: Sequence[tuple[Receipt, int | None]],
         peer: str,
         link: str | None,
         now: datetime,
     ) -> None:
-        exists = conn.execute(
-            select(m.receipts.c.envelope_id).where(
-                and_(
-                    m.receipts.c.envelope_id == receipt.envelope_id,
-                    m.receipts.c.receiver == receipt.receiver,
+        """Keep receipts (once per envelope and receiver) and mark the outbox delivered."""
+        held = {
+            (r.envelope_id, r.receiver)
+            for r in conn.execute(
+                select(m.receipts.c.envelope_id, m.receipts.c.receiver).where(
+                    m.receipts.c.envelope_id.in_({r.envelope_id for r, _ in accepted})
                 )
             )
-        ).first()
-        if exists is None:
-            conn.execute(
-                insert(m.receipts).values(
-                    envelope_id=receipt.envelope_id,
-                    receiver=receipt.receiver,
-                    issued_at=receipt.issued_at,
-                    stored_at=now,
-                    through_seq=receipt.through_seq,
-                    log_index=logged,
-                )
+        }
+        rows = []
+        for receipt, logged in accepted:
+            key = (receipt.envelope_id, receipt.receiver)
+            if key in held:
+                continue
+            held.add(key)
+            rows.append(
+                {
+                    "envelope_id": receipt.envelope_id,
+                    "receiver": receipt.receiver,
+                    "issued_at": receipt.issued_at,
+                    "stored_at": now,
+                    "through_seq": receipt.through_seq,
+                    "log_index": logged,
+                }
             )
+        if rows:
+            conn.execute(insert(m.receipts), rows)
         conn.execute(
             update(m.outbox)
-            .where(and_(m.outbox.c.envelope_id == receipt.envelope_id, m.outbox.c.peer == peer))
-            .values(state="delivered", delivered_at=now, link=link, last_error=None)
+            .where(
+                and_(
+                    m.outbox.c.envelope_id == bindparam("receipt_for"),
+                    m.outbox.c.peer == bindparam("receipt_from"),
+                )
+            )
+            .values(state="delivered", delivered_at=now, link=link, last_error=None),
+            [
+                {"receipt_for": eid, "receipt_from": peer}
+                for eid in dict.fromkeys(r.envelope_id for r, _ in accepted)
+            ],
         )
 
     # Delivery bookkeeping -------------------------------------------------------
