@@ -21,19 +21,24 @@ and therefore the checkpoints over it; the audit names the entry.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from parley import merkle
 from parley.core.checkpoint import verify_checkpoint, verify_cosignature
-from parley.core.envelope import EnvelopeHeader, Limits, read_envelope
+from parley.core.envelope import Limits, read_envelope
 from parley.core.identity import IdentityCard
-from parley.core.receipts import read_receipt, verify_receipt_inclusion
+from parley.core.receipts import read_receipt
 from parley.core.transcript import EntryType, split_entry
-from parley.errors import ParleyError
+from parley.errors import ParleyError, VerificationError
 from parley.store import models as m
+from parley.store.db import engine_for
 
 __all__ = ["AuditReport", "audit"]
 
@@ -65,6 +70,109 @@ class AuditReport:
         }
 
 
+#: Logs shorter than this are checked in this process; longer ones by a pool
+#: of worker processes, one per core, each reading and checking a range.
+PARALLEL_FROM = 20_000
+_CHUNK = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _EnvelopeFacts:
+    id: str
+    channel: str
+    sender: str
+    seq: int
+    kind: str
+    precedence: str
+    recipients: int
+
+
+@dataclass(frozen=True, slots=True)
+class _ReceiptFacts:
+    envelope_id: str
+    sender: str
+    receiver: str
+    log_index: int
+    size: int
+    root: bytes
+    inclusion: tuple[bytes, ...]
+
+
+#: (index, leaf hash, what the entry says, or why it failed)
+_Checked = tuple[int, bytes, _EnvelopeFacts | _ReceiptFacts | None, str | None]
+
+
+def _check_entry(
+    idx: int, entry: bytes, own: str, lookup: Callable[[str], IdentityCard | None]
+) -> _Checked:
+    """Everything about one entry that needs no other entry: parse, signature, leaf hash."""
+    leaf = merkle.leaf_hash(entry)
+    try:
+        kind, raw = split_entry(entry)
+        if kind is EntryType.ENVELOPE:
+            h = read_envelope(raw, lookup, _LIMITS)
+            facts: _EnvelopeFacts | _ReceiptFacts = _EnvelopeFacts(
+                h.id, h.channel, h.sender, h.seq, h.kind, h.precedence, len(h.recipients)
+            )
+        else:
+            r = read_receipt(raw, lookup)
+            facts = _ReceiptFacts(
+                r.envelope_id,
+                r.sender,
+                r.receiver,
+                r.log_index,
+                r.checkpoint.size,
+                r.checkpoint.root,
+                r.inclusion,
+            )
+    except ParleyError as exc:
+        return idx, leaf, None, f"log entry {idx}: {exc}"
+    return idx, leaf, facts, None
+
+
+_LIMITS = Limits()
+_worker: tuple[Engine, str, dict[str, IdentityCard]] | None = None
+
+
+def _start_worker(url: str, own: str, cards: dict[str, bytes]) -> None:
+    global _worker
+    pinned = {party: IdentityCard.from_bytes(card) for party, card in cards.items()}
+    _worker = (engine_for(url), own, pinned)
+
+
+def _check_range(bounds: tuple[int, int]) -> list[_Checked]:
+    assert _worker is not None
+    engine, own, cards = _worker
+    return [
+        _check_entry(idx, entry, own, cards.get)
+        for idx, entry in _entries(engine, bounds[0] - 1, bounds[1])
+    ]
+
+
+def _checked_entries(
+    engine: Engine, own: IdentityCard, cards: dict[str, IdentityCard], total: int
+) -> Iterator[_Checked]:
+    """Every entry checked, in log order; in parallel when the log is long."""
+    workers = min(os.cpu_count() or 1, 8)
+    if total < PARALLEL_FROM or workers < 2:
+        for idx, entry in _entries(engine):
+            yield _check_entry(idx, entry, own.party, cards.get)
+        return
+    url = engine.url.render_as_string(hide_password=False)
+    ranges = [(lo, min(lo + _CHUNK, total)) for lo in range(0, total, _CHUNK)]
+    # The entries past the last range (written while the audit runs) are read here.
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(url, own.party, {p: c.signed_bytes for p, c in cards.items()}),
+    ) as pool:
+        for chunk in pool.map(_check_range, ranges):
+            yield from chunk
+    for idx, entry in _entries(engine, total - 1):
+        yield _check_entry(idx, entry, own.party, cards.get)
+
+
 def audit(
     engine: Engine,
     own: IdentityCard,
@@ -72,6 +180,7 @@ def audit(
     progress: Callable[[int, int], None] | None = None,
     max_failures: int = 100,
 ) -> AuditReport:
+    """Check a terminal's records; memory stays small however long the log is."""
     report = AuditReport()
 
     def fail(text: str) -> None:
@@ -90,50 +199,36 @@ def audit(
                 fail(f"pinned card stored under {row.party} belongs to {card.party}")
                 continue
             cards[card.party] = card
-        total = (
-            conn.execute(select(m.log_entries.c.idx).order_by(m.log_entries.c.idx.desc())).scalar()
-            or -1
-        )
-    lookup = cards.get
-    limits = Limits()
+        last = conn.execute(select(func.max(m.log_entries.c.idx))).scalar()
+    total = 0 if last is None else last + 1
     tree = merkle.MerkleLog()
-    sent: dict[str, bytes] = {}
-    headers: dict[int, EnvelopeHeader] = {}
-    receipts_held = []
+    #: Envelopes this terminal sent whose receipts are not all in yet:
+    #: envelope id -> (leaf hash, receipts still expected).
+    awaiting: dict[str, tuple[bytes, int]] = {}
+    index = _MessageIndex(engine, fail)
 
-    for idx, entry in _entries(engine):
+    for idx, leaf, facts, error in _checked_entries(engine, own, cards, total):
         if idx != tree.size:
             fail(f"log entry {tree.size} is missing (the next stored entry is {idx})")
             break
-        tree.append(merkle.leaf_hash(entry))
+        tree.append(leaf)
         report.entries += 1
         if progress is not None and report.entries % 1000 == 0:
-            progress(report.entries, total + 1)
-        try:
-            kind, raw = split_entry(entry)
-            if kind is EntryType.ENVELOPE:
-                header = read_envelope(raw, lookup, limits)
-                headers[idx] = header
-                report.envelopes += 1
-                if header.sender == own.party:
-                    sent[header.id] = raw
-            else:
-                receipt = read_receipt(raw, lookup)
-                report.receipts += 1
-                if receipt.sender == own.party and receipt.receiver != own.party:
-                    receipts_held.append((idx, receipt))
-        except ParleyError as exc:
-            fail(f"log entry {idx}: {exc}")
-
-    for idx, receipt in receipts_held:
-        raw_sent = sent.get(receipt.envelope_id)
-        if raw_sent is None:
-            fail(f"log entry {idx}: receipt for envelope {receipt.envelope_id}, never sent")
-            continue
-        try:
-            verify_receipt_inclusion(receipt, raw_sent)
-        except ParleyError as exc:
-            fail(f"log entry {idx}: {exc}")
+            progress(report.entries, total)
+        if error is not None:
+            fail(error)
+            index.at(idx, None)
+        elif isinstance(facts, _EnvelopeFacts):
+            report.envelopes += 1
+            index.at(idx, facts)
+            if facts.sender == own.party:
+                awaiting[facts.id] = (leaf, facts.recipients)
+        elif isinstance(facts, _ReceiptFacts):
+            report.receipts += 1
+            index.at(idx, None)
+            if facts.sender == own.party and facts.receiver != own.party:
+                _check_held_receipt(idx, facts, awaiting, engine, fail)
+    index.finish()
 
     with engine.connect() as conn:
         for row in conn.execute(select(m.checkpoints).order_by(m.checkpoints.c.size)):
@@ -172,32 +267,133 @@ def audit(
                     verify_cosignature(checkpoint, row.note, own)
             except ParleyError as exc:
                 fail(f"cosignature {row.direction} {row.party} at size {row.size}: {exc}")
-        for row in conn.execute(select(m.messages)):
-            report.messages += 1
-            found = headers.get(row.log_index)
-            if found is None or found.id != row.envelope_id:
-                fail(f"message {row.envelope_id}: not the envelope at log entry {row.log_index}")
-            elif (found.channel, found.sender, found.seq, found.kind, found.precedence) != (
+    report.messages = index.rows
+    return report
+
+
+def _check_held_receipt(
+    idx: int,
+    facts: _ReceiptFacts,
+    awaiting: dict[str, tuple[bytes, int]],
+    engine: Engine,
+    fail: Callable[[str], None],
+) -> None:
+    """A receipt held for an envelope this terminal sent, logged before it."""
+    pending = awaiting.get(facts.envelope_id)
+    if pending is not None:
+        leaf, expected = pending
+        # Once every recipient's receipt is in, the envelope is forgotten, so
+        # memory stays bounded by the receipts outstanding.
+        if expected <= 1:
+            del awaiting[facts.envelope_id]
+        else:
+            awaiting[facts.envelope_id] = (leaf, expected - 1)
+    else:
+        found = _sent_leaf(engine, facts.envelope_id, idx)  # a receipt issued again
+        if found is None:
+            fail(f"log entry {idx}: receipt for envelope {facts.envelope_id}, never sent")
+            return
+        leaf = found
+    try:
+        merkle.verify_inclusion(leaf, facts.log_index, facts.size, facts.inclusion, facts.root)
+    except VerificationError as exc:
+        fail(
+            f"log entry {idx}: the receipt from {facts.receiver} for envelope "
+            f"{facts.envelope_id} does not prove the envelope is in its log: {exc}"
+        )
+
+
+def _sent_leaf(engine: Engine, envelope_id: str, before: int) -> bytes | None:
+    """The leaf hash of the envelope this terminal sent as ``envelope_id``, logged before."""
+    with engine.connect() as conn:
+        entry = conn.execute(
+            select(m.log_entries.c.entry)
+            .join(m.messages, m.messages.c.log_index == m.log_entries.c.idx)
+            .where(
+                m.messages.c.envelope_id == envelope_id,
+                m.messages.c.direction == "out",
+                m.log_entries.c.idx < before,
+            )
+        ).scalar()
+    return None if entry is None else merkle.leaf_hash(entry)
+
+
+class _MessageIndex:
+    """The message index checked against the log, merged in log order."""
+
+    def __init__(self, engine: Engine, fail: Callable[[str], None]) -> None:
+        self._rows = _message_rows(engine)
+        self._fail = fail
+        self._next: Any = next(self._rows, None)
+        self.rows = 0
+
+    def at(self, idx: int, facts: _EnvelopeFacts | None) -> None:
+        while self._next is not None and self._next.log_index <= idx:
+            row = self._next
+            self.rows += 1
+            if row.log_index < idx or facts is None or facts.id != row.envelope_id:
+                self._fail(
+                    f"message {row.envelope_id}: not the envelope at log entry {row.log_index}"
+                )
+            elif (facts.channel, facts.sender, facts.seq, facts.kind, facts.precedence) != (
                 row.channel,
                 row.sender,
                 row.seq,
                 row.kind,
                 row.precedence,
             ):
-                fail(f"message {row.envelope_id}: its index row differs from the signed envelope")
-    return report
+                self._fail(
+                    f"message {row.envelope_id}: its index row differs from the signed envelope"
+                )
+            self._next = next(self._rows, None)
+
+    def finish(self) -> None:
+        while self._next is not None:
+            self.rows += 1
+            self._fail(
+                f"message {self._next.envelope_id}: not the envelope at log entry "
+                f"{self._next.log_index}"
+            )
+            self._next = next(self._rows, None)
 
 
-def _entries(engine: Engine, batch: int = 5000) -> Iterator[tuple[int, bytes]]:
+def _message_rows(engine: Engine, batch: int = 5000) -> Iterator[Any]:
     last = -1
+    cols = m.messages.c
     while True:
         with engine.connect() as conn:
             rows = conn.execute(
-                select(m.log_entries.c.idx, m.log_entries.c.entry)
-                .where(m.log_entries.c.idx > last)
-                .order_by(m.log_entries.c.idx)
+                select(
+                    cols.envelope_id,
+                    cols.log_index,
+                    cols.channel,
+                    cols.sender,
+                    cols.seq,
+                    cols.kind,
+                    cols.precedence,
+                )
+                .where(cols.log_index > last)
+                .order_by(cols.log_index)
                 .limit(batch)
             ).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].log_index
+
+
+def _entries(
+    engine: Engine, after: int = -1, until: int | None = None, batch: int = 5000
+) -> Iterator[tuple[int, bytes]]:
+    """Log entries with ``after < idx < until``, in order, read in batches."""
+    last = after
+    cols = m.log_entries.c
+    while True:
+        query = select(cols.idx, cols.entry).where(cols.idx > last)
+        if until is not None:
+            query = query.where(cols.idx < until)
+        with engine.connect() as conn:
+            rows = conn.execute(query.order_by(cols.idx).limit(batch)).all()
         if not rows:
             return
         for row in rows:
