@@ -47,6 +47,11 @@ BACKOFF_BASE = 0.25
 BACKOFF_CAP = {"FLASH": 2.0, "IMMEDIATE": 5.0, "PRIORITY": 30.0, "ROUTINE": 60.0}
 STATE_RANK = {"up": 0, "unknown": 1, "degraded": 2, "down": 3}
 WITNESS_EVERY = 2.0  # seconds between checkpoint rounds with a busy peer
+#: Messages per bulk request: one receiver checkpoint signature and one commit
+#: on each side for all of them.
+BULK_BATCH = 256
+#: FLASH and IMMEDIATE messages taken at once (each goes in its own request).
+URGENT_BATCH = 32
 
 
 def backoff(attempts: int, precedence: str, rng: random.Random) -> float:
@@ -80,6 +85,7 @@ class DeliveryWorker:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._peer_events: dict[str, asyncio.Event] = {}
+        self._urgent_events: dict[str, asyncio.Event] = {}
         self._last_witness: dict[str, float] = {}
         self._stopping = False
         self._inflight: set[str] = set()
@@ -103,7 +109,7 @@ class DeliveryWorker:
 
     def _wake_all(self) -> None:
         self.wake.set()
-        for event in self._peer_events.values():
+        for event in (*self._peer_events.values(), *self._urgent_events.values()):
             event.set()
 
     async def stop(self) -> None:
@@ -118,6 +124,7 @@ class DeliveryWorker:
 
     async def _supervise(self) -> None:
         running: dict[str, asyncio.Task[None]] = {}
+        urgent: dict[str, asyncio.Task[None]] = {}
         tests = asyncio.create_task(self._link_tests(), name="link-tests")
         deadlines = asyncio.create_task(self._deadlines(), name="ack-deadlines")
         self._tasks.extend([tests, deadlines])
@@ -127,6 +134,12 @@ class DeliveryWorker:
                     self._peer_events.setdefault(peer, asyncio.Event()).set()
                     running[peer] = asyncio.create_task(self._peer_loop(peer), name=f"peer-{peer}")
                     self._tasks.append(running[peer])
+                if peer not in urgent or urgent[peer].done():
+                    self._urgent_events.setdefault(peer, asyncio.Event()).set()
+                    urgent[peer] = asyncio.create_task(
+                        self._urgent_loop(peer), name=f"urgent-{peer}"
+                    )
+                    self._tasks.append(urgent[peer])
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=5.0)
@@ -214,7 +227,7 @@ class DeliveryWorker:
             except Exception:
                 log.exception("delivery_loop_error", peer=peer)
                 await asyncio.sleep(1.0)
-            due = await run_in_threadpool(self.terminal.next_due, peer)
+            due = await run_in_threadpool(self.terminal.next_due, peer, urgent=False)
             wait = WITNESS_EVERY if peer in self._witness_due else 5.0
             if due is not None:
                 wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
@@ -222,17 +235,47 @@ class DeliveryWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout=wait)
 
+    async def _urgent_loop(self, peer: str) -> None:
+        """FLASH and IMMEDIATE messages in a lane of their own.
+
+        A bulk batch in flight (up to ``BULK_BATCH`` messages) never holds up
+        a FLASH: this loop delivers urgent messages as soon as they are
+        queued, over every link at once, whatever the bulk loop is doing.
+        """
+        event = self._urgent_events.setdefault(peer, asyncio.Event())
+        while not self._stopping:
+            event.clear()
+            try:
+                while not self._stopping:
+                    batch = await run_in_threadpool(
+                        self.terminal.due_deliveries, peer, URGENT_BATCH, urgent=True
+                    )
+                    if not batch:
+                        break
+                    await asyncio.gather(*(self._deliver(item) for item in batch))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery_loop_error", peer=peer, lane="urgent")
+                await asyncio.sleep(1.0)
+            due = await run_in_threadpool(self.terminal.next_due, peer, urgent=True)
+            wait = 5.0
+            if due is not None:
+                wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=wait)
+
     async def _drain(self, peer: str) -> bool:
+        """Deliver the due PRIORITY and ROUTINE messages (and link tests) in batches."""
         worked = False
         while not self._stopping:
-            batch = await run_in_threadpool(self.terminal.due_deliveries, peer, 32)
-            if not batch:
+            rest = await run_in_threadpool(
+                self.terminal.due_deliveries, peer, BULK_BATCH, urgent=False
+            )
+            if not rest:
                 return worked
             worked = True
-            urgent = [item for item in batch if item["precedence"] in ("FLASH", "IMMEDIATE")]
-            rest = [item for item in batch if item not in urgent]
-            if urgent:
-                await asyncio.gather(*(self._deliver(item) for item in urgent))
             # A link test travels on its own link only; a dead link must not hold up
             # the rest, so each runs as its own task (its next attempt pushed past
             # the link timeout meanwhile, so it is not picked up twice).

@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from parley import merkle
 from parley.config import Config, DataDir
@@ -131,6 +141,16 @@ class CardBundle:
         if not isinstance(pem, str):
             raise InvalidCard("the card file's tls_certificate must be a PEM string")
         return cls(card, tls.check_certificate(pem.encode("ascii", "replace"), card))
+
+
+URGENT = ("FLASH", "IMMEDIATE")
+
+
+def _precedence_filter(urgent: bool | None) -> list[ColumnElement[bool]]:
+    if urgent is None:
+        return []
+    column = m.outbox.c.precedence
+    return [column.in_(URGENT) if urgent else column.not_in(URGENT)]
 
 
 class Records:
@@ -920,8 +940,13 @@ class Terminal(Records):
 
     # Delivery bookkeeping -------------------------------------------------------
 
-    def due_deliveries(self, peer: str, limit: int = 64) -> list[dict[str, Any]]:
-        """Pending outbox rows for ``peer`` whose next attempt is due, most urgent first."""
+    def due_deliveries(
+        self, peer: str, limit: int = 64, *, urgent: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Pending outbox rows for ``peer`` whose next attempt is due, most urgent first.
+
+        ``urgent`` True takes only FLASH and IMMEDIATE, False only the rest.
+        """
         now = self.clock()
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -932,6 +957,7 @@ class Terminal(Records):
                         m.outbox.c.peer == peer,
                         m.outbox.c.state == "pending",
                         m.outbox.c.next_attempt <= now,
+                        *_precedence_filter(urgent),
                     )
                 )
                 .order_by(m.messages.c.log_index)
@@ -954,11 +980,15 @@ class Terminal(Records):
             )
         return result
 
-    def next_due(self, peer: str) -> datetime | None:
+    def next_due(self, peer: str, *, urgent: bool | None = None) -> datetime | None:
         with self.engine.connect() as conn:
             value = conn.execute(
                 select(func.min(m.outbox.c.next_attempt)).where(
-                    and_(m.outbox.c.peer == peer, m.outbox.c.state == "pending")
+                    and_(
+                        m.outbox.c.peer == peer,
+                        m.outbox.c.state == "pending",
+                        *_precedence_filter(urgent),
+                    )
                 )
             ).scalar()
         return _utc(value)
