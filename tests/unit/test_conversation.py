@@ -68,7 +68,7 @@ def test_every_message_arrives_once_in_order_with_a_receipt(
     channel = received_by_b[0].header.channel
     assert pair.a.receipted_through(channel, "RU-GS") == 1000
     assert pair.b.receipted_through(channel, "US-EUCOM") == 1000
-    assert all(pair.b.receipts_for(i)["US-EUCOM"].through_seq >= 1 for i in b_ids)
+    assert all(pair.b.receipts_for(i)["US-EUCOM"] >= 1 for i in b_ids)
 
 
 def test_transcripts_hold_every_envelope_and_receipt_and_are_cross_witnessed(

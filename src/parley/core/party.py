@@ -26,6 +26,7 @@ The rules it enforces, in one place:
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -61,13 +62,15 @@ from parley.core.envelope import (
     seal_envelope,
 )
 from parley.core.identity import Identity, IdentityCard
-from parley.core.receipts import Receipt, issue_receipt, read_receipt, verify_receipt_inclusion
+from parley.core.ledger import Ledger, MemoryLedger, ReceivedRecord, SentRecord
+from parley.core.receipts import Receipt, issue_receipt, read_receipt, verify_receipt_leaf
 from parley.core.transcript import EntryType, Transcript, split_entry
 from parley.errors import (
     CheckpointRejected,
     CheckpointRollback,
     Equivocation,
     InvalidReceipt,
+    ParleyError,
     RemoteError,
     ReplayedEnvelope,
     SchemaViolation,
@@ -89,12 +92,16 @@ __all__ = [
     "Party",
     "ReceiptAccepted",
     "ReceiveResult",
+    "ResumeState",
     "bilateral_channel",
 ]
 
 _REQUEST_TYPE = "parley.checkpoint-request/v1"
 _OFFER_TYPE = "parley.checkpoint-offer/v1"
 _MAX_PROOF_SIZES = 64
+_PROOF_SIZE = re.compile(r"0|[1-9][0-9]{0,15}")  # a log size in ASCII decimal, below 2^53
+#: The most missing sequence numbers one receipt lists (as read_receipt allows).
+_MAX_MISSING = 1000
 
 
 def bilateral_channel(a: str, b: str) -> str:
@@ -183,14 +190,6 @@ class ReceiveResult:
 
 
 @dataclass(slots=True)
-class _SentRecord:
-    outgoing: Outgoing
-    digest: str
-    receipts: dict[str, Receipt] = field(default_factory=dict)
-    acks: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
 class _InboundStream:
     """Sequence numbers held from one sender on one channel."""
 
@@ -212,17 +211,18 @@ class _InboundStream:
             self.ahead.add(seq)
 
     def missing(self) -> tuple[int, ...]:
-        return tuple(s for s in range(self.contiguous + 1, self.max_seen) if s not in self.ahead)
+        """The first missing sequence numbers (at most ``_MAX_MISSING``), lowest first.
 
-
-@dataclass(slots=True)
-class _ReceivedRecord:
-    envelope_id: str
-    digest: str
-    log_index: int
-    channel: str
-    sender: str
-    seq: int
+        A sender that jumps far ahead makes a huge gap; only its beginning is
+        ever listed, so the cost stays bounded whatever the sequence number.
+        """
+        found: list[int] = []
+        seq = self.contiguous + 1
+        while seq < self.max_seen and len(found) < _MAX_MISSING:
+            if seq not in self.ahead:
+                found.append(seq)
+            seq += 1
+        return tuple(found)
 
 
 @dataclass(slots=True)
@@ -231,6 +231,21 @@ class _WitnessView:
 
     last_cosigned: Checkpoint | None = None
     observed: dict[int, Checkpoint] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeState:
+    """What a terminal's store says of its protocol state (see ``Party.resume``)."""
+
+    leaves: Iterable[bytes]
+    latest_checkpoint: str | None
+    channels: dict[str, Sequence[str]]
+    #: channel -> highest sequence number this party sent on it
+    last_sent: dict[str, int]
+    #: (channel, sender) -> (highest contiguous sequence held, sequences held beyond it)
+    inbound: dict[tuple[str, str], tuple[int, Sequence[int]]]
+    #: (channel, receiver) -> highest through_seq receipted
+    receipted_through: dict[tuple[str, str], int]
 
 
 class Party:
@@ -243,23 +258,21 @@ class Party:
         clock: Clock,
         limits: Limits | None = None,
         rand: Callable[[int], bytes] = secrets.token_bytes,
+        ledger: Ledger | None = None,
+        entry_loader: Callable[[int], bytes] | None = None,
     ) -> None:
         self.identity = identity
         self.clock = clock
         self.limits = limits or Limits()
         self._rand = rand
-        self.transcript = Transcript()
+        self.transcript = Transcript(entry_loader)
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self._peers: dict[str, IdentityCard] = {}
         self._channels: dict[str, frozenset[str]] = {}
         self._next_seq: dict[str, int] = {}
-        self._sent: dict[str, _SentRecord] = {}
-        self._sent_by_seq: dict[tuple[str, int], str] = {}
-        self._received: dict[str, _ReceivedRecord] = {}
         self._inbound: dict[tuple[str, str], _InboundStream] = {}
-        self._receipt_digests: set[bytes] = set()
         self._receipted_through: dict[tuple[str, str], int] = {}
         self._witness: dict[str, _WitnessView] = {}
-        self._issued: dict[str, Checkpoint] = {}
         self._latest: Checkpoint | None = None
         self.cosignatures: dict[str, tuple[Checkpoint, str]] = {}
         self.evidence: list[EquivocationDetected] = []
@@ -346,10 +359,18 @@ class Party:
         self._channels[channel] = members
         self._next_seq[channel] = seq + 1
         index = self.transcript.append(EntryType.ENVELOPE, raw)
-        out = Outgoing(envelope_id, channel, seq, recipients, precedence, raw, index)
-        self._sent[envelope_id] = _SentRecord(out, hashlib.sha256(raw).hexdigest())
-        self._sent_by_seq[(channel, seq)] = envelope_id
-        return out
+        self.ledger.add_sent(
+            SentRecord(
+                envelope_id,
+                channel,
+                seq,
+                recipients,
+                precedence,
+                index,
+                hashlib.sha256(raw).hexdigest(),
+            )
+        )
+        return Outgoing(envelope_id, channel, seq, recipients, precedence, raw, index)
 
     def send_text(
         self,
@@ -375,7 +396,7 @@ class Party:
 
     def acknowledge(self, envelope_id: str, *, operator: str) -> Outgoing:
         """A human acknowledgement: a signed message naming the operator who read it."""
-        record = self._received.get(envelope_id)
+        record = self.ledger.received(envelope_id)
         if record is None:
             raise UsageError(f"no received message {envelope_id} to acknowledge")
         members = self._channels[record.channel]
@@ -404,7 +425,7 @@ class Party:
         rejected it; a rejected envelope leaves no trace in the state.
         """
         now = self.clock()
-        staged: list[tuple[bool, _ReceivedRecord, list[Event]] | RemoteError] = []
+        staged: list[tuple[bool, ReceivedRecord, list[Event]] | RemoteError] = []
         for data in batch:
             try:
                 staged.append(self._accept(data, now))
@@ -438,7 +459,7 @@ class Party:
             results.append(ReceiveResult(tuple(events), receipt))
         return results
 
-    def _accept(self, data: bytes, now: datetime) -> tuple[bool, _ReceivedRecord, list[Event]]:
+    def _accept(self, data: bytes, now: datetime) -> tuple[bool, ReceivedRecord, list[Event]]:
         """Check one envelope and record it; return (is it new, its record, events)."""
         opened = open_envelope(
             data, me=self.identity, lookup=self._lookup_peer, now=now, limits=self.limits
@@ -447,7 +468,7 @@ class Party:
         if header.sender == self.party:
             raise UnknownSender(f"envelope {header.id} claims to come from this terminal")
         digest = hashlib.sha256(data).hexdigest()
-        known = self._received.get(header.id)
+        known = self.ledger.received(header.id)
         if known is not None:
             if known.digest != digest:
                 raise ReplayedEnvelope(
@@ -478,10 +499,8 @@ class Party:
         before = stream.missing()
         stream.add(header.seq)
         index = self.transcript.append(EntryType.ENVELOPE, data)
-        record = _ReceivedRecord(
-            header.id, digest, index, header.channel, header.sender, header.seq
-        )
-        self._received[header.id] = record
+        record = ReceivedRecord(header.id, digest, index, header.channel, header.sender, header.seq)
+        self.ledger.add_received(record)
         events.insert(0, MessageReceived(opened, index))
         after = stream.missing()
         if after and after != before:
@@ -491,20 +510,20 @@ class Party:
     def _check_ack(self, opened: OpenedEnvelope) -> AckReceived:
         ack = opened.content.body["ack"]
         assert isinstance(ack, dict)
-        target = self._sent.get(str(ack["envelope_id"]))
+        target = self.ledger.sent(str(ack["envelope_id"]))
         if target is None or target.digest != ack["digest"]:
             raise InvalidReceipt(
                 f"{opened.header.sender} acknowledges envelope {ack['envelope_id']}, "
                 "which this terminal never sent"
             )
-        if opened.header.sender not in target.outgoing.recipients:
+        if opened.header.sender not in target.recipients:
             raise InvalidReceipt(
                 f"{opened.header.sender} acknowledges envelope {ack['envelope_id']}, "
                 "which was not addressed to it"
             )
         target.acks[opened.header.sender] = opened.content.operator
         return AckReceived(
-            target.outgoing.envelope_id,
+            target.envelope_id,
             opened.header.sender,
             opened.content.operator,
             opened.header.id,
@@ -518,37 +537,39 @@ class Party:
     def receive_receipt(self, data: bytes) -> ReceiptAccepted:
         """Check a receipt against what this party sent and log it once."""
         receipt = read_receipt(data, self._lookup_peer)
-        sent = self._sent.get(receipt.envelope_id)
+        sent = self.ledger.sent(receipt.envelope_id)
         if sent is None or sent.digest != receipt.envelope_digest:
             raise InvalidReceipt(
                 f"{receipt.receiver} sent a receipt for envelope {receipt.envelope_id}, "
                 "which this terminal never sent"
             )
-        out = sent.outgoing
-        if receipt.sender != self.party or receipt.channel != out.channel:
+        if receipt.sender != self.party or receipt.channel != sent.channel:
             raise InvalidReceipt(
                 f"the receipt from {receipt.receiver} names sender {receipt.sender} on channel "
-                f"{receipt.channel}, not {self.party} on {out.channel}"
+                f"{receipt.channel}, not {self.party} on {sent.channel}"
             )
-        if receipt.receiver not in out.recipients:
+        if receipt.receiver not in sent.recipients:
             raise InvalidReceipt(
-                f"{receipt.receiver} sent a receipt for envelope {out.envelope_id}, "
+                f"{receipt.receiver} sent a receipt for envelope {sent.envelope_id}, "
                 "which was not addressed to it"
             )
-        highest = self._next_seq.get(out.channel, 1) - 1
+        highest = self._next_seq.get(sent.channel, 1) - 1
         if receipt.through_seq > highest:
             raise InvalidReceipt(
                 f"{receipt.receiver} claims to hold sequence 1..{receipt.through_seq} on "
-                f"{out.channel}, but only 1..{highest} were sent"
+                f"{sent.channel}, but only 1..{highest} were sent"
             )
-        verify_receipt_inclusion(receipt, out.raw)
+        verify_receipt_leaf(receipt, self.transcript.tree.leaf(sent.log_index))
         self._observe(receipt.receiver, receipt.checkpoint)
-        digest = hashlib.sha256(data).digest()
-        if digest not in self._receipt_digests:
-            self._receipt_digests.add(digest)
+        # The first receipt from each receiver is logged; later ones (answers to
+        # a duplicate, replays) are checked but not logged, so that a flood of
+        # them cannot grow the transcript.
+        if receipt.receiver not in sent.receipts:
             self.transcript.append(EntryType.RECEIPT, data)
-        sent.receipts[receipt.receiver] = receipt
-        key = (out.channel, receipt.receiver)
+        sent.receipts[receipt.receiver] = max(
+            sent.receipts.get(receipt.receiver, 0), receipt.through_seq
+        )
+        key = (sent.channel, receipt.receiver)
         self._receipted_through[key] = max(self._receipted_through.get(key, 0), receipt.through_seq)
         return ReceiptAccepted(receipt)
 
@@ -561,7 +582,7 @@ class Party:
 
     def received_digest(self, envelope_id: str) -> str | None:
         """Hex SHA-256 of a received envelope's bytes (how an ack names it)."""
-        record = self._received.get(envelope_id)
+        record = self.ledger.received(envelope_id)
         return record.digest if record else None
 
     @property
@@ -573,25 +594,40 @@ class Party:
         return self._receipted_through.get((channel, receiver), 0)
 
     def sent(self, envelope_id: str) -> Outgoing:
-        return self._sent[envelope_id].outgoing
+        record = self.ledger.sent(envelope_id)
+        if record is None:
+            raise KeyError(envelope_id)
+        raw = split_entry(self.transcript.entry(record.log_index))[1]
+        return Outgoing(
+            record.envelope_id,
+            record.channel,
+            record.seq,
+            record.recipients,
+            record.precedence,
+            raw,
+            record.log_index,
+        )
 
-    def receipts_for(self, envelope_id: str) -> dict[str, Receipt]:
-        return dict(self._sent[envelope_id].receipts)
+    def receipts_for(self, envelope_id: str) -> dict[str, int]:
+        """receiver -> the highest ``through_seq`` among its receipts for the envelope."""
+        record = self.ledger.sent(envelope_id)
+        return dict(record.receipts) if record else {}
 
     def acks_for(self, envelope_id: str) -> dict[str, str]:
-        return dict(self._sent[envelope_id].acks)
+        record = self.ledger.sent(envelope_id)
+        return dict(record.acks) if record else {}
 
-    def envelopes_since(self, channel: str, after_seq: int, *, for_party: str) -> list[bytes]:
+    def envelopes_since(
+        self, channel: str, after_seq: int, *, for_party: str, limit: int = 10_000
+    ) -> list[bytes]:
         """Catch-up: the envelopes this party sent on ``channel`` after ``after_seq``."""
         members = self._channels.get(channel, frozenset())
         if for_party not in members:
             return []
-        result = []
-        seq = after_seq + 1
-        while (channel, seq) in self._sent_by_seq:
-            result.append(self._sent[self._sent_by_seq[(channel, seq)]].outgoing.raw)
-            seq += 1
-        return result
+        return [
+            split_entry(self.transcript.entry(index))[1]
+            for index in self.ledger.sent_since(channel, after_seq, limit)
+        ]
 
     # Checkpoints and witnessing ----------------------------------------------
 
@@ -600,7 +636,6 @@ class Party:
         size = self.transcript.size
         if self._latest is None or self._latest.size != size:
             self._latest = sign_checkpoint(self.identity, size, self.transcript.root())
-            self._issued[self._latest.body] = self._latest
         return self._latest
 
     def checkpoint_request(self, log_owner: str) -> bytes:
@@ -666,7 +701,11 @@ class Party:
         raw_proofs = require_object(obj["proofs"], "checkpoint offer proofs")
         proofs: dict[int, list[bytes]] = {}
         for size_text, hashes in raw_proofs.items():
-            if not size_text.isdigit() or not isinstance(hashes, list) or len(hashes) > 64:
+            if (
+                not _PROOF_SIZE.fullmatch(size_text)
+                or not isinstance(hashes, list)
+                or len(hashes) > 64
+            ):
                 raise SchemaViolation("checkpoint offer proofs are malformed")
             proofs[int(size_text)] = [b64decode(h, "consistency proof hash") for h in hashes]
         view = self._witness[owner]
@@ -767,10 +806,26 @@ class Party:
 
     def accept_cosignature(self, data: bytes) -> CosignatureAccepted:
         """Verify and keep a peer's cosignature on one of our checkpoints."""
-        body, signatures = parse_note(data)
-        checkpoint = self._issued.get(body)
-        if checkpoint is None:
+        _, signatures = parse_note(data)
+        # Our own two signatures on it prove we issued it; nothing to remember.
+        try:
+            checkpoint = verify_checkpoint(data, self.identity.card)
+        except ParleyError:
+            checkpoint = None
+        if (
+            checkpoint is None
+            or checkpoint.size > self.transcript.size
+            or self.transcript.tree.root_at(checkpoint.size) != checkpoint.root
+        ):
             raise SchemaViolation("the cosigned note is not a checkpoint this terminal issued")
+        own_lines = "".join(s.line() for s in signatures if s.name == checkpoint.origin)
+        checkpoint = Checkpoint(
+            checkpoint.origin,
+            checkpoint.size,
+            checkpoint.root,
+            checkpoint.body,
+            checkpoint.body + "\n" + own_lines,
+        )
         names = {s.name for s in signatures}
         for party, card in self._peers.items():
             if witness_name(party) in names:
@@ -805,25 +860,25 @@ class Party:
         digest = hashlib.sha256(raw).hexdigest()
         self._channels[header.channel] = frozenset({*header.recipients, header.sender})
         if header.sender == self.party:
-            out = Outgoing(
-                header.id,
-                header.channel,
-                header.seq,
-                header.recipients,
-                header.precedence,
-                raw,
-                index,
+            self.ledger.add_sent(
+                SentRecord(
+                    header.id,
+                    header.channel,
+                    header.seq,
+                    header.recipients,
+                    header.precedence,
+                    index,
+                    digest,
+                )
             )
-            self._sent[header.id] = _SentRecord(out, digest)
-            self._sent_by_seq[(header.channel, header.seq)] = header.id
             self._next_seq[header.channel] = max(
                 self._next_seq.get(header.channel, 1), header.seq + 1
             )
             return
         key = (header.channel, header.sender)
         self._inbound.setdefault(key, _InboundStream()).add(header.seq)
-        self._received[header.id] = _ReceivedRecord(
-            header.id, digest, index, header.channel, header.sender, header.seq
+        self.ledger.add_received(
+            ReceivedRecord(header.id, digest, index, header.channel, header.sender, header.seq)
         )
         if header.kind == "ack":
             self._check_ack(decrypt_envelope(header, self.identity))
@@ -832,13 +887,50 @@ class Party:
         receipt = read_receipt(raw, self.card_of)
         if receipt.receiver == self.party:
             return  # a receipt this terminal issued
-        sent = self._sent.get(receipt.envelope_id)
+        sent = self.ledger.sent(receipt.envelope_id)
         if sent is None:
             raise InvalidReceipt(f"stored receipt for unknown envelope {receipt.envelope_id}")
-        self._receipt_digests.add(hashlib.sha256(raw).digest())
-        sent.receipts[receipt.receiver] = receipt
-        key = (sent.outgoing.channel, receipt.receiver)
+        sent.receipts[receipt.receiver] = max(
+            sent.receipts.get(receipt.receiver, 0), receipt.through_seq
+        )
+        key = (sent.channel, receipt.receiver)
         self._receipted_through[key] = max(self._receipted_through.get(key, 0), receipt.through_seq)
+
+    def resume(self, state: ResumeState) -> None:
+        """Take up where a stored terminal left off, without replaying its entries.
+
+        The caller's ledger holds the records; ``state`` gives the leaf hash of
+        every entry and the per-channel counters. The tree rebuilt from the
+        leaves must have the root of the last checkpoint this party signed:
+        a store whose entries and checkpoints disagree is refused.
+        """
+        if self.transcript.size:
+            raise UsageError("resume() needs a Party with an empty transcript")
+        for leaf in state.leaves:
+            self.transcript.append_leaf(leaf)
+        if state.latest_checkpoint is not None:
+            checkpoint = verify_checkpoint(state.latest_checkpoint, self.identity.card)
+            if checkpoint.size > self.transcript.size or (
+                self.transcript.tree.root_at(checkpoint.size) != checkpoint.root
+            ):
+                raise VerificationError(
+                    f"the stored transcript does not hash to this terminal's own checkpoint "
+                    f"{checkpoint.size}: its records were changed or lost; run parley verify"
+                )
+            if checkpoint.size == self.transcript.size:
+                self._latest = checkpoint
+        for channel, members in state.channels.items():
+            self._channels[channel] = frozenset(members)
+        for channel, seq in state.last_sent.items():
+            self._next_seq[channel] = seq + 1
+        for key, seqs in state.inbound.items():
+            stream = _InboundStream()
+            contiguous, ahead = seqs
+            stream.contiguous = contiguous
+            stream.max_seen = max([contiguous, *ahead])
+            stream.ahead = set(ahead)
+            self._inbound[key] = stream
+        self._receipted_through.update(state.receipted_through)
 
     def restore_witnessed(self, owner: str, cosigned_note: str) -> None:
         """Remember the last checkpoint of ``owner`` this party cosigned."""
@@ -854,7 +946,6 @@ class Party:
             raise UnknownPeer(f"{witness} is not a pinned peer of {self.party}")
         checkpoint = verify_checkpoint(cosigned_note, self.identity.card)
         verify_cosignature(checkpoint, cosigned_note, card)
-        self._issued[checkpoint.body] = checkpoint
         self.cosignatures[witness] = (checkpoint, cosigned_note)
 
     def last_cosigned_by(self, witness: str) -> Checkpoint | None:

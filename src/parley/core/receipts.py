@@ -61,6 +61,7 @@ __all__ = [
     "issue_receipt",
     "read_receipt",
     "verify_receipt_inclusion",
+    "verify_receipt_leaf",
 ]
 
 RECEIPT_PAYLOAD_TYPE = "application/vnd.parley.receipt.v1+json"
@@ -187,7 +188,15 @@ def read_receipt(data: bytes, lookup: Callable[[str], IdentityCard | None]) -> R
 
 def verify_receipt_inclusion(receipt: Receipt, envelope_raw: bytes) -> None:
     """Check that ``envelope_raw`` is in the receiver's log at the receipt's checkpoint."""
-    leaf = merkle.leaf_hash(entry_bytes(EntryType.ENVELOPE, envelope_raw))
+    verify_receipt_leaf(receipt, merkle.leaf_hash(entry_bytes(EntryType.ENVELOPE, envelope_raw)))
+
+
+def verify_receipt_leaf(receipt: Receipt, leaf: bytes) -> None:
+    """As ``verify_receipt_inclusion``, given the envelope's leaf hash.
+
+    The leaf hash is the same in the sender's log and the receiver's: both
+    log the same entry bytes.
+    """
     try:
         merkle.verify_inclusion(
             leaf,

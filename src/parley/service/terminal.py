@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +49,7 @@ from parley.core.party import (
     MessageReceived,
     Outgoing,
     Party,
+    ResumeState,
     bilateral_channel,
 )
 from parley.core.receipts import Receipt
@@ -66,6 +67,7 @@ from parley.errors import (
 )
 from parley.keyfile import load_identity
 from parley.service import tls
+from parley.service.ledger import StoreLedger
 from parley.store import models as m
 from parley.store.db import engine_for, migrate, schema_is_current
 
@@ -132,11 +134,20 @@ class CardBundle:
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidCard(f"the card file is not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidCard("the card file is nested too deeply to be a card") from None
         if not isinstance(obj, dict) or set(obj) != {"card", "tls_certificate"}:
             raise InvalidCard(
                 "a card file holds exactly 'card' and 'tls_certificate' (as `parley card` prints)"
             )
-        card = IdentityCard.from_bytes(canonical_bytes(obj["card"]))
+        try:
+            card_bytes = canonical_bytes(obj["card"])
+        except ParleyError as exc:
+            raise InvalidCard(f"the card in the card file cannot be a card: {exc}") from None
+        except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
+            # rfc8785 refuses lone surrogates and other non-JSON values this way.
+            raise InvalidCard(f"the card in the card file is not canonical JSON: {exc}") from None
+        card = IdentityCard.from_bytes(card_bytes)
         pem = obj["tls_certificate"]
         if not isinstance(pem, str):
             raise InvalidCard("the card file's tls_certificate must be a PEM string")
@@ -151,6 +162,102 @@ def _precedence_filter(urgent: bool | None) -> list[ColumnElement[bool]]:
         return []
     column = m.outbox.c.precedence
     return [column.in_(URGENT) if urgent else column.not_in(URGENT)]
+
+
+def _stored_leaves(engine: Engine, batch: int = 50_000) -> Iterator[bytes]:
+    """Every log entry's leaf hash, in order (hashing entries stored without one)."""
+    cols = m.log_entries.c
+    expected = 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(cols.idx, cols.leaf)
+                .where(cols.idx >= expected)
+                .order_by(cols.idx)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return
+            missing = [r.idx for r in rows if r.leaf is None]
+            entries = (
+                dict(
+                    conn.execute(select(cols.idx, cols.entry).where(cols.idx.in_(missing))).tuples()
+                )
+                if missing
+                else {}
+            )
+        for row in rows:
+            if row.idx != expected:
+                raise VerificationError(
+                    f"log entry {expected} is missing from the store (the next is {row.idx})"
+                )
+            leaf = row.leaf if row.leaf is not None else merkle.leaf_hash(entries[row.idx])
+            yield bytes(leaf)
+            expected += 1
+
+
+def _resume_state(conn: Connection, engine: Engine, me: str) -> ResumeState:
+    """The counters a Party resumes from, read from the message index."""
+    msg = m.messages.c
+    last_sent = {
+        r.channel: r.seq
+        for r in conn.execute(
+            select(msg.channel, func.max(msg.seq).label("seq"))
+            .where(msg.direction == "out")
+            .group_by(msg.channel)
+        )
+    }
+    inbound: dict[tuple[str, str], tuple[int, Sequence[int]]] = {}
+    streams = conn.execute(
+        select(msg.channel, msg.sender, func.count().label("n"), func.max(msg.seq).label("top"))
+        .where(msg.direction == "in")
+        .group_by(msg.channel, msg.sender)
+    ).all()
+    for s in streams:
+        if s.n == s.top:  # 1..top, no gap: the usual case
+            inbound[(s.channel, s.sender)] = (s.top, ())
+            continue
+        seqs = sorted(
+            conn.execute(
+                select(msg.seq).where(
+                    and_(msg.direction == "in", msg.channel == s.channel, msg.sender == s.sender)
+                )
+            ).scalars()
+        )
+        contiguous = 0
+        for seq in seqs:
+            if seq != contiguous + 1:
+                break
+            contiguous = seq
+        inbound[(s.channel, s.sender)] = (contiguous, [q for q in seqs if q > contiguous])
+    receipted = {
+        (r.channel, r.receiver): r.through
+        for r in conn.execute(
+            select(
+                msg.channel,
+                m.receipts.c.receiver,
+                func.max(m.receipts.c.through_seq).label("through"),
+            )
+            .join(m.messages, msg.envelope_id == m.receipts.c.envelope_id)
+            .where(msg.direction == "out")
+            .group_by(msg.channel, m.receipts.c.receiver)
+        )
+    }
+    channels = {
+        r.name: r.members.split(",")
+        for r in conn.execute(select(m.channels.c.name, m.channels.c.members))
+    }
+    latest = conn.execute(
+        select(m.checkpoints.c.note).order_by(m.checkpoints.c.size.desc()).limit(1)
+    ).scalar()
+    return ResumeState(
+        leaves=_stored_leaves(engine),
+        latest_checkpoint=latest,
+        channels=channels,
+        last_sent=last_sent,
+        inbound=inbound,
+        receipted_through=receipted,
+    )
 
 
 class Records:
@@ -384,54 +491,84 @@ class Terminal(Records):
         return CardBundle(self.identity.card, self.tls_certificate)
 
     def _reload(self) -> None:
-        """Rebuild the protocol state from the database (every signature checked again)."""
-        party = Party(self.identity, clock=self.clock, limits=self.limits)
+        """Rebuild the protocol state from the database.
+
+        The transcript is resumed from the stored leaf hashes and must hash
+        to the last checkpoint this terminal signed; the records of single
+        messages stay in the database (``StoreLedger``) and are read when
+        needed. ``parley verify`` re-checks every signature.
+        """
+        ledger = StoreLedger(self.engine, self.me, self._load_entry)
+        party = Party(
+            self.identity,
+            clock=self.clock,
+            limits=self.limits,
+            ledger=ledger,
+            entry_loader=self._load_entry,
+        )
         certs: dict[str, bytes] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(select(m.peers)):
                 card = IdentityCard.from_bytes(row.card)
                 party.add_peer(card, row.fingerprint)
                 certs[row.party] = row.tls_certificate
-            entries = [
-                row.entry
-                for row in conn.execute(select(m.log_entries.c.entry).order_by(m.log_entries.c.idx))
-            ]
-            party.restore(entries)
-            latest = select(m.cosignatures).order_by(
-                m.cosignatures.c.size.desc(), m.cosignatures.c.id.desc()
-            )
-            done: set[tuple[str, str]] = set()
-            for row in conn.execute(latest):
-                key = (row.direction, row.party)
-                if key in done or row.party not in party.peers:
-                    continue
-                done.add(key)
-                if row.direction == "of-us":
-                    party.restore_cosignature(row.party, row.note)
-                else:
-                    party.restore_witnessed(row.party, row.note)
+            state = _resume_state(conn, self.engine, self.me)
+            cosignatures = conn.execute(
+                select(m.cosignatures).order_by(
+                    m.cosignatures.c.size.desc(), m.cosignatures.c.id.desc()
+                )
+            ).all()
+        # Outside the connection: the leaves are read in batches of their own.
+        party.resume(state)
+        done: set[tuple[str, str]] = set()
+        for row in cosignatures:
+            key = (row.direction, row.party)
+            if key in done or row.party not in party.peers:
+                continue
+            done.add(key)
+            if row.direction == "of-us":
+                party.restore_cosignature(row.party, row.note)
+            else:
+                party.restore_witnessed(row.party, row.note)
         self.party = party
+        self.ledger = ledger
         self.peer_certificates = certs
         self._stored_channels = set()
+        self._logged_through = party.transcript.size
+
+    def _load_entry(self, index: int) -> bytes:
+        with self.engine.connect() as conn:
+            entry = conn.execute(
+                select(m.log_entries.c.entry).where(m.log_entries.c.idx == index)
+            ).scalar()
+        if entry is None:
+            raise VerificationError(f"log entry {index} is missing from the store")
+        return bytes(entry)
 
     def _commit(self, work: Callable[[Connection], Any]) -> Any:
         """Run ``work`` in one transaction; on failure rebuild memory from the disk."""
         try:
             with self.engine.begin() as conn:
-                return work(conn)
+                result = work(conn)
         except BaseException:
             self._reload()
             raise
+        self.ledger.committed()
+        if self._logged_through == self.party.transcript.size:
+            self.party.transcript.evict()  # the store holds every entry now
+        return result
 
     def _log_new_entries(self, conn: Connection, start: int) -> None:
         transcript = self.party.transcript
+        tree = transcript.tree
         now = self.clock()
         rows = [
-            {"idx": i, "entry": transcript.entry(i), "stored_at": now}
+            {"idx": i, "entry": transcript.entry(i), "stored_at": now, "leaf": tree.leaf(i)}
             for i in range(start, transcript.size)
         ]
         if rows:
             conn.execute(insert(m.log_entries), rows)
+        self._logged_through = transcript.size
         latest = self.party.latest_checkpoint
         if latest is not None and latest.size > 0:
             exists = conn.execute(
@@ -950,8 +1087,9 @@ class Terminal(Records):
         now = self.clock()
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(m.outbox, m.messages.c.log_index)
+                select(m.outbox, m.messages.c.log_index, m.log_entries.c.entry)
                 .join(m.messages, m.messages.c.envelope_id == m.outbox.c.envelope_id)
+                .join(m.log_entries, m.log_entries.c.idx == m.messages.c.log_index)
                 .where(
                     and_(
                         m.outbox.c.peer == peer,
@@ -964,10 +1102,9 @@ class Terminal(Records):
                 .limit(limit * 4)
             ).all()
         rows = sorted(rows, key=lambda r: (PRECEDENCE_RANK.get(r.precedence, 9), r.log_index))
-        transcript = self.party.transcript
         result = []
         for row in rows[:limit]:
-            raw = transcript.entry(row.log_index)[1:]
+            raw = bytes(row.entry[1:])
             result.append(
                 {
                     "envelope_id": row.envelope_id,

@@ -70,6 +70,7 @@ log_entries = Table(
     Column("idx", BigInteger, primary_key=True, autoincrement=False),
     Column("entry", LargeBinary, nullable=False),
     Column("stored_at", Time, nullable=False),
+    Column("leaf", LargeBinary),  # merkle.leaf_hash(entry); NULL in rows from before 0003
 )
 
 messages = Table(
