@@ -382,7 +382,8 @@ class FaultProxy:
     async def _listen(self, address: tuple[str, int]) -> tuple[str, int]:
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP: asyncio then disables Nagle on accepted connections.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
