@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -47,9 +48,17 @@ BACKOFF_BASE = 0.25
 BACKOFF_CAP = {"FLASH": 2.0, "IMMEDIATE": 5.0, "PRIORITY": 30.0, "ROUTINE": 60.0}
 STATE_RANK = {"up": 0, "unknown": 1, "degraded": 2, "down": 3}
 WITNESS_EVERY = 2.0  # seconds between checkpoint rounds with a busy peer
+#: Seconds between rounds with a peer we exchange nothing with: its log may
+#: grow from traffic with a third party, which we would not otherwise notice.
+WITNESS_IDLE = 10.0
 #: Messages per bulk request: one receiver checkpoint signature and one commit
 #: on each side for all of them.
 BULK_BATCH = 256
+#: Bulk batches in flight to one peer at once.
+BULK_IN_FLIGHT = 2
+#: Seconds a gap may last before it is filled by a catch-up request (batches in
+#: flight together can arrive out of order; the later one fills it first).
+CATCH_UP_GRACE = 1.0
 #: FLASH and IMMEDIATE messages taken at once (each goes in its own request).
 URGENT_BATCH = 32
 
@@ -62,6 +71,10 @@ def backoff(attempts: int, precedence: str, rng: random.Random) -> float:
 
 class LinkFailed(Exception):
     """A link could not carry a request (transport error or 5xx)."""
+
+
+def _forget(sending: set[str], ids: set[str], _: object) -> None:
+    sending.difference_update(ids)
 
 
 class Rejected(Exception):
@@ -218,7 +231,7 @@ class DeliveryWorker:
                     self._witness_due.add(peer)
                 if self.terminal.activity.get(peer, 0) != self._witnessed_activity.get(peer):
                     self._witness_due.add(peer)
-                if time.monotonic() - self._last_witness.get(peer, 0) > 60:
+                if time.monotonic() - self._last_witness.get(peer, 0) > WITNESS_IDLE:
                     self._witness_due.add(peer)
                 if peer in self._witness_due:
                     await self._witness(peer)
@@ -267,33 +280,65 @@ class DeliveryWorker:
                     await asyncio.wait_for(event.wait(), timeout=wait)
 
     async def _drain(self, peer: str) -> bool:
-        """Deliver the due PRIORITY and ROUTINE messages (and link tests) in batches."""
+        """Deliver the due PRIORITY and ROUTINE messages (and link tests) in batches.
+
+        Up to ``BULK_IN_FLIGHT`` batches travel at once, so that the sender
+        seals and checks receipts while the receiver opens the previous batch
+        (stop-and-wait left each side idle half the time). Batches may then
+        arrive out of order; the receiver holds what is ahead and answers the
+        gap in its receipts until the earlier batch lands.
+        """
         worked = False
-        while not self._stopping:
-            rest = await run_in_threadpool(
-                self.terminal.due_deliveries, peer, BULK_BATCH, urgent=False
-            )
-            if not rest:
-                return worked
-            worked = True
-            # A link test travels on its own link only; a dead link must not hold up
-            # the rest, so each runs as its own task (its next attempt pushed past
-            # the link timeout meanwhile, so it is not picked up twice).
-            for item in rest:
-                if item["via"] and item["envelope_id"] not in self._inflight:
-                    self._inflight.add(item["envelope_id"])
-                    await run_in_threadpool(
-                        self.terminal.postpone,
-                        item["envelope_id"],
+        inflight: set[asyncio.Task[None]] = set()
+        sending: set[str] = set()
+        try:
+            while not self._stopping:
+                rest = await run_in_threadpool(
+                    partial(
+                        self.terminal.due_deliveries,
                         peer,
-                        self.terminal.config.link_timeout + 1.0,
+                        BULK_BATCH,
+                        urgent=False,
+                        exclude=frozenset(sending),
                     )
-                    task = asyncio.create_task(self._deliver_pinned(item))
-                    self._tasks.append(task)
-            bulk = [item for item in rest if not item["via"]]
-            if bulk:
-                await self._deliver_batch(peer, bulk)
-        return worked
+                )
+                if rest:
+                    worked = True
+                # A link test travels on its own link only; a dead link must not hold
+                # up the rest, so each runs as its own task (its next attempt pushed
+                # past the link timeout meanwhile, so it is not picked up twice).
+                for item in rest:
+                    if item["via"] and item["envelope_id"] not in self._inflight:
+                        self._inflight.add(item["envelope_id"])
+                        await run_in_threadpool(
+                            self.terminal.postpone,
+                            item["envelope_id"],
+                            peer,
+                            self.terminal.config.link_timeout + 1.0,
+                        )
+                        task = asyncio.create_task(self._deliver_pinned(item))
+                        self._tasks.append(task)
+                bulk = [item for item in rest if not item["via"]]
+                if bulk:
+                    ids = {item["envelope_id"] for item in bulk}
+                    sending |= ids
+                    batch = asyncio.create_task(self._deliver_batch(peer, bulk))
+                    batch.add_done_callback(partial(_forget, sending, ids))
+                    inflight.add(batch)
+                elif not inflight:
+                    return worked
+                if inflight and (not bulk or len(inflight) >= BULK_IN_FLIGHT):
+                    done, inflight = await asyncio.wait(
+                        inflight, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for finished in done:
+                        finished.result()  # an unexpected error ends the drain
+            return worked
+        finally:
+            for task in inflight:
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
 
     async def _deliver_pinned(self, item: dict[str, Any]) -> None:
         try:
@@ -463,7 +508,13 @@ class DeliveryWorker:
         raise LinkFailed("; ".join(errors) or f"no link to {peer}")
 
     async def _catch_up(self, peer: str) -> None:
-        gaps = [(key, after) for key, after in list(self.terminal.gaps.items()) if key[1] == peer]
+        since = self.terminal.gap_seen
+        now = time.monotonic()
+        gaps = [
+            (key, after)
+            for key, after in list(self.terminal.gaps.items())
+            if key[1] == peer and now - since.get(key, now) >= CATCH_UP_GRACE
+        ]
         for (channel, sender), after in gaps:
             try:
                 data = await self._any_link(

@@ -458,6 +458,8 @@ class Terminal(Records):
         self.peer_certificates: dict[str, bytes] = {}
         #: (channel, sender) -> highest contiguous sequence, for catch-up requests.
         self.gaps: dict[tuple[str, str], int] = {}
+        #: When each gap was first seen (time.monotonic()).
+        self.gap_seen: dict[tuple[str, str], float] = {}
         self._alarm_lock = threading.Lock()
         self._stored_channels: set[str] = set()
         #: Messages received per sender since start (the worker witnesses logs that grew).
@@ -893,11 +895,14 @@ class Terminal(Records):
                     elif isinstance(event, AckReceived):
                         acked.append(event)
                     elif isinstance(event, GapDetected):
-                        held, _ = self.party.held_through(event.channel, event.sender)
-                        self.gaps[(event.channel, event.sender)] = held
+                        key = (event.channel, event.sender)
+                        held, _ = self.party.held_through(*key)
+                        self.gaps[key] = held
+                        self.gap_seen.setdefault(key, time.monotonic())
             for key in list(self.gaps):
                 if not self.party.held_through(*key)[1]:
                     del self.gaps[key]
+                    self.gap_seen.pop(key, None)
 
             def work(conn: Connection) -> None:
                 self._log_new_entries(conn, start)
@@ -1078,11 +1083,17 @@ class Terminal(Records):
     # Delivery bookkeeping -------------------------------------------------------
 
     def due_deliveries(
-        self, peer: str, limit: int = 64, *, urgent: bool | None = None
+        self,
+        peer: str,
+        limit: int = 64,
+        *,
+        urgent: bool | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> list[dict[str, Any]]:
         """Pending outbox rows for ``peer`` whose next attempt is due, most urgent first.
 
-        ``urgent`` True takes only FLASH and IMMEDIATE, False only the rest.
+        ``urgent`` True takes only FLASH and IMMEDIATE, False only the rest;
+        envelopes in ``exclude`` (already on their way) are left out.
         """
         now = self.clock()
         with self.engine.connect() as conn:
@@ -1096,6 +1107,7 @@ class Terminal(Records):
                         m.outbox.c.state == "pending",
                         m.outbox.c.next_attempt <= now,
                         *_precedence_filter(urgent),
+                        *([m.outbox.c.envelope_id.not_in(exclude)] if exclude else []),
                     )
                 )
                 .order_by(m.messages.c.log_index)
