@@ -222,10 +222,6 @@ class CheckpointRejected(RemoteError):
     pass
 
 
-class CheckpointRollback(CheckpointRejected):
-    pass
-
-
 class Equivocation(CheckpointRejected):
     """Two checkpoints of one log that cannot both be true.
 
@@ -236,6 +232,10 @@ class Equivocation(CheckpointRejected):
     def __init__(self, message: str, *, evidence: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.evidence: dict[str, str] = dict(evidence or {})
+
+
+class CheckpointRollback(Equivocation):
+    """A log offered smaller than a checkpoint of it already cosigned: both notes are evidence."""
 
 
 class VerificationError(ParleyError):

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -296,5 +297,19 @@ def create_peer_app(
     @app.exception_handler(SchemaViolation)
     async def schema_violation(request: Request, exc: SchemaViolation) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError) -> Response:
+        """A malformed query is bad input like any other: a coded refusal, recorded."""
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', '?')}"
+            for error in exc.errors()
+        )
+        refusal = SchemaViolation(f"the request's parameters are malformed ({details[:300]})")
+
+        async def work(party: str | None) -> Response:
+            raise refusal
+
+        return await guarded(request, request.url.path.removeprefix(f"/{API_VERSION}/"), work)
 
     return app

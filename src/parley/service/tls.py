@@ -40,6 +40,7 @@ from collections.abc import Iterable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -164,7 +165,10 @@ def _common_name(certificate: x509.Certificate, whose: str) -> str:
 
 
 def _check_self_signed(certificate: x509.Certificate, whose: str) -> ed25519.Ed25519PublicKey:
-    public_key = certificate.public_key()
+    try:
+        public_key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise InvalidCard(f"the TLS certificate of {whose} holds no usable key: {exc}") from None
     if not isinstance(public_key, ed25519.Ed25519PublicKey):
         raise InvalidCard(
             f"the TLS certificate of {whose} holds a {type(public_key).__name__}, "

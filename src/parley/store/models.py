@@ -89,7 +89,7 @@ messages = Table(
     Column("created_at", Time, nullable=False),
     Column("stored_at", Time, nullable=False),
     Column("operator", Text, nullable=False),
-    Column("lang", String(16), nullable=False),
+    Column("lang", String(35), nullable=False),  # a BCP 47 tag, as long as the core allows
     Column("body", Text, nullable=False),  # canonical JSON of the decrypted content body
     Column("ack_due", Time),
     Column("acked_at", Time),
