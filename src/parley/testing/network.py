@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,11 @@ def postgres_database(admin_url: str) -> Iterator[str]:
 
 @dataclass
 class TerminalProcess:
-    """One terminal: its data directory and, while started, its ``parley serve`` process."""
+    """One terminal: its data directory and, while started, its ``parley serve`` process.
+
+    ``serve_env`` is added to the environment of the ``parley serve`` process
+    only (not of ``cli``), for instance to run it under libfaketime.
+    """
 
     party: str
     data: Path
@@ -88,6 +92,7 @@ class TerminalProcess:
     proc: subprocess.Popen[bytes] | None = None
     log: list[Path] = field(default_factory=list)
     starts: int = 0
+    serve_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def peer_url(self) -> str:
@@ -115,7 +120,7 @@ class TerminalProcess:
                 [sys.executable, "-m", "parley.cli", "--data", str(self.data), "serve"],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **self.serve_env},
             )
         if wait:
             self.wait_ready()
@@ -206,12 +211,14 @@ def make_network(
     databases: dict[str, str] | None = None,
     link_test_interval: float = 3600.0,
     links: Callable[[str, str, TerminalProcess], list[tuple[str, str]]] | None = None,
+    serve_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, TerminalProcess]:
     """Create terminals that have pinned each other (not started).
 
     ``links(owner, peer, peer_terminal)`` returns the (name, url) links
     ``owner`` uses to reach ``peer``; by default one link, ``primary``,
-    straight to the peer's listener.
+    straight to the peer's listener. ``serve_env`` maps a party to extra
+    environment variables for its ``parley serve`` process.
     """
     terminals: dict[str, TerminalProcess] = {}
     for party, name in parties:
@@ -228,7 +235,13 @@ def make_network(
             link_test_interval=link_test_interval,
             scrypt_n=TEST_SCRYPT_N,
         )
-        terminals[party] = TerminalProcess(party, data, peer_port, console_port)
+        terminals[party] = TerminalProcess(
+            party,
+            data,
+            peer_port,
+            console_port,
+            serve_env=dict((serve_env or {}).get(party, {})),
+        )
     bundles = {
         party: CardBundle.from_json(DataDir(t.data).card_file.read_bytes())
         for party, t in terminals.items()
