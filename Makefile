@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit demo bench clean
+.PHONY: venv test lint typecheck unit demo bench bench-core clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo: $(STAMP)
 	$(VENV)/bin/parley demo
 
 bench: $(STAMP)
+	$(VENV)/bin/parley bench --json bench.json
+
+bench-core: $(STAMP)
 	$(PY) -m benchmarks.core_bench
 
 clean:

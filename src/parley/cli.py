@@ -670,6 +670,50 @@ def verify(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command()
+def bench(
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="A short run: 200 latency messages, 10 s of throughput, a backlog of 2,000, "
+            "a transcript of 100,000 entries.",
+        ),
+    ] = False,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", metavar="FILE", help="Write the results here.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            metavar="FILE.png",
+            help="The latency plot (default: bench-latency.png beside the JSON).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Keep the terminals and the generated transcript here (default: a temporary "
+            "directory, removed afterwards).",
+        ),
+    ] = None,
+) -> None:
+    """Two real terminals on this machine, each figure beside a floor measured in the same run.
+
+    FLASH latency, throughput, backlog drain, `parley verify` and the RSS of `parley serve`.
+
+    Needs no data directory. Progress goes to stderr, the table to stdout.
+    """
+    from parley.bench.run import main as run_bench
+
+    code = run_bench(quick=quick, json_path=json_file, plot_path=plot, out_dir=out)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def demo(
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per terminal.")] = False,
     directory: Annotated[
