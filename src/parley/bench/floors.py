@@ -124,8 +124,6 @@ class TlsFloor:
     body_bytes: int
     reply_bytes: int
     server_peak_rss_mb: float | None
-    #: The same round trip to a listener made like ``parley serve``'s (Nagle left on).
-    nagle_samples_ms: list[float]
 
 
 def _open_db(path: Path) -> sqlite3.Connection:
@@ -177,11 +175,9 @@ def _serve(directory: Path, reply_size: int) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": reply})
 
-    # Two listeners on one server: the floor proper, on a socket created as a TCP
-    # socket (so asyncio sets TCP_NODELAY on what it accepts), and a diagnostic
-    # one created like ``parley serve`` creates its own (protocol 0: asyncio
-    # leaves Nagle's algorithm on).
-    sockets = [_listener(socket.IPPROTO_TCP), _listener(0)]
+    # Created as a TCP socket, as parley serve creates its listeners, so that
+    # asyncio sets TCP_NODELAY on what it accepts.
+    sockets = [_listener(socket.IPPROTO_TCP)]
     config = uvicorn.Config(app, http="h11", log_config=None, access_log=False, lifespan="off")
     config.load()
     config.ssl = context
@@ -190,7 +186,6 @@ def _serve(directory: Path, reply_size: int) -> None:
     ready = {
         "pid": os.getpid(),
         "port": sockets[0].getsockname()[1],
-        "port_protocol_0": sockets[1].getsockname()[1],
     }
     (directory / _READY_FILE).write_text(json.dumps(ready))
     asyncio.run(server.serve(sockets=sockets))
@@ -211,15 +206,10 @@ def measure_tls_floor(
     *,
     body_size: int,
     reply_size: int,
-    nagle_count: int = 0,
     warmup: int = 20,
     timeout: float = 60.0,
 ) -> TlsFloor:
-    """``count`` round trips: a client commit, then a POST over kept-alive mutual TLS.
-
-    ``nagle_count`` more round trips go to the diagnostic listener, created
-    the way ``parley serve`` creates its listeners (see ``_serve``).
-    """
+    """``count`` round trips: a client commit, then a POST over kept-alive mutual TLS."""
     import httpx
 
     from parley.service import tls
@@ -273,7 +263,6 @@ def measure_tls_floor(
                 return [round_trip() for _ in range(n)]
 
         samples = run(int(ready["port"]), count)
-        nagle = run(int(ready["port_protocol_0"]), nagle_count) if nagle_count else []
         db.close()
         rss = peak_rss_mb(proc.pid)
     finally:
@@ -284,7 +273,7 @@ def measure_tls_floor(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return TlsFloor(samples, body_size, reply_size, rss, nagle)
+    return TlsFloor(samples, body_size, reply_size, rss)
 
 
 def _wait_ready(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:

@@ -60,7 +60,6 @@ LATENCY_TEXT = "latency probe 123"
 class Settings:
     mode: str
     latency_messages: int
-    nagle_messages: int
     throughput_window_s: float
     throughput_warmup_s: float
     throughput_threads: int
@@ -74,13 +73,13 @@ class Settings:
     @classmethod
     def for_mode(cls, quick: bool) -> Settings:
         if quick:
-            return cls("quick", 200, 30, 10.0, 2.0, 4, 50, 1000, 2_000, 100_000, 3.0, 3)
-        return cls("full", 1000, 100, 60.0, 5.0, 4, 50, 1000, 10_000, 1_000_000, 8.0, 5)
+            return cls("quick", 200, 10.0, 2.0, 4, 50, 1000, 2_000, 100_000, 3.0, 3)
+        return cls("full", 1000, 60.0, 5.0, 4, 50, 1000, 10_000, 1_000_000, 8.0, 5)
 
     @classmethod
     def tiny(cls) -> Settings:
         """Sizes for the harness's own test: every stage, in well under a minute."""
-        return cls("tiny", 20, 5, 2.0, 1.0, 2, 25, 500, 200, 2_000, 1.0, 1)
+        return cls("tiny", 20, 2.0, 1.0, 2, 25, 500, 200, 2_000, 1.0, 1)
 
 
 class Output:
@@ -182,7 +181,6 @@ def run(settings: Settings, workdir: Path, *, output: Output | None = None) -> d
             settings.latency_messages,
             body_size=envelope_bytes,
             reply_size=receipt_bytes,
-            nagle_count=settings.nagle_messages,
         )
         result["floor_ms"] = report.summary_ms(tls_floor.samples_ms)
         result["floor"] = {
@@ -196,26 +194,7 @@ def run(settings: Settings, workdir: Path, *, output: Output | None = None) -> d
             "body_bytes": envelope_bytes,
             "reply_bytes": receipt_bytes,
             "server_peak_rss_mb": tls_floor.server_peak_rss_mb,
-            "listener_like_parley_serve_ms": (
-                report.summary_ms(tls_floor.nagle_samples_ms)
-                if tls_floor.nagle_samples_ms
-                else None
-            ),
         }
-        if tls_floor.nagle_samples_ms:
-            slow = report.percentile(tls_floor.nagle_samples_ms, 50)
-            fast = report.percentile(tls_floor.samples_ms, 50)
-            if slow > 5 * fast and slow > 20:
-                notes.append(
-                    f"The same floor round trip to a listener created as parley serve creates "
-                    f"its own (socket(AF_INET, SOCK_STREAM), protocol 0) takes {slow:.1f} ms "
-                    f"p50 instead of {fast:.1f} ms: asyncio sets TCP_NODELAY only on sockets "
-                    "whose protocol is IPPROTO_TCP, so uvicorn's response head and body, "
-                    "written separately, wait for the client's delayed ACK (about 40 ms) under "
-                    "Nagle's algorithm. parley.service.server._bind creates both listeners "
-                    "that way, so every peer answer (receipt) and every operator API answer "
-                    "pays it."
-                )
 
     latency: terminals.LatencyResult | None = None
     with stage("terminals"), terminals.two_terminals(workdir / "pair", say=out.say) as pair:
