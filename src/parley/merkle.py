@@ -77,7 +77,9 @@ _RangeHash = Callable[[int, int], bytes]
 
 def leaf_hash(entry: bytes) -> bytes:
     """Return the leaf hash of ``entry``: ``SHA-256(0x00 || entry)``."""
-    return _sha256(_LEAF_PREFIX + entry).digest()
+    h = _sha256(_LEAF_PREFIX)
+    h.update(entry)  # no copy of a long entry
+    return h.digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

@@ -97,13 +97,23 @@ def _check_value(value: JSONValue) -> bool:
     raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
-def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise DuplicateKey(f"the key {key!r} appears twice in one object")
-        result[key] = value
-    return result
+class _Pairs:
+    """``object_pairs_hook``: refuses duplicate keys, notes keys the C encoder would misorder."""
+
+    __slots__ = ("exact",)
+
+    def __init__(self) -> None:
+        self.exact = True
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise DuplicateKey(f"the key {key!r} appears twice in one object")
+            if not key.isascii() and max(key) >= "\ud800":
+                self.exact = False
+            result[key] = value
+        return result
 
 
 def _refuse_float(text: str) -> Any:
@@ -141,10 +151,11 @@ def parse_canonical(data: bytes, *, max_size: int | None = None, what: str = "bo
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidJSON(f"the {what} is not valid UTF-8 (byte {exc.start})") from None
+    pairs = _Pairs()
     try:
         value = json.loads(
             text,
-            object_pairs_hook=_pairs_without_duplicates,
+            object_pairs_hook=pairs,
             parse_float=_refuse_float,
             parse_int=_bounded_int,
             parse_constant=_refuse_constant,
@@ -156,7 +167,10 @@ def parse_canonical(data: bytes, *, max_size: int | None = None, what: str = "bo
     except json.JSONDecodeError as exc:
         raise InvalidJSON(f"the {what} is not JSON: {exc.msg} at byte {exc.pos}") from None
     try:
-        expected = _stdlib_canonical(value) if _check_value(value) else rfc8785.dumps(value)
+        # json.loads made only dicts, lists, strings, bounded ints, booleans and
+        # None (floats and big integers were refused by its hooks): the C
+        # encoder is exact unless a key needs UTF-16 ordering.
+        expected = _stdlib_canonical(value) if pairs.exact else rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, RecursionError, UnicodeError) as exc:
         # UnicodeError: a lone surrogate escape (such as "\ud800") in an object
         # key, which rfc8785 sorts by its UTF-16 encoding before writing it.

@@ -38,7 +38,7 @@ from parley.core.receipts import read_receipt
 from parley.core.transcript import EntryType, split_entry
 from parley.errors import ParleyError, VerificationError
 from parley.store import models as m
-from parley.store.db import engine_for
+from parley.store.db import engine_for, reading
 
 __all__ = ["AuditReport", "audit"]
 
@@ -188,7 +188,7 @@ def audit(
             report.failures.append(text)
 
     cards: dict[str, IdentityCard] = {own.party: own}
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         for row in conn.execute(select(m.peers)):
             try:
                 card = IdentityCard.from_bytes(row.card).pinned(row.fingerprint)
@@ -230,7 +230,7 @@ def audit(
                 _check_held_receipt(idx, facts, awaiting, engine, fail)
     index.finish()
 
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         for row in conn.execute(select(m.checkpoints).order_by(m.checkpoints.c.size)):
             report.checkpoints += 1
             try:
@@ -305,7 +305,7 @@ def _check_held_receipt(
 
 def _sent_leaf(engine: Engine, envelope_id: str, before: int) -> bytes | None:
     """The leaf hash of the envelope this terminal sent as ``envelope_id``, logged before."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         entry = conn.execute(
             select(m.log_entries.c.entry)
             .join(m.messages, m.messages.c.log_index == m.log_entries.c.idx)
@@ -361,7 +361,7 @@ def _message_rows(engine: Engine, batch: int = 5000) -> Iterator[Any]:
     last = -1
     cols = m.messages.c
     while True:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             rows = conn.execute(
                 select(
                     cols.envelope_id,
@@ -392,7 +392,7 @@ def _entries(
         query = select(cols.idx, cols.entry).where(cols.idx > last)
         if until is not None:
             query = query.where(cols.idx < until)
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             rows = conn.execute(query.order_by(cols.idx).limit(batch)).all()
         if not rows:
             return

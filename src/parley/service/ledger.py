@@ -17,6 +17,7 @@ from sqlalchemy import Engine, and_, func, select
 
 from parley.core.ledger import ReceivedRecord, SentRecord
 from parley.store import models as m
+from parley.store.db import reading
 
 __all__ = ["StoreLedger"]
 
@@ -42,7 +43,7 @@ class StoreLedger:
         # hash() of every envelope id received: almost every envelope that
         # arrives is new, and this answers "never seen" without a query. Equal
         # hashes only send the question to the database. About 60 bytes an id.
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             self._received_ids = {
                 hash(envelope_id)
                 for envelope_id in conn.execute(
@@ -72,7 +73,7 @@ class StoreLedger:
 
     def sent_since(self, channel: str, after_seq: int, limit: int) -> list[int]:
         cols = m.messages.c
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(cols.seq, cols.log_index)
                 .where(
@@ -137,7 +138,7 @@ class StoreLedger:
 
     def _load_sent(self, envelope_id: str) -> SentRecord | None:
         cols = m.messages.c
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(
                 select(
                     cols.channel, cols.seq, cols.recipients, cols.precedence, cols.log_index
@@ -178,7 +179,7 @@ class StoreLedger:
 
     def _load_received(self, envelope_id: str) -> ReceivedRecord | None:
         cols = m.messages.c
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(
                 select(cols.channel, cols.sender, cols.seq, cols.log_index).where(
                     and_(cols.envelope_id == envelope_id, cols.direction == "in")

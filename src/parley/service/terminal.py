@@ -69,7 +69,7 @@ from parley.keyfile import load_identity
 from parley.service import tls
 from parley.service.ledger import StoreLedger
 from parley.store import models as m
-from parley.store.db import engine_for, migrate, schema_is_current
+from parley.store.db import engine_for, migrate, reading, schema_is_current
 
 __all__ = ["CardBundle", "Draft", "Records", "Terminal", "utc_now"]
 
@@ -169,7 +169,7 @@ def _stored_leaves(engine: Engine, batch: int = 50_000) -> Iterator[bytes]:
     cols = m.log_entries.c
     expected = 0
     while True:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             rows = conn.execute(
                 select(cols.idx, cols.leaf)
                 .where(cols.idx >= expected)
@@ -321,7 +321,7 @@ class Records:
         self, direction: str, *, limit: int = 200, all_kinds: bool = False
     ) -> list[dict[str, Any]]:
         kinds = ("text", "form", "service", "ack", "test") if all_kinds else SHOWN_KINDS
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(
                 select(m.messages)
                 .where(and_(m.messages.c.direction == direction, m.messages.c.kind.in_(kinds)))
@@ -333,7 +333,7 @@ class Records:
         return items
 
     def show(self, envelope_id: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(
                 select(m.messages).where(m.messages.c.envelope_id == envelope_id)
             ).first()
@@ -342,7 +342,7 @@ class Records:
             return self._message_dict(row, conn, full=True)
 
     def links(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(select(m.links).order_by(m.links.c.peer, m.links.c.name)).all()
         return [
             {
@@ -360,7 +360,7 @@ class Records:
         ]
 
     def alarms(self, *, include_cleared: bool = True, limit: int = 500) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             query = select(m.alarms).order_by(m.alarms.c.id.desc()).limit(limit)
             if not include_cleared:
                 query = query.where(m.alarms.c.cleared_at.is_(None))
@@ -379,7 +379,7 @@ class Records:
         ]
 
     def security_events(self, limit: int = 500) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(
                 select(m.security_events).order_by(m.security_events.c.id.desc()).limit(limit)
             ).all()
@@ -397,7 +397,7 @@ class Records:
         ]
 
     def peers(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             links = conn.execute(select(m.links).order_by(m.links.c.peer, m.links.c.name)).all()
             rows = conn.execute(select(m.peers).order_by(m.peers.c.party)).all()
         return [
@@ -413,7 +413,7 @@ class Records:
         ]
 
     def channels(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(select(m.channels).order_by(m.channels.c.name)).all()
             agreements = conn.execute(select(m.channel_agreements)).all()
         result = []
@@ -509,7 +509,7 @@ class Terminal(Records):
             entry_loader=self._load_entry,
         )
         certs: dict[str, bytes] = {}
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             for row in conn.execute(select(m.peers)):
                 card = IdentityCard.from_bytes(row.card)
                 party.add_peer(card, row.fingerprint)
@@ -539,7 +539,7 @@ class Terminal(Records):
         self._logged_through = party.transcript.size
 
     def _load_entry(self, index: int) -> bytes:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             entry = conn.execute(
                 select(m.log_entries.c.entry).where(m.log_entries.c.idx == index)
             ).scalar()
@@ -822,7 +822,7 @@ class Terminal(Records):
 
     def acknowledge(self, envelope_id: str, *, operator: str) -> dict[str, Any]:
         """Send the human acknowledgement of a received message."""
-        with self.lock, self.engine.connect() as conn:
+        with self.lock, reading(self.engine) as conn:
             row = conn.execute(
                 select(m.messages).where(m.messages.c.envelope_id == envelope_id)
             ).first()
@@ -1096,7 +1096,7 @@ class Terminal(Records):
         envelopes in ``exclude`` (already on their way) are left out.
         """
         now = self.clock()
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(
                 select(m.outbox, m.messages.c.log_index, m.log_entries.c.entry)
                 .join(m.messages, m.messages.c.envelope_id == m.outbox.c.envelope_id)
@@ -1130,7 +1130,7 @@ class Terminal(Records):
         return result
 
     def next_due(self, peer: str, *, urgent: bool | None = None) -> datetime | None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             value = conn.execute(
                 select(func.min(m.outbox.c.next_attempt)).where(
                     and_(
@@ -1163,7 +1163,7 @@ class Terminal(Records):
 
     def pending_test(self, peer: str, link: str) -> bool:
         """Whether a test message pinned to this link still awaits its receipt."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(
                 select(m.outbox.c.envelope_id).where(
                     and_(
@@ -1176,7 +1176,7 @@ class Terminal(Records):
         return row is not None
 
     def pending_count(self) -> int:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return int(
                 conn.execute(
                     select(func.count()).select_from(m.outbox).where(m.outbox.c.state == "pending")
@@ -1313,7 +1313,7 @@ class Terminal(Records):
     # Channels -------------------------------------------------------------------
 
     def _require_active_channel(self, channel: str, recipients: Sequence[str]) -> None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(select(m.channels).where(m.channels.c.name == channel)).first()
             if row is None or row.kind == "bilateral":
                 return
@@ -1340,7 +1340,7 @@ class Terminal(Records):
             raise UsageError("a channel needs at least two members")
         if "." in name and name == ".".join(members):
             raise UsageError("that name is reserved for the bilateral channel")
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             if conn.execute(select(m.channels.c.name).where(m.channels.c.name == name)).first():
                 raise UsageError(f"channel {name} already exists")
         others = [p for p in members if p != self.me]
@@ -1364,7 +1364,7 @@ class Terminal(Records):
         return {"channel": name, "members": members, "proposal": result["id"]}
 
     def agree_channel(self, name: str, *, operator: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(select(m.channels).where(m.channels.c.name == name)).first()
             if row is None or row.kind != "named":
                 raise UsageError(f"no proposed channel {name}")
@@ -1580,7 +1580,7 @@ class Terminal(Records):
         """Raise overdue-acknowledgement alarms (sender) and reminders (receiver)."""
         now = self.clock()
         raised = 0
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(
                 select(m.messages).where(
                     and_(

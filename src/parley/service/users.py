@@ -12,6 +12,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from parley.errors import UsageError
 from parley.store import models as m
+from parley.store.db import reading
 
 __all__ = [
     "LOCKOUT",
@@ -70,7 +71,7 @@ def add_user(engine: Engine, name: str, role: str, password: str, *, now: dateti
 
 
 def list_users(engine: Engine) -> list[dict[str, object]]:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(select(m.users).order_by(m.users.c.name)).all()
     return [{"name": r.name, "role": r.role, "locked": r.locked_until is not None} for r in rows]
 

@@ -16,12 +16,19 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 
 from parley.errors import UsageError
 
-__all__ = ["engine_for", "migrate", "normalize_url", "schema_is_current", "sqlite_url"]
+__all__ = [
+    "engine_for",
+    "migrate",
+    "normalize_url",
+    "reading",
+    "schema_is_current",
+    "sqlite_url",
+]
 
 
 def sqlite_url(path: Path) -> str:
@@ -55,7 +62,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # A reader takes no lock (WAL: it sees the last commit and blocks nobody);
+    # a writer takes the write lock at BEGIN, so that two writers queue on the
+    # busy timeout instead of failing when a read would turn into a write.
+    if conn.get_execution_options().get(_READ_ONLY):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "parley_read_only"
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection for reading only (``with reading(engine) as conn:``).
+
+    On SQLite it begins a deferred transaction, which takes no write lock: a
+    console refreshing its pages never makes a commit wait. Anything it
+    writes is rolled back when the block ends.
+    """
+    return engine.connect().execution_options(**{_READ_ONLY: True})
 
 
 def engine_for(url: str) -> Engine:
