@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
 from parley import merkle
+from parley.bench.report import cpu_model
 from parley.core.dsse import pae, parse_dsse
 from parley.core.envelope import (
     ENVELOPE_PAYLOAD_TYPE,
@@ -185,18 +186,6 @@ def combined(*rates: float) -> float:
 # Machine
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, str]:
     from cryptography.hazmat.backends.openssl.backend import backend
 
@@ -207,7 +196,7 @@ def machine_info() -> dict[str, str]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
-        "cpu": f"{_cpu_model()} ({os.cpu_count()} logical CPUs)",
+        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "cryptography": f"{cryptography.__version__} ({backend.openssl_version_text()})",
         "rfc8785": jcs,

@@ -24,6 +24,7 @@ __all__ = [
     "TARGETS",
     "Target",
     "check_targets",
+    "cpu_model",
     "machine_info",
     "percentile",
     "plot_latency",
@@ -71,7 +72,7 @@ def check_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile, as ``benchmarks/terminal_bench.py`` computes it."""
+    """Nearest-rank percentile."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
@@ -88,7 +89,8 @@ def summary_ms(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
@@ -113,7 +115,7 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",

@@ -207,9 +207,9 @@ def run(settings: Settings, workdir: Path, *, output: Output | None = None) -> d
                     "FLASH text messages sent one at a time through POST /api/v1/messages; "
                     "for each, the sender's messages.stored_at (the transaction that "
                     "accepts it) to its receipts.stored_at (the receiver's signed receipt "
-                    "verified and held), both from the sender's own clock, as "
-                    "benchmarks/terminal_bench.py measures it; the next message is sent "
-                    "once the receipt is held (polled from a separate read-only connection)"
+                    "verified and held), both from the sender's own clock; the next message "
+                    "is sent once the receipt is held (polled from a separate read-only "
+                    "connection)"
                 ),
                 "messages": latency.sent,
                 "wall_s": round(latency.seconds, 2),

@@ -9,8 +9,7 @@ queue messages, exactly as the CLI does.
 * ``measure_latency``: FLASH messages sent one at a time; for each, from the
   message row's ``stored_at`` (written in the transaction that accepts it)
   to the receipt row's ``stored_at`` (written once the receiver's signed
-  receipt has been verified). This is how ``benchmarks/terminal_bench.py``
-  measures it.
+  receipt has been verified), both on the sender's clock.
 * ``measure_throughput``: a few client threads keep the sender fed with
   ROUTINE messages (through ``POST /api/v1/messages/batch`` when the terminal
   has it, else one ``POST /api/v1/messages`` each), never more than a
