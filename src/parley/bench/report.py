@@ -220,6 +220,7 @@ def plot_latency(latency_ms: Sequence[float], floor_ms: Sequence[float], path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib import ticker
 
     lat = np.sort(np.asarray(latency_ms, dtype=float))
     flo = np.sort(np.asarray(floor_ms, dtype=float))
@@ -236,6 +237,10 @@ def plot_latency(latency_ms: Sequence[float], floor_ms: Sequence[float], path: P
     cdf.step(lat, np.arange(1, len(lat) + 1) / len(lat), where="post", label="Parley FLASH")
     for axis in (hist, cdf):
         axis.set_xscale("log")
+        # Plain numbers at 1-2-5 steps; no labels on the minor ticks (they overlap).
+        axis.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        axis.xaxis.set_minor_formatter(ticker.NullFormatter())
         axis.axvline(
             floor_p50, color="black", linestyle="--", label=f"floor p50 {floor_p50:.2f} ms"
         )
