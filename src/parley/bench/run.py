@@ -183,6 +183,7 @@ def run(settings: Settings, workdir: Path, *, output: Output | None = None) -> d
             reply_size=receipt_bytes,
         )
         result["floor_ms"] = report.summary_ms(tls_floor.samples_ms)
+        result["floor_samples_ms"] = [round(x, 3) for x in tls_floor.samples_ms]
         result["floor"] = {
             "method": (
                 "uvicorn (h11) with a TLS 1.3 mutual-TLS context from parley.service.tls in its "
@@ -202,6 +203,7 @@ def run(settings: Settings, workdir: Path, *, output: Output | None = None) -> d
         with stage("latency"):
             latency = terminals.measure_latency(sender, settings.latency_messages, say=out.say)
             result["latency_ms"] = report.summary_ms(latency.samples_ms)
+            result["latency_samples_ms"] = [round(x, 3) for x in latency.samples_ms]
             result["latency"] = {
                 "method": (
                     "FLASH text messages sent one at a time through POST /api/v1/messages; "
