@@ -19,15 +19,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, text, update
 from sqlalchemy.pool import NullPool
 
 from parley.config import DataDir
 from parley.service.terminal import Terminal
+from parley.store import models
 from parley.store.db import normalize_url
 from parley.testing.faultproxy import FaultProxy
 from parley.testing.network import PASSPHRASE, TerminalProcess, wait_until
@@ -208,6 +210,38 @@ def test_link_cut_and_restored_during_traffic(network: NetworkFactory, proxies: 
     wait_receipted(us, ids, timeout=90)
     failed = [m for m in us.api("GET", "/outbox") if m["delivery"][RU_ID]["attempts"] > 0]
     assert failed, "no delivery attempt failed: the cut was not felt"
+    assert_received_once(ru, ids)
+    stop_and_verify(us, ru)
+
+
+def test_retries_waiting_on_backoff_go_as_soon_as_the_peer_answers_again(
+    network: NetworkFactory, proxies: Proxies
+) -> None:
+    """A long outage leaves retries scheduled far ahead (backoff up to 60 s for
+    ROUTINE); once the peer answers a health probe again they all go at once."""
+    terminals = network(links=proxies.links("primary"))
+    us, ru = terminals[US_ID], terminals[RU_ID]
+    for proxy in proxies.all():
+        proxy.cut()
+    ids = [send(us, f"queued during the outage {i}") for i in range(30)]
+
+    def all_failed_once() -> bool:
+        outbox = {m["id"]: m for m in us.api("GET", "/outbox")}
+        return all(outbox[i]["delivery"][RU_ID]["attempts"] >= 1 for i in ids)
+
+    wait_until(all_failed_once, timeout=30, what="a failed attempt for each message")
+    # Where a long backoff would put their next attempts: an hour away.
+    engine = database(us)
+    with engine.begin() as conn:
+        conn.execute(
+            update(models.outbox)
+            .where(models.outbox.c.state == "pending")
+            .values(next_attempt=datetime.now(UTC) + timedelta(hours=1))
+        )
+    engine.dispose()
+    for proxy in proxies.all():
+        proxy.restore()
+    wait_receipted(us, ids, timeout=60)
     assert_received_once(ru, ids)
     stop_and_verify(us, ru)
 

@@ -59,6 +59,9 @@ BULK_IN_FLIGHT = 2
 #: Seconds a gap may last before it is filled by a catch-up request (batches in
 #: flight together can arrive out of order; the later one fills it first).
 CATCH_UP_GRACE = 1.0
+#: Seconds between health probes of a peer that stopped answering: as soon as
+#: one answers, every retry waiting for that peer is brought forward.
+PROBE_EVERY = 2.0
 #: FLASH and IMMEDIATE messages taken at once (each goes in its own request).
 URGENT_BATCH = 32
 
@@ -104,6 +107,9 @@ class DeliveryWorker:
         self._inflight: set[str] = set()
         self._witness_due: set[str] = set()
         self._witnessed_activity: dict[str, int] = {}
+        #: peer -> link -> whether the last request over it got an answer.
+        self._link_ok: dict[str, dict[str, bool]] = {}
+        self._last_probe: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # Lifecycle ----------------------------------------------------------------
@@ -200,6 +206,7 @@ class DeliveryWorker:
             )
         except (httpx.HTTPError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}".strip(": ")
+            self._link_ok.setdefault(link.peer, {})[link.name] = False
             await run_in_threadpool(
                 self.terminal.record_link, link.peer, link.name, ok=False, error=error
             )
@@ -207,6 +214,7 @@ class DeliveryWorker:
         rtt = (time.perf_counter() - started) * 1000
         if response.status_code >= 500:
             error = f"HTTP {response.status_code}"
+            self._link_ok.setdefault(link.peer, {})[link.name] = False
             await run_in_threadpool(
                 self.terminal.record_link, link.peer, link.name, ok=False, error=error
             )
@@ -214,9 +222,40 @@ class DeliveryWorker:
         await run_in_threadpool(
             self.terminal.record_link, link.peer, link.name, ok=True, rtt_ms=rtt
         )
+        was_unreachable = self._unreachable(link.peer)
+        self._link_ok.setdefault(link.peer, {})[link.name] = True
+        if was_unreachable:
+            await self._reachable_again(link.peer)
         if response.status_code >= 400:
             raise Rejected(f"HTTP {response.status_code}: {response.text[:300]}")
         return response.content
+
+    def _unreachable(self, peer: str) -> bool:
+        """Whether the last request on every link to ``peer`` tried so far failed."""
+        states = self._link_ok.get(peer, {})
+        return bool(states) and not any(states.values())
+
+    async def _reachable_again(self, peer: str) -> None:
+        """The peer answers again after every link failed: what waits for a retry goes now."""
+        waiting = await run_in_threadpool(self.terminal.retry_now, peer)
+        if waiting:
+            log.info("peer_reachable_again", peer=peer, retries_brought_forward=waiting)
+        for events in (self._peer_events, self._urgent_events):
+            if peer in events:
+                events[peer].set()
+
+    async def _probe(self, peer: str) -> None:
+        """While a peer is unreachable, ask each link for its health every PROBE_EVERY s."""
+        now = time.monotonic()
+        if now - self._last_probe.get(peer, 0.0) < PROBE_EVERY:
+            return
+        self._last_probe[peer] = now
+        for link in self._links(peer):
+            try:
+                await self._request(link, "GET", "/v1/health")
+                return  # _request brought the retries forward
+            except (LinkFailed, Rejected):
+                continue
 
     # Per-peer delivery -------------------------------------------------------
 
@@ -225,6 +264,8 @@ class DeliveryWorker:
         while not self._stopping:
             event.clear()
             try:
+                if self._unreachable(peer):
+                    await self._probe(peer)
                 worked = await self._drain(peer)
                 await self._catch_up(peer)
                 if worked:
@@ -242,6 +283,8 @@ class DeliveryWorker:
                 await asyncio.sleep(1.0)
             due = await run_in_threadpool(self.terminal.next_due, peer, urgent=False)
             wait = WITNESS_EVERY if peer in self._witness_due else 5.0
+            if self._unreachable(peer):
+                wait = min(wait, PROBE_EVERY)
             if due is not None:
                 wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
             if wait > 0:

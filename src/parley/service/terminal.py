@@ -1152,6 +1152,27 @@ class Terminal(Records):
                 )
             )
 
+    def retry_now(self, peer: str) -> int:
+        """Bring every waiting retry to ``peer`` forward to now (it answers again).
+
+        Link tests keep their own schedule. Returns how many were waiting.
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(m.outbox)
+                .where(
+                    and_(
+                        m.outbox.c.peer == peer,
+                        m.outbox.c.state == "pending",
+                        m.outbox.c.next_attempt > now,
+                        m.outbox.c.via.is_(None),
+                    )
+                )
+                .values(next_attempt=now)
+            )
+        return int(result.rowcount or 0)
+
     def postpone(self, envelope_id: str, peer: str, seconds: float) -> None:
         """Push a pending delivery's next attempt ``seconds`` into the future."""
         with self.engine.begin() as conn:
