@@ -287,9 +287,9 @@ def run(settings: Settings, workdir: Path, *, output: Output | None = None) -> d
             notes.append(
                 f"Backlog: while the link was cut, messages were tried up to "
                 f"{backlog.attempts_max} times ({backlog.attempts_total} failed attempts in "
-                "all); each failure schedules its own retry with exponential backoff and full "
-                "jitter (ROUTINE capped at 60 s), and nothing brings retries forward when the "
-                "link comes back, so the drain waits for the retry timers."
+                "all), each failure scheduling its retry with exponential backoff and full "
+                "jitter (ROUTINE capped at 60 s); the terminal probes an unreachable peer "
+                "every 2 s and brings every waiting retry forward when it answers."
             )
 
     transcript_dir = workdir / "transcript"
