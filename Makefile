@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit demo bench bench-core clean
+.PHONY: venv system-deps test lint typecheck unit demo bench bench-core clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+# Debian packages the suite needs (libfaketime for the chaos test), if missing.
+system-deps:
+	scripts/install-system-deps
+
+unit: $(STAMP) system-deps
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit
