@@ -693,9 +693,17 @@ def for_more_than_was_sent(s: Scene, raw: bytes) -> bytes:
     return _forged_receipt(s, raw, through_seq=read_envelope(raw, s.lookup).seq + 5)
 
 
+def for_another_envelope_sent(s: Scene, raw: bytes) -> bytes:
+    """US-EUCOM's honest receipt, but for an earlier envelope RU-GS sent, not this one."""
+    with s.peer.lock:
+        earlier = next(r for r in s.peer.received if r != raw)
+        return s.peer.us.receive_envelope(earlier).receipt  # a duplicate: answered again
+
+
 @pytest.mark.parametrize(
     "forge",
     [
+        pytest.param(for_another_envelope_sent, id="another-envelope"),
         pytest.param(for_a_message_never_sent, id="never-sent"),
         pytest.param(for_other_bytes_under_the_same_id, id="other-bytes"),
         pytest.param(for_more_than_was_sent, id="more-than-sent"),

@@ -35,7 +35,7 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 
 from parley.core.encoding import b64decode
-from parley.errors import ParleyError, RemoteError, VerificationError
+from parley.errors import InvalidReceipt, ParleyError, RemoteError, VerificationError
 from parley.service import tls
 from parley.service.peer_api import FRAMES, frame
 from parley.service.terminal import Terminal
@@ -74,6 +74,14 @@ def backoff(attempts: int, precedence: str, rng: random.Random) -> float:
 
 class LinkFailed(Exception):
     """A link could not carry a request (transport error or 5xx)."""
+
+
+def _answers_another(item: dict[str, Any], answer: dict[str, Any]) -> InvalidReceipt:
+    """A valid receipt, but for another envelope than the one delivered (kept; not this one's)."""
+    return InvalidReceipt(
+        f"the receipt answering envelope {item['envelope_id']} is for envelope "
+        f"{answer['envelope_id']}"
+    )
 
 
 def _forget(sending: set[str], ids: set[str], _: object) -> None:
@@ -437,6 +445,8 @@ class DeliveryWorker:
             link=link.name,
         )
         for (item, _), answer in zip(receipts, answers, strict=True):
+            if not isinstance(answer, ParleyError) and answer["envelope_id"] != item["envelope_id"]:
+                answer = _answers_another(item, answer)
             if isinstance(answer, ParleyError):
                 await run_in_threadpool(
                     self.terminal.record_security_event,
@@ -483,9 +493,11 @@ class DeliveryWorker:
     async def _post(self, link: Link, item: dict[str, Any]) -> None:
         receipt = await self._request(link, "POST", "/v1/envelopes", content=item["raw"])
         try:
-            await run_in_threadpool(
+            answer = await run_in_threadpool(
                 self.terminal.receive_receipt, receipt, peer=link.peer, link=link.name
             )
+            if answer["envelope_id"] != item["envelope_id"]:
+                raise _answers_another(item, answer)
         except (RemoteError, VerificationError) as exc:
             await run_in_threadpool(
                 self.terminal.record_security_event,
