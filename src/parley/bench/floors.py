@@ -535,23 +535,17 @@ def measure_bare_signatures(
 
 
 def _chunks(engine: Any, size: int) -> Iterator[list[bytes]]:
-    from sqlalchemy import select
+    """The stored entries in log order, ``size`` at a time."""
+    from parley.service.audit import stored_entries
 
-    from parley.store import models as m
-
-    last = -1
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(m.log_entries.c.idx, m.log_entries.c.entry)
-                .where(m.log_entries.c.idx > last)
-                .order_by(m.log_entries.c.idx)
-                .limit(size)
-            ).all()
-        if not rows:
-            return
-        last = rows[-1].idx
-        yield [row.entry for row in rows]
+    rows: list[bytes] = []
+    for _, entry in stored_entries(engine, batch=size):
+        rows.append(entry)
+        if len(rows) == size:
+            yield rows
+            rows = []
+    if rows:
+        yield rows
 
 
 # --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from parley.errors import ParleyError, VerificationError
 from parley.store import models as m
 from parley.store.db import engine_for, reading
 
-__all__ = ["AuditReport", "audit"]
+__all__ = ["AuditReport", "audit", "stored_entries"]
 
 
 @dataclass(slots=True)
@@ -145,7 +145,7 @@ def _check_range(bounds: tuple[int, int]) -> list[_Checked]:
     engine, own, cards = _worker
     return [
         _check_entry(idx, entry, own, cards.get)
-        for idx, entry in _entries(engine, bounds[0] - 1, bounds[1])
+        for idx, entry in stored_entries(engine, bounds[0] - 1, bounds[1])
     ]
 
 
@@ -155,7 +155,7 @@ def _checked_entries(
     """Every entry checked, in log order; in parallel when the log is long."""
     workers = min(os.cpu_count() or 1, 8)
     if total < PARALLEL_FROM or workers < 2:
-        for idx, entry in _entries(engine):
+        for idx, entry in stored_entries(engine):
             yield _check_entry(idx, entry, own.party, cards.get)
         return
     url = engine.url.render_as_string(hide_password=False)
@@ -169,7 +169,7 @@ def _checked_entries(
     ) as pool:
         for chunk in pool.map(_check_range, ranges):
             yield from chunk
-    for idx, entry in _entries(engine, total - 1):
+    for idx, entry in stored_entries(engine, total - 1):
         yield _check_entry(idx, entry, own.party, cards.get)
 
 
@@ -382,7 +382,7 @@ def _message_rows(engine: Engine, batch: int = 5000) -> Iterator[Any]:
         last = rows[-1].log_index
 
 
-def _entries(
+def stored_entries(
     engine: Engine, after: int = -1, until: int | None = None, batch: int = 5000
 ) -> Iterator[tuple[int, bytes]]:
     """Log entries with ``after < idx < until``, in order, read in batches."""
