@@ -61,9 +61,16 @@ from parley.core.envelope import (
     read_envelope,
     seal_envelope,
 )
+from parley.core.forms import FormRegistry, FormRejected, InvalidFormData
 from parley.core.identity import Identity, IdentityCard
 from parley.core.ledger import Ledger, MemoryLedger, ReceivedRecord, SentRecord
-from parley.core.receipts import Receipt, issue_receipt, read_receipt, verify_receipt_leaf
+from parley.core.receipts import (
+    Receipt,
+    Rejection,
+    issue_receipt,
+    read_receipt,
+    verify_receipt_leaf,
+)
 from parley.core.transcript import EntryType, Transcript, split_entry
 from parley.errors import (
     CheckpointRejected,
@@ -116,6 +123,8 @@ def bilateral_channel(a: str, b: str) -> str:
 class MessageReceived:
     envelope: OpenedEnvelope
     log_index: int
+    #: Set when the content was refused (a negative receipt was issued).
+    rejection: Rejection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +269,12 @@ class Party:
         rand: Callable[[int], bytes] = secrets.token_bytes,
         ledger: Ledger | None = None,
         entry_loader: Callable[[int], bytes] | None = None,
+        forms: FormRegistry | None = None,
     ) -> None:
         self.identity = identity
+        #: Form definitions: forms are checked before sending and on arrival.
+        #: Without a registry (protocol tests only) form content is not checked.
+        self.forms = forms
         self.clock = clock
         self.limits = limits or Limits()
         self._rand = rand
@@ -342,6 +355,8 @@ class Party:
         check_party_id(channel, "channel name")
         members = self._members_for(channel, recipients)
         now = self.clock()
+        if kind == "form" and self.forms is not None:
+            self._check_outgoing_form(body.get("form"), now)
         seq = self._next_seq.get(channel, 1)
         envelope_id = uuid7(now, self._rand)
         raw = seal_envelope(
@@ -371,6 +386,28 @@ class Party:
             )
         )
         return Outgoing(envelope_id, channel, seq, recipients, precedence, raw, index)
+
+    def _check_outgoing_form(self, form: JSONValue, now: datetime) -> None:
+        """Refuse to send what the receiver would refuse, or a notice given too late."""
+        assert self.forms is not None
+        try:
+            definition = self.forms.check(form)
+        except FormRejected as exc:
+            raise InvalidFormData(
+                exc.code, f"this terminal will not send it: {exc.reason}"
+            ) from None
+        assert isinstance(form, dict)
+        self.forms.check_rules(definition, form["data"], now)
+
+    def content_rejection(self, opened: OpenedEnvelope) -> Rejection | None:
+        """Why this terminal refuses an envelope's content, or None."""
+        if opened.header.kind != "form" or self.forms is None:
+            return None
+        try:
+            self.forms.check(opened.content.body["form"])
+        except FormRejected as exc:
+            return Rejection(exc.code, exc.reason)
+        return None
 
     def send_text(
         self,
@@ -425,7 +462,7 @@ class Party:
         rejected it; a rejected envelope leaves no trace in the state.
         """
         now = self.clock()
-        staged: list[tuple[bool, ReceivedRecord, list[Event]] | RemoteError] = []
+        staged: list[tuple[bool, ReceivedRecord, list[Event], Rejection | None] | RemoteError] = []
         for data in batch:
             try:
                 staged.append(self._accept(data, now))
@@ -437,7 +474,7 @@ class Party:
             if isinstance(item, RemoteError):
                 results.append(item)
                 continue
-            is_new, record, events = item
+            is_new, record, events, rejection = item
             stream = self._inbound[(record.channel, record.sender)]
             receipt = issue_receipt(
                 self.identity,
@@ -451,6 +488,7 @@ class Party:
                 inclusion=self.transcript.tree.inclusion_proof(record.log_index, checkpoint.size),
                 checkpoint=checkpoint,
                 now=now,
+                rejection=rejection,
             )
             if is_new:
                 # A duplicate is answered again but its new receipt is not logged:
@@ -459,12 +497,20 @@ class Party:
             results.append(ReceiveResult(tuple(events), receipt))
         return results
 
-    def _accept(self, data: bytes, now: datetime) -> tuple[bool, ReceivedRecord, list[Event]]:
-        """Check one envelope and record it; return (is it new, its record, events)."""
+    def _accept(
+        self, data: bytes, now: datetime
+    ) -> tuple[bool, ReceivedRecord, list[Event], Rejection | None]:
+        """Check one envelope and record it.
+
+        Returns (is it new, its record, events, the rejection of its content).
+        Content this terminal refuses (an unknown or invalid form) is still
+        logged, in order, and answered by a negative receipt.
+        """
         opened = open_envelope(
             data, me=self.identity, lookup=self._lookup_peer, now=now, limits=self.limits
         )
         header = opened.header
+        rejection = self.content_rejection(opened)
         if header.sender == self.party:
             raise UnknownSender(f"envelope {header.id} claims to come from this terminal")
         digest = hashlib.sha256(data).hexdigest()
@@ -475,7 +521,7 @@ class Party:
                     f"envelope id {header.id} from {header.sender} was already received "
                     "with different bytes"
                 )
-            return False, known, [DuplicateReceived(header.id, header.sender)]
+            return False, known, [DuplicateReceived(header.id, header.sender)], rejection
         members = frozenset({*header.recipients, header.sender})
         known_members = self._channels.get(header.channel)
         if known_members is not None and known_members != members:
@@ -501,11 +547,11 @@ class Party:
         index = self.transcript.append(EntryType.ENVELOPE, data)
         record = ReceivedRecord(header.id, digest, index, header.channel, header.sender, header.seq)
         self.ledger.add_received(record)
-        events.insert(0, MessageReceived(opened, index))
+        events.insert(0, MessageReceived(opened, index, rejection))
         after = stream.missing()
         if after and after != before:
             events.append(GapDetected(header.channel, header.sender, after))
-        return True, record, events
+        return True, record, events, rejection
 
     def _check_ack(self, opened: OpenedEnvelope) -> AckReceived:
         ack = opened.content.body["ack"]

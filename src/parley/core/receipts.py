@@ -12,7 +12,11 @@ one envelope and is cumulative per (channel, sender)::
   does not hold (a gap is reported, never papered over);
 * ``envelope_digest``: SHA-256 of the exact bytes of the envelope answered;
 * ``checkpoint``: the receiver's signed checkpoint, and ``inclusion``/
-  ``log_index``: the proof that the envelope is in the receiver's log.
+  ``log_index``: the proof that the envelope is in the receiver's log;
+* ``rejection`` (present only in a negative receipt): ``{"code", "reason"}``,
+  the receiver's refusal of the content (a form it does not know or finds
+  invalid). The envelope is still logged and counted as delivered: the
+  record shows what was sent, and why it was refused.
 
 A human acknowledgement is not a receipt: it is an envelope of kind ``ack``
 naming the operator who read the message.
@@ -20,12 +24,14 @@ naming the operator who read the message.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from parley import merkle
 from parley.core.canonical import (
+    JSONValue,
     canonical_bytes,
     parse_canonical,
     require_int,
@@ -58,6 +64,7 @@ from parley.errors import (
 __all__ = [
     "RECEIPT_PAYLOAD_TYPE",
     "Receipt",
+    "Rejection",
     "issue_receipt",
     "read_receipt",
     "verify_receipt_inclusion",
@@ -68,6 +75,16 @@ RECEIPT_PAYLOAD_TYPE = "application/vnd.parley.receipt.v1+json"
 RECEIPT_TYPE = "parley.receipt/v1"
 MAX_RECEIPT_BYTES = 128 * 1024
 MAX_MISSING_LISTED = 1000
+MAX_REJECTION_REASON = 1000
+_REJECTION_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a receiver refused an envelope's content (a negative receipt)."""
+
+    code: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,7 @@ class Receipt:
     checkpoint: Checkpoint
     issued_at: datetime
     raw: bytes
+    rejection: Rejection | None = None
 
 
 def issue_receipt(
@@ -99,9 +117,19 @@ def issue_receipt(
     inclusion: Sequence[bytes],
     checkpoint: Checkpoint,
     now: datetime,
+    rejection: Rejection | None = None,
 ) -> bytes:
+    fields: dict[str, JSONValue] = {}
+    if rejection is not None:
+        fields["rejection"] = {
+            "code": rejection.code,
+            "reason": "".join(c if c.isprintable() else "\ufffd" for c in rejection.reason)[
+                :MAX_REJECTION_REASON
+            ],
+        }
     payload = canonical_bytes(
         {
+            **fields,
             "channel": channel,
             "checkpoint": checkpoint.note,
             "envelope_digest": envelope_digest,
@@ -159,7 +187,19 @@ def read_receipt(data: bytes, lookup: Callable[[str], IdentityCard | None]) -> R
             "type",
             "v",
         },
+        optional={"rejection"},
     )
+    rejection = None
+    if "rejection" in obj:
+        rejected = require_object(obj["rejection"], "receipt rejection")
+        require_keys(rejected, "receipt rejection", {"code", "reason"})
+        code = require_str(rejected, "code", "receipt rejection", max_len=64)
+        if not _REJECTION_CODE.fullmatch(code):
+            raise SchemaViolation("a receipt's rejection code must be a snake_case word")
+        reason = require_str(rejected, "reason", "receipt rejection", max_len=MAX_REJECTION_REASON)
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
+            raise SchemaViolation("a receipt's rejection reason holds a control character")
+        rejection = Rejection(code, reason)
     checkpoint = verify_checkpoint(require_str(obj, "checkpoint", "receipt", max_len=65536), card)
     missing_raw = require_list(obj, "missing", "receipt")
     if len(missing_raw) > MAX_MISSING_LISTED or not all(
@@ -182,6 +222,7 @@ def read_receipt(data: bytes, lookup: Callable[[str], IdentityCard | None]) -> R
         checkpoint=checkpoint,
         issued_at=parse_time(obj["issued_at"], "receipt issued_at"),
         raw=data,
+        rejection=rejection,
     )
     return receipt
 
