@@ -52,6 +52,25 @@ app.add_typer(peer_app, name="peer")
 app.add_typer(channel_app, name="channel")
 user_app = typer.Typer(help="Operator accounts (Argon2id passwords, roles, lockout).")
 app.add_typer(user_app, name="user")
+form_app = typer.Typer(help="The formatted notifications this terminal knows (en, ru, uk).")
+app.add_typer(form_app, name="form")
+exchange_app = typer.Typer(
+    help=(
+        "Prisoner and remains exchanges: each side's list, amendments, the manifest every "
+        "member signs, per-person status and the closing reconciliation."
+    )
+)
+app.add_typer(exchange_app, name="exchange")
+translation_app = typer.Typer(
+    help=(
+        "Certified translations of free-text messages: made and signed for one operator, "
+        "countersigned by a second (two-person check). Never the sender's words."
+    )
+)
+app.add_typer(translation_app, name="translation")
+
+LANG_HELP = "The language to read in: en, ru or uk (default: PARLEY_LANG, else en)."
+Lang = Annotated[str, typer.Option("--lang", envvar="PARLEY_LANG", help=LANG_HELP)]
 
 # Tables stay readable when the output goes to a file or a pipe.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -333,15 +352,34 @@ def send(
         str, typer.Option(help="FLASH, IMMEDIATE, PRIORITY or ROUTINE.", case_sensitive=False)
     ],
     text: Annotated[str | None, typer.Option(help="Free text.")] = None,
-    form: Annotated[str | None, typer.Option(help="Form name (with --file).")] = None,
+    form: Annotated[
+        str | None, typer.Option(help="Form name (with --file); see `parley form list`.")
+    ] = None,
     file: Annotated[Path | None, typer.Option(help="The form's data (JSON).")] = None,
+    form_version: Annotated[
+        int | None, typer.Option(help="The form's version (default: the latest).")
+    ] = None,
     channel: Annotated[
         str | None, typer.Option(help="Channel name (default: the bilateral channel).")
     ] = None,
     exercise: Annotated[bool, typer.Option(help="Mark the message as an exercise.")] = False,
+    lang: Annotated[
+        str,
+        typer.Option(
+            "--lang",
+            envvar="PARLEY_LANG",
+            help="The language the text is written in (a BCP 47 tag: en, ru, uk…).",
+        ),
+    ] = "en",
     json_: Annotated[bool, typer.Option("--json", help="Print {'id': …} as JSON.")] = False,
 ) -> None:
-    """Queue a message (durable before this returns) and print its id."""
+    """Queue a message (durable before this returns) and print its id.
+
+    A form is checked here against its definition before it is sent, and
+    again by each receiver; a notice that needs advance notice (such as a
+    missile launch notification) is refused when it is given too late and not
+    marked as a late notice.
+    """
     recipients = [p.strip() for p in to.split(",") if p.strip()]
     data = None
     if form is not None:
@@ -351,36 +389,47 @@ def send(
             data = json.loads(file.read_text("utf-8"))
         except (OSError, ValueError) as exc:
             fail(f"cannot read the form data {file}: {exc}")
-    request = {
-        "to": recipients,
-        "channel": channel,
-        "precedence": precedence.upper(),
-        "exercise": exercise,
-        "text": text,
-        "form": form,
-        "data": data,
-    }
-    from parley.service.console_api import build_body
-
-    kind, body = build_body(text, form, data)
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result = api.call("POST", "/messages", request)
-        else:
-            assert isinstance(local, Terminal)
-            result = local.send(
-                recipients,
-                kind=kind,
-                body=body,
-                operator=state.operator,
-                channel=channel,
-                precedence=precedence.upper(),
-                exercise=exercise,
-            )
+    result = _submit(
+        {
+            "to": recipients,
+            "channel": channel,
+            "precedence": precedence.upper(),
+            "exercise": exercise,
+            "text": text,
+            "form": form,
+            "form_version": form_version,
+            "data": data,
+            "lang": lang,
+        }
+    )
     if json_:
         out.print_json(json.dumps({"id": result["id"]}))
     else:
         sys.stdout.write(result["id"] + "\n")
+
+
+def _submit(request: dict[str, Any]) -> dict[str, Any]:
+    """Send one message (a ``POST /messages`` request) through the API or the database."""
+    from parley.service.console_api import build_body
+
+    kind, body = build_body(
+        request.get("text"), request.get("form"), request.get("data"), request.get("form_version")
+    )
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            result: dict[str, Any] = api.call("POST", "/messages", request)
+            return result
+        assert isinstance(local, Terminal)
+        return local.send(
+            request["to"],
+            kind=kind,
+            body=body,
+            operator=state.operator,
+            channel=request.get("channel"),
+            precedence=request["precedence"],
+            exercise=request.get("exercise", False),
+            lang=request.get("lang", "en"),
+        )
 
 
 def _summary(body: dict[str, Any]) -> str:
@@ -427,11 +476,23 @@ def inbox(
 @app.command()
 def show(
     envelope_id: Annotated[str, typer.Argument(metavar="ID")],
+    lang: Lang = "en",
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """One message, its receipts and its acknowledgement status."""
+    """One message, its receipts and its acknowledgement status.
+
+    A form is rendered in the reader's language (--lang); free text is shown
+    as written, with a machine translation beside it when a translator is
+    installed (marked as such, never the sender's words) and any certified
+    translations.
+    """
+    lang = _check_lang(lang)
     with backend(needs_keys=False) as (api, local):
-        item = api.call("GET", f"/messages/{envelope_id}") if api else local.show(envelope_id)  # type: ignore[union-attr]
+        if api:
+            item = api.call("GET", f"/messages/{envelope_id}")
+        else:
+            assert local is not None
+            item = local.show(envelope_id)
 
     def render(r: dict[str, Any]) -> None:
         out.print(
@@ -439,19 +500,18 @@ def show(
             + (" [yellow]EXERCISE[/]" if r["exercise"] else "")
         )
         out.print(
-            f"From {r['sender']} ({r['operator']}) to {', '.join(r['recipients'])} "
+            f"From {r['sender']} ({escape(r['operator'])}) to {', '.join(r['recipients'])} "
             f"on {r['channel']} #{r['seq']}, sent {r['created_at']}"
         )
         out.print(f"Log entry {r['log_index']}, stored {r['stored_at']}")
         out.print()
-        out.print(
-            _summary(r["body"])
-            if "text" in r["body"]
-            else json.dumps(r["body"], indent=2, ensure_ascii=False)
-        )
+        for line in message_view(r, lang):
+            out.print(line, highlight=False)
         out.print()
         if r["direction"] == "in":
-            if r["acknowledged_by"]:
+            if r.get("rejection"):
+                pass  # shown above with the content
+            elif r["acknowledged_by"]:
                 out.print(f"Acknowledged by {r['acknowledged_by']} at {r['acknowledged_at']}")
             elif r["ack_due"]:
                 out.print(f"[yellow]Not acknowledged[/]; due {r['ack_due']}")
@@ -459,6 +519,7 @@ def show(
             for party in r["recipients"]:
                 receipt = r["receipts"].get(party)
                 ack = r["acks"].get(party)
+                refused = r.get("rejections", {}).get(party)
                 delivery = r["delivery"].get(party, {})
                 line = f"{party}: " + (
                     f"receipt {receipt}"
@@ -466,11 +527,95 @@ def show(
                     else f"[yellow]{delivery.get('state')}[/]"
                     f" ({delivery.get('attempts', 0)} attempts)"
                 )
+                if refused:
+                    line += (
+                        f", [bold red]REFUSED[/] by {party} ({refused['code']}): "
+                        f"{escape(refused['reason'])}"
+                    )
                 if ack:
                     line += f", acknowledged by {ack['operator']} at {ack['at']}"
                 out.print(line)
 
     emit(item, json_, render)
+
+
+def _check_lang(lang: str) -> str:
+    from parley.core.forms import LANGS
+
+    if lang not in LANGS:
+        fail(f"--lang must be one of {', '.join(LANGS)}, not {lang!r}")
+    return lang
+
+
+def message_view(r: dict[str, Any], lang: str) -> list[str]:
+    """The content of a message for a reader of ``lang`` (rich markup)."""
+    from parley.forms import default_registry
+    from parley.forms.render import render_form, render_text
+
+    body = r["body"]
+    rejection = r.get("rejection")
+    lines: list[str] = []
+    if rejection:
+        lines.append(
+            f"[bold red]REFUSED[/] by this terminal ({rejection['code']}), answered with a "
+            f"negative receipt: {escape(rejection['reason'])}"
+        )
+        lines.append("As received (not a valid form):")
+        lines.append(escape(json.dumps(body, indent=2, ensure_ascii=False)))
+        return lines
+    if r["kind"] == "form":
+        form = body["form"]
+        registry = default_registry()
+        if registry.get(form["name"], form["version"]) is None:
+            lines.append(f"[yellow]Form {escape(form['name'])} v{form['version']} is not known[/]")
+            lines.append(escape(json.dumps(form, indent=2, ensure_ascii=False)))
+            return lines
+        rendered = render_form(registry, form["name"], form["version"], form["data"], lang)
+        lines.append(f"[bold]{escape(rendered.title)}[/] ({form['name']} v{form['version']})")
+        lines.append(escape(render_text(rendered)))
+        return lines
+    if r["kind"] == "text":
+        lines.append(f"[dim]Original ({escape(r['lang'])}):[/]")
+        lines.append(escape(body["text"]))
+        lines.extend(_translations_view(r, lang))
+        return lines
+    lines.append(escape(json.dumps(body, indent=2, ensure_ascii=False)))
+    return lines
+
+
+def _translations_view(r: dict[str, Any], lang: str) -> list[str]:
+    """A machine translation (marked) and certified translations into ``lang``."""
+    from parley.forms.translate import TranslatorUnavailable, available_translator
+
+    lines: list[str] = []
+    certified = [t for t in r.get("translations", []) if t["target_lang"] == lang]
+    for t in certified:
+        checks = ", ".join(c["operator"] for c in t["countersignatures"]) or "none yet"
+        lines.append(
+            f"[dim]Certified translation ({lang}) by {escape(t['operator'])}, "
+            f"countersigned by {escape(checks)}:[/]"
+        )
+        lines.append(escape(t["text"]))
+    if r["lang"].split("-")[0] == lang:
+        return lines
+    translator = available_translator()
+    if translator is None:
+        if not certified:
+            lines.append(
+                f"[yellow]Untranslated[/] (written in {escape(r['lang'])}; no translator "
+                "is installed: see README, Free-text translation)"
+            )
+        return lines
+    try:
+        text = translator.translate(r["body"]["text"], r["lang"].split("-")[0], lang)
+    except TranslatorUnavailable as exc:
+        lines.append(f"[yellow]Untranslated[/]: {escape(str(exc))}")
+        return lines
+    lines.append(
+        f"[dim]Machine translation ({lang}, {translator.name}); not the sender's words:[/]"
+    )
+    lines.append(escape(text))
+    return lines
 
 
 @app.command()
@@ -573,6 +718,420 @@ def channel_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None
         for r in rows:
             table.add_row(
                 r["name"], ", ".join(r["members"]), r["kind"], r["state"], ", ".join(r["agreed"])
+            )
+        out.print(table)
+
+    emit(items, json_, render)
+
+
+@form_app.command("list")
+def form_list(
+    lang: Lang = "en",
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every form this terminal knows: name, version and title."""
+    from parley.forms import default_registry
+
+    lang = _check_lang(lang)
+    items = [
+        {"name": d.name, "version": d.version, "title": d.title[lang], "digest": d.digest}
+        for d in default_registry()
+    ]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("Form", "Version", "Title")
+        for r in rows:
+            table.add_row(r["name"], str(r["version"]), r["title"])
+        out.print(table)
+
+    emit(items, json_, render)
+
+
+@form_app.command("show")
+def form_show(
+    name: str,
+    version: Annotated[int | None, typer.Option(help="Default: the latest.")] = None,
+    lang: Lang = "en",
+    json_: Annotated[
+        bool, typer.Option("--json", help="The whole definition: schema, labels, rules.")
+    ] = False,
+) -> None:
+    """A form's fields with their labels and help, in the chosen language."""
+    from parley.forms import default_registry
+    from parley.forms.describe import describe_form
+
+    lang = _check_lang(lang)
+    registry = default_registry()
+    definition = registry.latest(name) if version is None else registry.get(name, version)
+    if definition is None:
+        fail(f"no form {name}" + ("" if version is None else f" version {version}"))
+    if json_:
+        out.print_json(
+            json.dumps(
+                {
+                    "name": definition.name,
+                    "version": definition.version,
+                    "digest": definition.digest,
+                    "title": definition.title,
+                    "help": definition.help,
+                    "rules": list(definition.rules),
+                    "schema": definition.schema,
+                },
+                ensure_ascii=False,
+            )
+        )
+        return
+    out.print(
+        f"[bold]{escape(definition.title[lang])}[/] ({definition.name} v{definition.version})"
+    )
+    out.print(escape(definition.help[lang]))
+    out.print()
+    table = Table("Field", "Label", "Type", "Help")
+    for field in describe_form(registry, definition.name, definition.version, lang):
+        table.add_row(
+            "  " * field.depth + field.path.rsplit("/", 1)[-1] + ("" if field.required else "?"),
+            escape(field.label),
+            escape(
+                field.type + (": " + ", ".join(f"{v} ({label})" for v, label in field.values))
+                if field.values
+                else field.type
+            ),
+            escape(field.help),
+        )
+    out.print(table)
+    out.print("[dim]? marks an optional field.[/]")
+
+
+# Certified translations -----------------------------------------------------
+
+
+@translation_app.command("add")
+def translation_add(
+    envelope_id: Annotated[str, typer.Argument(metavar="ID")],
+    lang: Annotated[str, typer.Option("--lang", help="The language translated into.")],
+    file: Annotated[Path | None, typer.Option(help="The translation (UTF-8 text).")] = None,
+    text: Annotated[str | None, typer.Option(help="The translation, inline.")] = None,
+) -> None:
+    """Attach your certified translation of a message; prints its digest."""
+    if (file is None) == (text is None):
+        fail("give the translation with --file or --text")
+    if file is not None:
+        try:
+            text = file.read_text("utf-8")
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the translation {file}: {exc}")
+    assert text is not None
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            result = api.call(
+                "POST", f"/messages/{envelope_id}/translations", {"lang": lang, "text": text}
+            )
+        else:
+            assert isinstance(local, Terminal)
+            result = local.certify_translation(
+                envelope_id, target_lang=lang, text=text, operator=state.operator
+            )
+    sys.stdout.write(result["digest"] + "\n")
+
+
+@translation_app.command("countersign")
+def translation_countersign(
+    digest: Annotated[str, typer.Argument(metavar="DIGEST")],
+) -> None:
+    """Countersign another operator's certified translation, after checking it."""
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            api.call("POST", f"/translations/{digest}/countersign")
+        else:
+            assert isinstance(local, Terminal)
+            local.countersign_translation(digest, operator=state.operator)
+    sys.stdout.write(f"countersigned {digest}\n")
+
+
+# Exchanges ------------------------------------------------------------------
+
+KINDS_OF_EXCHANGE = {"prisoners": "PRISONER_EXCHANGE_LIST", "remains": "REMAINS_REPATRIATION"}
+
+
+def _exchange_view(exchange_id: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    from parley.service.exchanges import exchange_summaries, exchange_view
+
+    with backend(needs_keys=False) as (api, local):
+        if api is not None:
+            known = {e["exchange_id"] for e in api.call("GET", "/exchanges")}
+            if exchange_id not in known:
+                if missing_ok:
+                    return None
+                fail(f"no exchange {exchange_id} on this terminal")
+            view: dict[str, Any] = api.call("GET", f"/exchanges/{exchange_id}")
+            return view
+        assert local is not None
+        if missing_ok and exchange_id not in {e["exchange_id"] for e in exchange_summaries(local)}:
+            return None
+        return exchange_view(local, exchange_id)
+
+
+def _channel_members(channel: str) -> list[str]:
+    with backend(needs_keys=False) as (api, local):
+        channels = api.call("GET", "/channels") if api else local.channels()  # type: ignore[union-attr]
+    for c in channels:
+        if c["name"] == channel:
+            if c["state"] != "active":
+                fail(f"channel {channel} is not agreed by every member yet")
+            return list(c["members"])
+    fail(f"no channel {channel}; create it with `parley channel create`")
+
+
+def _read_json(file: Path, what: str) -> Any:
+    try:
+        return json.loads(file.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {what} from {file}: {exc}")
+
+
+def _persons(file: Path) -> list[Any]:
+    persons = _read_json(file, "the list of persons")
+    if isinstance(persons, dict):
+        persons = persons.get("persons")
+    if not isinstance(persons, list):
+        fail(f"{file} must hold a JSON list of persons (or an object with 'persons')")
+    return persons
+
+
+def _me() -> str:
+    return state.data.load_config().party
+
+
+def _send_to_channel(
+    channel: str, members: list[str], form: str, data: dict[str, Any], precedence: str
+) -> str:
+    me = _me()
+    result = _submit(
+        {
+            "to": sorted(set(members) - {me}),
+            "channel": channel,
+            "precedence": precedence,
+            "form": form,
+            "data": data,
+        }
+    )
+    return str(result["id"])
+
+
+Precedence = Annotated[
+    str, typer.Option(help="FLASH, IMMEDIATE, PRIORITY or ROUTINE.", case_sensitive=False)
+]
+
+
+@exchange_app.command("propose")
+def exchange_propose(
+    exchange_id: Annotated[str, typer.Argument(metavar="EXCHANGE_ID")],
+    channel: Annotated[str, typer.Option(help="The channel of the two sides and the mediator.")],
+    file: Annotated[Path, typer.Option(help="The persons (JSON list) this side will hand over.")],
+    kind: Annotated[str, typer.Option(help="prisoners or remains.")] = "prisoners",
+    note: Annotated[str | None, typer.Option(help="A note for the other parties.")] = None,
+    precedence: Precedence = "PRIORITY",
+) -> None:
+    """Propose this side's list: the persons it holds and will hand over."""
+    if kind not in KINDS_OF_EXCHANGE:
+        fail(f"--kind must be prisoners or remains, not {kind!r}")
+    view = _exchange_view(exchange_id, missing_ok=True)
+    if view is not None and _me() in view["lists"]:
+        fail(f"this side already proposed a list for {exchange_id}; use `parley exchange amend`")
+    if view is not None and view["kind"] not in (None, kind):
+        fail(f"{exchange_id} is an exchange of {view['kind']}, not {kind}")
+    data: dict[str, Any] = {
+        "exchange_id": exchange_id,
+        "revision": 1,
+        "persons": _persons(file),
+    }
+    if note:
+        data["note"] = note
+    members = _channel_members(channel)
+    sys.stdout.write(
+        _send_to_channel(channel, members, KINDS_OF_EXCHANGE[kind], data, precedence.upper()) + "\n"
+    )
+
+
+@exchange_app.command("amend")
+def exchange_amend(
+    exchange_id: Annotated[str, typer.Argument(metavar="EXCHANGE_ID")],
+    file: Annotated[Path, typer.Option(help="The full new list of persons (JSON).")],
+    note: Annotated[str | None, typer.Option(help="What changed, for the other parties.")] = None,
+    precedence: Precedence = "PRIORITY",
+) -> None:
+    """Replace this side's list with a new revision (every agreement must then be renewed)."""
+    view = _exchange_view(exchange_id)
+    assert view is not None
+    if _me() not in view["lists"]:
+        fail(f"this side has no list in {exchange_id} yet; use `parley exchange propose`")
+    data: dict[str, Any] = {
+        "exchange_id": exchange_id,
+        "revision": view["next_revision"],
+        "persons": _persons(file),
+    }
+    if note:
+        data["note"] = note
+    form = KINDS_OF_EXCHANGE[view["kind"]]
+    sys.stdout.write(
+        _send_to_channel(view["channel"], view["members"], form, data, precedence.upper()) + "\n"
+    )
+
+
+@exchange_app.command("agree")
+def exchange_agree(
+    exchange_id: Annotated[str, typer.Argument(metavar="EXCHANGE_ID")],
+    manifest: Annotated[
+        str | None,
+        typer.Option(help="The manifest hash you checked (refused if it is no longer current)."),
+    ] = None,
+    precedence: Precedence = "PRIORITY",
+) -> None:
+    """Sign the current manifest (every list as it stands) for this side."""
+    view = _exchange_view(exchange_id)
+    assert view is not None
+    if view["agreement"] is None:
+        fail(f"{exchange_id} has no list yet: nothing to agree")
+    if manifest is not None and manifest != view["manifest"]:
+        fail(
+            f"the manifest of {exchange_id} is now {view['manifest']}, not {manifest}: "
+            "a list was amended; review it and agree again"
+        )
+    sys.stdout.write(
+        _send_to_channel(
+            view["channel"], view["members"], "EXCHANGE_AGREEMENT", view["agreement"], precedence
+        )
+        + "\n"
+    )
+
+
+@exchange_app.command("status")
+def exchange_status(
+    exchange_id: Annotated[str, typer.Argument(metavar="EXCHANGE_ID")],
+    party: Annotated[str | None, typer.Option(help="Whose list the person is on.")] = None,
+    ref: Annotated[str | None, typer.Option(help="The person's ref in that list.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="handed_over, received, not_present or declined_to_return."),
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="A note on this person.")] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="Many updates: a JSON list of {party, ref, status, note?}.")
+    ] = None,
+    precedence: Precedence = "IMMEDIATE",
+) -> None:
+    """Report what happened to persons during the exchange (against the agreed manifest)."""
+    from parley.core.exchange import STATUSES
+
+    view = _exchange_view(exchange_id)
+    assert view is not None
+    if not view["agreed"]:
+        fail(f"the manifest of {exchange_id} is not agreed by every member yet")
+    if file is not None:
+        updates = _read_json(file, "the status updates")
+        if not isinstance(updates, list):
+            fail(f"{file} must hold a JSON list of updates")
+    elif party and ref and status:
+        updates = [{"party": party, "ref": ref, "status": status}]
+        if note:
+            updates[0]["note"] = note
+    else:
+        fail("give --party, --ref and --status, or --file")
+    me = _me()
+    for update in updates:
+        if not isinstance(update, dict):
+            fail("each update is an object {party, ref, status, note?}")
+        listed = view["lists"].get(update.get("party"), {"persons": []})["persons"]
+        if update.get("ref") not in {p.get("ref") for p in listed}:
+            fail(f"{update.get('party')}'s list has no person {update.get('ref')}")
+        if update.get("status") not in STATUSES:
+            fail(f"status must be one of {', '.join(STATUSES)}, not {update.get('status')!r}")
+        if update["party"] == me and update["status"] == "received":
+            fail("this side cannot report a person on its own list as received")
+    data = {"exchange_id": exchange_id, "manifest": view["manifest"], "updates": updates}
+    sys.stdout.write(
+        _send_to_channel(view["channel"], view["members"], "EXCHANGE_STATUS", data, precedence)
+        + "\n"
+    )
+
+
+@exchange_app.command("report")
+def exchange_report(
+    exchange_id: Annotated[str, typer.Argument(metavar="EXCHANGE_ID")],
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The lists, the manifest and who signed it, counts per side and every discrepancy."""
+    view = _exchange_view(exchange_id)
+    assert view is not None
+
+    def render(v: dict[str, Any]) -> None:
+        out.print(
+            f"[bold]Exchange {v['exchange_id']}[/] ({v['kind']}) on {v['channel']}; "
+            f"mediator {v['mediator'] or 'none'}"
+        )
+        for party, lst in v["lists"].items():
+            out.print(f"  {party}: revision {lst['revision']}, {len(lst['persons'])} persons")
+        out.print(f"Manifest {v['manifest']}")
+        for member in v["members"]:
+            signed = v["agreements"].get(member)
+            mark = (
+                "[green]signed[/]"
+                if signed == v["manifest"]
+                else "[yellow]signed an earlier manifest[/]"
+                if signed
+                else "[yellow]not signed[/]"
+            )
+            out.print(f"  {member}: {mark}")
+        out.print("[green]AGREED[/]" if v["agreed"] else "[yellow]NOT AGREED[/]")
+        table = Table(
+            "Side", "Listed", "Handed over", "Received", "Not present", "Declined", "Unresolved"
+        )
+        for party, c in v["per_side"].items():
+            table.add_row(
+                party,
+                *(
+                    str(c[k])
+                    for k in (
+                        "listed",
+                        "handed_over",
+                        "received",
+                        "not_present",
+                        "declined_to_return",
+                        "unresolved",
+                    )
+                ),
+            )
+        out.print(table)
+        if v["discrepancies"]:
+            out.print(f"[bold yellow]{len(v['discrepancies'])} discrepancies[/]")
+            for d in v["discrepancies"]:
+                out.print(f"  {d['party']} {d['ref']} ({d['code']}): {escape(d['what'])}")
+        if v["problems"]:
+            out.print(f"[bold red]{len(v['problems'])} messages not applied[/]")
+            for p in v["problems"]:
+                out.print(f"  {p['sender']} {p['envelope_id']} ({p['code']}): {escape(p['what'])}")
+
+    emit(view, json_, render)
+
+
+@exchange_app.command("list")
+def exchange_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every exchange this terminal holds."""
+    from parley.service.exchanges import exchange_summaries
+
+    with backend(needs_keys=False) as (api, local):
+        items = api.call("GET", "/exchanges") if api else exchange_summaries(local)  # type: ignore[arg-type]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("Exchange", "Kind", "Channel", "Listed", "Agreed", "Discrepancies")
+        for r in rows:
+            table.add_row(
+                r["exchange_id"],
+                str(r["kind"]),
+                r["channel"],
+                ", ".join(f"{p} {n}" for p, n in r["listed"].items()),
+                "yes" if r["agreed"] else "no",
+                str(r["discrepancies"]),
             )
         out.print(table)
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -49,6 +50,7 @@ from parley.core.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoin
 from parley.core.dsse import pae
 from parley.core.encoding import b64encode, uuid7
 from parley.core.envelope import Content, read_envelope, seal_envelope
+from parley.core.forms import FormRegistry
 from parley.core.identity import Identity, IdentityCard
 from parley.core.party import Outgoing, Party, bilateral_channel
 from parley.core.receipts import (
@@ -60,6 +62,7 @@ from parley.core.receipts import (
 )
 from parley.core.transcript import EntryType, entry_bytes
 from parley.errors import ParleyError, RemoteError
+from parley.forms import default_registry, load_definitions
 from parley.keyfile import load_identity
 from parley.service import tls
 from parley.service.peer_api import MAX_BATCH_BYTES, frame, split_frames
@@ -957,3 +960,77 @@ def test_a_language_tag_as_long_as_the_core_allows_is_stored(
         assert s.api("GET", f"/messages/{out.envelope_id}")["lang"] == lang
         assert s.events_since(before) == []
         assert s.snapshot().log_size == before.log_size + 2
+
+
+# Forms this terminal refuses -------------------------------------------------------------------
+
+
+def _form_example(name: str) -> dict[str, Any]:
+    path = Path(__file__).parent.parent / "data" / "forms" / f"{name}.json"
+    data: dict[str, Any] = json.loads(path.read_text("utf-8"))["valid"][0]
+    return data
+
+
+def _send_form(s: Scene, form: dict[str, Any]) -> Outgoing:
+    with s.peer.lock:  # US-EUCOM's Party has no registry: it seals whatever it is given
+        return s.us.send([RU_ID], kind="form", body={"form": form}, operator="attacker")
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda f: f.update(version=99), "unknown_form"),
+        (lambda f: f.update(definition="ab" * 32), "definition_mismatch"),
+        (lambda f: f["data"].update(unexpected_field="x"), "invalid_form"),
+        (lambda f: f.pop("definition"), "malformed_form"),
+    ],
+)
+def test_a_form_refused_is_logged_answered_negatively_and_never_shown_as_valid(
+    attack: Scene, change: Callable[[dict[str, Any]], None], code: str
+) -> None:
+    before = attack.snapshot()
+    form = default_registry().body("LINK_TEST", _form_example("LINK_TEST"))
+    change(form)
+    out = _send_form(attack, form)
+    receipt = attack.deliver(out)
+    assert receipt.rejection is not None
+    assert receipt.rejection.code == code
+    assert receipt.through_seq == out.seq  # delivered, in order: nothing held behind it
+    after = attack.snapshot()
+    assert after.log_size == before.log_size + 2  # the envelope and its (negative) receipt
+    shown = attack.api("GET", f"/messages/{out.envelope_id}")
+    assert shown["rejection"] == {"code": code, "reason": receipt.rejection.reason}
+    assert shown["ack_due"] is None
+    alarms = attack.alarms_since(before)
+    assert [(a["kind"], a["subject"]) for a in alarms] == [("content_refused", out.envelope_id)]
+    assert code in alarms[0]["message"]
+    assert attack.events_since(before) == []  # a refusal of content, not an attack on the link
+    attack.deliver_valid()
+
+
+def test_a_negative_receipt_for_a_form_sent_is_kept_and_raises_an_alarm(attack: Scene) -> None:
+    definitions, common = load_definitions()
+    before = attack.snapshot()
+    with attack.peer.lock:
+        attack.us.forms = FormRegistry([], common)  # US-EUCOM knows no forms at all
+    try:
+        sent = attack.api(
+            "POST",
+            "/messages",
+            {"to": [US_ID], "form": "LINK_TEST", "data": _form_example("LINK_TEST")},
+        )
+        wait_until(
+            lambda: attack.api("GET", f"/messages/{sent['id']}")["receipts"].get(US_ID),
+            timeout=30,
+            what="the negative receipt",
+        )
+    finally:
+        with attack.peer.lock:
+            attack.us.forms = None
+    shown = attack.api("GET", f"/messages/{sent['id']}")
+    assert shown["rejections"][US_ID]["code"] == "unknown_form"
+    assert "LINK_TEST version 1 is not known" in shown["rejections"][US_ID]["reason"]
+    assert attack.delivery(sent["id"])["state"] == "delivered"  # not retried for ever
+    alarms = attack.alarms_since(before)
+    assert [(a["kind"], a["subject"]) for a in alarms] == [("negative_receipt", sent["id"])]
+    assert len(definitions) >= 13

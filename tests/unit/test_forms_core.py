@@ -125,7 +125,7 @@ def registry() -> FormRegistry:
 def test_a_valid_form_round_trips(registry: FormRegistry) -> None:
     body = registry.body("TEST_NOTICE", _data())
     assert body["version"] == 1
-    assert body["definition"] == registry.get("TEST_NOTICE", 1).digest
+    assert body["definition"] == registry.check(body).digest
     assert registry.check(body).name == "TEST_NOTICE"
 
 
@@ -197,6 +197,14 @@ def test_a_definition_without_every_label_is_refused_at_load() -> None:
         (lambda d: d["schema"].update(type="array"), "object"),
         (lambda d: d["schema"]["properties"]["kind"].update(type=5), "valid JSON Schema"),
         (lambda d: d.update(name="lower"), "upper-case"),
+        (lambda d: d["rules"][0].update(time="/nowhere"), "names no date-time field"),
+        (lambda d: d["rules"][0].update(time="/kind"), "names no date-time field"),
+        (lambda d: d["rules"][0].update(unless="/late"), "'unless' '/late' names no field"),
+        (
+            lambda d: d["schema"]["properties"]["kind"]["x-enum"].update(c=_l("C", "В", "В")),
+            "match no enum value",
+        ),
+        (lambda d: d["schema"]["properties"]["kind"].update(maxLength=2.0), "float"),
         (lambda d: d["schema"]["properties"]["kind"].update(type="number"), "no floats"),
     ],
 )

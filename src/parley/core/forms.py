@@ -143,13 +143,17 @@ def _used_common(schema: Mapping[str, Any], common: Mapping[str, Any]) -> dict[s
     """The shared definitions a schema refers to, directly or through others."""
     defs = common.get("$defs", {})
     used: dict[str, Any] = {}
-    pending = list(_refs(schema))
+    # (ref, found inside the shared definitions): there "#/$defs/x" is theirs too.
+    pending = [(ref, False) for ref in _refs(schema)]
     while pending:
-        name = _common_name(pending.pop())
+        ref, inside = pending.pop()
+        name = _common_name(ref)
+        if name is None and inside and ref.startswith("#/$defs/"):
+            name = ref[len("#/$defs/") :]
         if name is None or name in used or name not in defs:
             continue
         used[name] = defs[name]
-        pending.extend(_refs(defs[name]))
+        pending.extend((r, True) for r in _refs(defs[name]))
     return used
 
 
@@ -184,7 +188,7 @@ def _lint_schema(schema: Any, where: str, labelled: bool) -> list[str]:
         problems.append(
             f"{where}: 'type: number' cannot be signed (Parley's canonical JSON has no "
             "floats): use 'integer', or a decimal string with a 'pattern' (docs/forms.md, "
-            "Numbers), e.g. a latitude \"48.5123\""
+            'Numbers), e.g. a latitude "48.5123"'
         )
     if labelled:
         problems += _langs_problem(schema.get("x-label"), where, "a label (x-label)")
@@ -210,7 +214,32 @@ def _lint_schema(schema: Any, where: str, labelled: bool) -> list[str]:
     return problems
 
 
-def _lint_rules(rules: Any, name: str) -> list[str]:
+def _schema_at(
+    schema: Mapping[str, Any], pointer: str, common: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    """The schema of the data at a JSON Pointer (through properties and shared refs)."""
+    defs = common.get("$defs", {})
+    current: Any = schema
+    for token in pointer.lstrip("/").split("/") if pointer else []:
+        for _ in range(16):  # follow $ref to the shared definitions
+            name = _common_name(current.get("$ref", "")) if isinstance(current, dict) else None
+            if name is None or name not in defs:
+                break
+            current = {**defs[name], **{k: v for k, v in current.items() if k != "$ref"}}
+        properties = current.get("properties") if isinstance(current, dict) else None
+        if not isinstance(properties, dict) or token not in properties:
+            return None
+        current = properties[token]
+    if isinstance(current, dict) and "$ref" in current:
+        name = _common_name(current["$ref"])
+        if name is not None and name in defs:
+            current = {**defs[name], **current}
+    return current if isinstance(current, dict) else None
+
+
+def _lint_rules(
+    rules: Any, name: str, schema: Mapping[str, Any], common: Mapping[str, Any]
+) -> list[str]:
     if not isinstance(rules, list):
         return [f"{name}: 'rules' must be a list"]
     problems = []
@@ -218,12 +247,52 @@ def _lint_rules(rules: Any, name: str) -> list[str]:
         if not isinstance(rule, dict) or rule.get("rule") not in RULES:
             problems.append(f"{name}: rule {i} is not one of {', '.join(RULES)}")
             continue
-        hours = rule.get("hours")
-        if not isinstance(rule.get("time"), str) or not isinstance(hours, int) or hours < 0:
+        hours, time, unless = rule.get("hours"), rule.get("time"), rule.get("unless")
+        if not isinstance(time, str) or type(hours) is not int or hours < 0:
             problems.append(f"{name}: min_notice rule {i} needs 'time' (a pointer) and 'hours'")
-        if "unless" in rule and not isinstance(rule["unless"], str):
-            problems.append(f"{name}: min_notice rule {i}: 'unless' must be a JSON Pointer")
+            continue
+        target = _schema_at(schema, time, common)
+        if target is None or target.get("format") != "date-time":
+            problems.append(
+                f"{name}: min_notice rule {i}: 'time' {time} names no date-time field of the form"
+            )
+        if "unless" in rule and (
+            not isinstance(unless, str) or _schema_at(schema, unless, common) is None
+        ):
+            problems.append(
+                f"{name}: min_notice rule {i}: 'unless' {unless!r} names no field of the form"
+            )
+        extra = set(rule) - {"rule", "time", "hours", "unless"}
+        if extra:
+            problems.append(f"{name}: min_notice rule {i} has unknown keys {sorted(extra)}")
     return problems
+
+
+def _lint_enum_labels(schema: Any, where: str) -> list[str]:
+    """``x-enum`` keys that name no value of the enum (a typo hides a missing label)."""
+    problems: list[str] = []
+    stack: list[tuple[Any, str]] = [(schema, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, dict):
+            labels = item.get("x-enum")
+            if isinstance(labels, dict) and "enum" in item:
+                stray = set(labels) - {str(v) for v in item["enum"]}
+                if stray:
+                    problems.append(f"{at}: x-enum labels {sorted(stray)} match no enum value")
+            stack.extend((v, f"{at}/{k}") for k, v in item.items() if not str(k).startswith("x-"))
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}/{i}") for i, v in enumerate(item))
+    return problems
+
+
+def _lint_json(raw: Any, where: str) -> list[str]:
+    """Definitions are signed data too: no floats, no unsafe integers."""
+    try:
+        canonical_bytes(raw)
+    except ParleyError as exc:
+        return [f"{where}: {exc}"]
+    return []
 
 
 def lint_definition(raw: Mapping[str, Any], common: Mapping[str, Any]) -> list[str]:
@@ -249,7 +318,9 @@ def lint_definition(raw: Mapping[str, Any], common: Mapping[str, Any]) -> list[s
     except SchemaError as exc:
         problems.append(f"{where}: not a valid JSON Schema: {exc.message}")
     problems += _lint_schema(schema, where, False)
-    problems += _lint_rules(raw.get("rules", []), where)
+    problems += _lint_enum_labels(schema, where)
+    problems += _lint_json(dict(raw), where)
+    problems += _lint_rules(raw.get("rules", []), where, schema, common)
     extra = set(raw) - {"name", "version", "title", "help", "schema", "rules"}
     if extra:
         problems.append(f"{where}: unexpected field(s) {', '.join(sorted(extra))}")
@@ -292,10 +363,14 @@ class FormRegistry:
             raise InvalidDefinition(f"the shared definitions must have $id {COMMON_ID}")
         common.setdefault("$schema", _DRAFT)
         problems = _lint_schema(common, "common", False)
+        problems += _lint_enum_labels(common, "common")
+        problems += _lint_json(common, "common")
         try:
             Draft202012Validator.check_schema(common)
         except SchemaError as exc:
             problems.append(f"common: not a valid JSON Schema: {exc.message}")
+        if problems:
+            raise InvalidDefinition("broken shared form definitions:\n  " + "\n  ".join(problems))
         resource = referencing.Resource.from_contents(
             common, default_specification=referencing.jsonschema.DRAFT202012
         )

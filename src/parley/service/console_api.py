@@ -39,7 +39,13 @@ class SendRequest(BaseModel):
     text: str | None = None
     form: str | None = None
     data: dict[str, Any] | None = None
+    form_version: int | None = None
     lang: str = "en"
+
+
+class TranslationRequest(BaseModel):
+    lang: str = Field(min_length=2, max_length=35)
+    text: str = Field(min_length=1, max_length=256 * 1024)
 
 
 class BatchRequest(BaseModel):
@@ -58,10 +64,19 @@ class ChannelRequest(BaseModel):
 
 
 def build_body(
-    text: str | None, form: str | None, data: dict[str, Any] | None
+    text: str | None,
+    form: str | None,
+    data: dict[str, Any] | None,
+    version: int | None = None,
 ) -> tuple[str, dict[str, JSONValue]]:
-    """The envelope kind and content body for free text or a form."""
+    """The envelope kind and content body for free text or a form.
+
+    A form is validated here, against the definition the receiver will use
+    (the latest version unless one is named).
+    """
+    from parley.core.forms import FormRejected, InvalidFormData
     from parley.errors import UsageError
+    from parley.forms import default_registry
 
     if (text is None) == (form is None):
         raise UsageError("give either a text or a form (with its data), not both")
@@ -71,7 +86,10 @@ def build_body(
         return "text", {"text": text}
     if data is None:
         raise UsageError(f"form {form} needs its data")
-    return "form", {"form": {"name": str(form), "data": data}}
+    try:
+        return "form", {"form": default_registry().body(str(form), data, version)}
+    except FormRejected as exc:
+        raise InvalidFormData(exc.code, f"the form is not valid: {exc.reason}") from None
 
 
 def _operator(
@@ -140,7 +158,7 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
     @app.post("/api/v1/messages")
     async def send(op: Operator, req: SendRequest, request: Request) -> dict[str, Any]:
         _may_send(request)
-        kind, body = build_body(req.text, req.form, req.data)
+        kind, body = build_body(req.text, req.form, req.data, req.form_version)
         return await run_in_threadpool(
             lambda: terminal.send(
                 req.to,
@@ -161,7 +179,7 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
         drafts = []
         for n, item in enumerate(req.messages):
             try:
-                kind, body = build_body(item.text, item.form, item.data)
+                kind, body = build_body(item.text, item.form, item.data, item.form_version)
             except UsageError as exc:
                 raise UsageError(f"message {n + 1} of {len(req.messages)}: {exc}") from exc
             drafts.append(
@@ -195,6 +213,26 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
     async def ack(op: Operator, envelope_id: str, request: Request) -> dict[str, Any]:
         _may_send(request)
         return await run_in_threadpool(lambda: terminal.acknowledge(envelope_id, operator=op))
+
+    @app.post("/api/v1/messages/{envelope_id}/translations")
+    async def certify(
+        op: Operator, envelope_id: str, req: TranslationRequest, request: Request
+    ) -> dict[str, Any]:
+        """Attach a certified translation, signed for this operator."""
+        _may_send(request)
+        return await run_in_threadpool(
+            lambda: terminal.certify_translation(
+                envelope_id, target_lang=req.lang, text=req.text, operator=op
+            )
+        )
+
+    @app.post("/api/v1/translations/{digest}/countersign")
+    async def countersign(op: Operator, digest: str, request: Request) -> dict[str, Any]:
+        """A second operator's check of a certified translation."""
+        _may_send(request)
+        return await run_in_threadpool(
+            lambda: terminal.countersign_translation(digest, operator=op)
+        )
 
     @app.get("/api/v1/links")
     async def links(op: Operator) -> list[dict[str, Any]]:
@@ -248,6 +286,18 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
     async def agree_channel(op: Operator, name: str, request: Request) -> dict[str, Any]:
         _may_send(request)
         return await run_in_threadpool(lambda: terminal.agree_channel(name, operator=op))
+
+    @app.get("/api/v1/exchanges")
+    async def exchanges(op: Operator) -> list[dict[str, Any]]:
+        from parley.service.exchanges import exchange_summaries
+
+        return await run_in_threadpool(exchange_summaries, terminal)
+
+    @app.get("/api/v1/exchanges/{exchange_id}")
+    async def exchange(op: Operator, exchange_id: str) -> dict[str, Any]:
+        from parley.service.exchanges import exchange_view
+
+        return await run_in_threadpool(exchange_view, terminal, exchange_id)
 
     @app.post("/api/v1/verify")
     async def verify(op: Operator) -> dict[str, Any]:

@@ -14,6 +14,7 @@ them from worker threads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -40,6 +41,7 @@ from parley import merkle
 from parley.config import Config, DataDir
 from parley.core.canonical import JSONValue, canonical_bytes, parse_canonical, require_object
 from parley.core.checkpoint import verify_checkpoint
+from parley.core.dsse import parse_dsse
 from parley.core.encoding import b64decode, b64encode, check_party_id
 from parley.core.envelope import PRECEDENCES, Limits, read_envelope
 from parley.core.identity import Identity, IdentityCard
@@ -53,7 +55,14 @@ from parley.core.party import (
     bilateral_channel,
 )
 from parley.core.receipts import Receipt
-from parley.core.transcript import EntryType, entry_bytes
+from parley.core.transcript import EntryType, entry_bytes, split_entry
+from parley.core.translation import (
+    CERTIFIED_TRANSLATION_TYPE,
+    certify_translation,
+    countersign_translation,
+    read_certified_translation,
+    read_countersignature,
+)
 from parley.errors import (
     CheckpointRejected,
     Equivocation,
@@ -65,6 +74,7 @@ from parley.errors import (
     UsageError,
     VerificationError,
 )
+from parley.forms import default_registry
 from parley.keyfile import load_identity
 from parley.service import tls
 from parley.service.ledger import StoreLedger
@@ -260,6 +270,18 @@ def _resume_state(conn: Connection, engine: Engine, me: str) -> ResumeState:
     )
 
 
+def _statement_text(statement: bytes) -> str:
+    """The text of a stored certified translation (verified when it was made)."""
+    dsse = parse_dsse(
+        statement,
+        payload_type=CERTIFIED_TRANSLATION_TYPE,
+        max_size=len(statement),
+        what="certified translation",
+    )
+    payload = require_object(parse_canonical(dsse.payload, what="translation"), "translation")
+    return str(payload["text"])
+
+
 class Records:
     """Read-only views of a terminal's database (no private keys needed)."""
 
@@ -293,9 +315,16 @@ class Records:
             "log_index": row.log_index,
             "ack_due": _iso(row.ack_due),
         }
+        if row.kind == "text":
+            item["translations"] = self._translations(conn, row.envelope_id)
         if row.direction == "in":
             item["acknowledged_at"] = _iso(row.acked_at)
             item["acknowledged_by"] = row.acked_by
+            item["rejection"] = (
+                {"code": row.rejection_code, "reason": row.rejection_reason}
+                if row.rejection_code
+                else None
+            )
             return item
         receipts = conn.execute(
             select(m.receipts).where(m.receipts.c.envelope_id == row.envelope_id)
@@ -305,6 +334,11 @@ class Records:
             select(m.outbox).where(m.outbox.c.envelope_id == row.envelope_id)
         ).all()
         item["receipts"] = {r.receiver: _iso(r.stored_at) for r in receipts}
+        item["rejections"] = {
+            r.receiver: {"code": r.rejection_code, "reason": r.rejection_reason}
+            for r in receipts
+            if r.rejection_code
+        }
         item["acks"] = {a.party: {"operator": a.operator, "at": _iso(a.at)} for a in acks}
         item["delivery"] = {
             o.peer: {
@@ -316,6 +350,35 @@ class Records:
             for o in outbox
         }
         return item
+
+    def _translations(self, conn: Connection, envelope_id: str) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            select(m.translations)
+            .where(m.translations.c.envelope_id == envelope_id)
+            .order_by(m.translations.c.created_at)
+        ).all()
+        checks = conn.execute(
+            select(m.translation_countersignatures).where(
+                m.translation_countersignatures.c.translation.in_([r.digest for r in rows])
+            )
+        ).all()
+        result = []
+        for r in rows:
+            result.append(
+                {
+                    "digest": r.digest,
+                    "target_lang": r.target_lang,
+                    "operator": r.operator,
+                    "text": _statement_text(bytes(r.statement)),
+                    "at": _iso(r.created_at),
+                    "countersignatures": [
+                        {"operator": c.operator, "at": _iso(c.created_at)}
+                        for c in checks
+                        if c.translation == r.digest
+                    ],
+                }
+            )
+        return result
 
     def messages(
         self, direction: str, *, limit: int = 200, all_kinds: bool = False
@@ -454,7 +517,8 @@ class Terminal(Records):
         self.limits = Limits(clock_skew=timedelta(seconds=config.max_clock_skew))
         self.lock = threading.RLock()
         self.tls_certificate = tls.certificate_for(identity)
-        self.party = Party(identity, clock=clock, limits=self.limits)
+        self.forms = default_registry()
+        self.party = Party(identity, clock=clock, limits=self.limits, forms=self.forms)
         self.peer_certificates: dict[str, bytes] = {}
         #: (channel, sender) -> highest contiguous sequence, for catch-up requests.
         self.gaps: dict[tuple[str, str], int] = {}
@@ -507,6 +571,7 @@ class Terminal(Records):
             limits=self.limits,
             ledger=ledger,
             entry_loader=self._load_entry,
+            forms=self.forms,
         )
         certs: dict[str, bytes] = {}
         with reading(self.engine) as conn:
@@ -820,6 +885,89 @@ class Terminal(Records):
             )
         )
 
+    # Certified translations ---------------------------------------------------
+
+    def certify_translation(
+        self, envelope_id: str, *, target_lang: str, text: str, operator: str
+    ) -> dict[str, Any]:
+        """Keep an operator's certified translation of a free-text message, signed for them.
+
+        It is this terminal's statement, never the sender's words; a second
+        operator countersigns it (``countersign_translation``).
+        """
+        with reading(self.engine) as conn:
+            row = conn.execute(
+                select(m.messages.c.kind, m.messages.c.lang, m.log_entries.c.entry)
+                .join(m.log_entries, m.log_entries.c.idx == m.messages.c.log_index)
+                .where(m.messages.c.envelope_id == envelope_id)
+            ).first()
+        if row is None:
+            raise UsageError(f"no message {envelope_id} on this terminal")
+        if row.kind != "text":
+            raise UsageError(
+                f"message {envelope_id} is a {row.kind} message: only free text is translated "
+                "(a form is shown in every reader's language)"
+            )
+        _, raw = split_entry(bytes(row.entry))
+        statement = certify_translation(
+            self.identity,
+            envelope_id=envelope_id,
+            envelope_digest=hashlib.sha256(raw).hexdigest(),
+            source_lang=row.lang,
+            target_lang=target_lang,
+            text=text,
+            operator=operator,
+            now=self.clock(),
+        )
+        translation = read_certified_translation(statement, self.party.card_of)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(m.translations).values(
+                    digest=translation.digest,
+                    envelope_id=envelope_id,
+                    target_lang=target_lang,
+                    operator=operator,
+                    statement=statement,
+                    created_at=translation.translated_at,
+                )
+            )
+        log.info("translation_certified", id=envelope_id, lang=target_lang, operator=operator)
+        return {"digest": translation.digest, "envelope_id": envelope_id}
+
+    def countersign_translation(self, digest: str, *, operator: str) -> dict[str, Any]:
+        """A second operator's check of a certified translation (not its author)."""
+        with reading(self.engine) as conn:
+            row = conn.execute(
+                select(m.translations).where(m.translations.c.digest == digest)
+            ).first()
+        if row is None:
+            raise UsageError(f"no certified translation {digest} on this terminal")
+        statement = countersign_translation(
+            self.identity, bytes(row.statement), operator=operator, now=self.clock()
+        )
+        translation = read_certified_translation(bytes(row.statement), self.party.card_of)
+        countersigned = read_countersignature(statement, translation, self.party.card_of)
+        with self.engine.begin() as conn:
+            if conn.execute(
+                select(m.translation_countersignatures.c.operator).where(
+                    and_(
+                        m.translation_countersignatures.c.translation == digest,
+                        m.translation_countersignatures.c.operator == operator,
+                    )
+                )
+            ).first():
+                raise UsageError(f"{operator} has already countersigned translation {digest}")
+            conn.execute(
+                insert(m.translation_countersignatures).values(
+                    translation=digest,
+                    operator=operator,
+                    statement=statement,
+                    created_at=countersigned.countersigned_at,
+                )
+            )
+        log.info("translation_countersigned", translation=digest, operator=operator)
+        return {"digest": digest, "countersigned_by": operator}
+
     def acknowledge(self, envelope_id: str, *, operator: str) -> dict[str, Any]:
         """Send the human acknowledgement of a received message."""
         with self.lock, reading(self.engine) as conn:
@@ -926,6 +1074,16 @@ class Terminal(Records):
         if received:
             self.on_outbox()  # wakes the worker: the sender's log grew, witness it
         for event in received:
+            if event.rejection is not None:
+                h = event.envelope.header
+                self.raise_alarm(
+                    "content_refused",
+                    "warning",
+                    h.id,
+                    f"{h.precedence} message {h.id} from {h.sender} was refused and answered "
+                    f"with a negative receipt ({event.rejection.code}): {event.rejection.reason}",
+                )
+        for event in received:
             h = event.envelope.header
             log.info(
                 "message_received",
@@ -963,10 +1121,14 @@ class Terminal(Records):
                     "operator": content.operator,
                     "lang": content.lang,
                     "body": canonical_bytes(content.body).decode(),
-                    "ack_due": now + self.config.ack_deadline(header.precedence) if human else None,
+                    "ack_due": now + self.config.ack_deadline(header.precedence)
+                    if human and event.rejection is None
+                    else None,
                     "acked_at": None,
                     "acked_by": None,
                     "overdue": False,
+                    "rejection_code": event.rejection.code if event.rejection else None,
+                    "rejection_reason": event.rejection.reason if event.rejection else None,
                 }
             )
             self._ensure_channel(conn, header.channel, [header.sender, *header.recipients], now)
@@ -1028,6 +1190,15 @@ class Terminal(Records):
 
             if accepted:
                 self._commit(work)
+        for receipt, logged in accepted:
+            if receipt.rejection is not None and logged is not None:
+                self.raise_alarm(
+                    "negative_receipt",
+                    "warning",
+                    receipt.envelope_id,
+                    f"{receipt.receiver} refused message {receipt.envelope_id} "
+                    f"({receipt.rejection.code}): {receipt.rejection.reason}",
+                )
         return answers
 
     def _store_receipts(
@@ -1061,6 +1232,8 @@ class Terminal(Records):
                     "stored_at": now,
                     "through_seq": receipt.through_seq,
                     "log_index": logged,
+                    "rejection_code": receipt.rejection.code if receipt.rejection else None,
+                    "rejection_reason": receipt.rejection.reason if receipt.rejection else None,
                 }
             )
         if rows:

@@ -96,6 +96,10 @@ messages = Table(
     Column("acked_by", Text),
     # Sender: the overdue-acknowledgement alarm was raised; receiver: the reminder was.
     Column("overdue", Boolean, nullable=False, default=False),
+    # Set when this terminal refused the content (an incoming form it does not
+    # know or finds invalid); the envelope is kept, never shown as valid.
+    Column("rejection_code", String(64)),
+    Column("rejection_reason", Text),
     UniqueConstraint("channel", "sender", "seq"),
 )
 Index("messages_by_direction", messages.c.direction, messages.c.stored_at)
@@ -109,7 +113,33 @@ receipts = Table(
     Column("stored_at", Time, nullable=False),
     Column("through_seq", BigInteger, nullable=False),
     Column("log_index", BigInteger),
+    # A negative receipt: the receiver refused the content, and why.
+    Column("rejection_code", String(64)),
+    Column("rejection_reason", Text),
     PrimaryKeyConstraint("envelope_id", "receiver"),
+)
+
+translations = Table(
+    "translations",
+    metadata,
+    # A certified translation of a message: DSSE signed by this terminal for
+    # the operator who made it (parley.core.translation).
+    Column("digest", String(64), primary_key=True),
+    Column("envelope_id", String(36), nullable=False, index=True),
+    Column("target_lang", String(35), nullable=False),
+    Column("operator", Text, nullable=False),
+    Column("statement", LargeBinary, nullable=False),
+    Column("created_at", Time, nullable=False),
+)
+
+translation_countersignatures = Table(
+    "translation_countersignatures",
+    metadata,
+    Column("translation", String(64), ForeignKey("translations.digest"), nullable=False),
+    Column("operator", Text, nullable=False),
+    Column("statement", LargeBinary, nullable=False),
+    Column("created_at", Time, nullable=False),
+    PrimaryKeyConstraint("translation", "operator"),
 )
 
 acks = Table(
