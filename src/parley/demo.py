@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,35 @@ def _conversation(t: dict[str, TerminalProcess], quiet: bool) -> None:
         timeout=60,
         what="receipts from every member",
     )
+    _note("A formatted meeting request on the talks channel, readable in en/ru/uk…", quiet)
+    start = (utc_now() + timedelta(days=3)).replace(hour=9, minute=0, second=0, microsecond=0)
+    meeting = mediator.api(
+        "POST",
+        "/messages",
+        {
+            "to": [p for p in members if p != "AE-MEDIATOR"],
+            "channel": TALKS,
+            "precedence": "PRIORITY",
+            "form": "MEETING_REQUEST",
+            "data": {
+                "proposed_times": [
+                    {
+                        "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        "end": (start + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                ],
+                "medium": "in_person",
+                "location": "Istanbul",
+                "agenda": ["Exchange of lists of prisoners of war", "Repatriation of remains"],
+            },
+        },
+        operator="amb.rahman",
+    )["id"]
+    wait_until(
+        lambda: _receipted(mediator, meeting, ["US-EUCOM", "RU-GS", "UA-GS"]),
+        timeout=60,
+        what="receipts for the meeting request",
+    )
 
 
 def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
@@ -160,7 +190,8 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
             for row in rows:
                 print(f"  {row['party']:12} console {row['console_url']}  peers {row['peer_url']}")
                 print(f"  {'':12} operator {row['username']} / {row['password']}")
-                print(f"  {'':12} CLI: parley --data {row['data_dir']} inbox\n")
+                print(f"  {'':12} CLI: parley --data {row['data_dir']} inbox")
+                print(f"  {'':12}      parley --data {row['data_dir']} show ID --lang ru\n")
             print("Stop with Ctrl-C.", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -73,6 +73,33 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
         assert talks
         assert talks[0]["state"] == "active"
         assert len(talks[0]["members"]) == 4
+        ru = rows[1]
+        inbox = httpx.get(
+            ru["console_url"] + "/api/v1/inbox",
+            auth=(ru["username"], ru["password"]),
+            timeout=10,
+        ).json()
+        forms = [m for m in inbox if m["kind"] == "form"]
+        assert [f["body"]["form"]["name"] for f in forms] == ["MEETING_REQUEST"]
+        assert forms[0]["rejection"] is None
+        shown = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "parley.cli",
+                "--data",
+                ru["data_dir"],
+                "show",
+                forms[0]["id"],
+                "--lang",
+                "ru",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert "Предложение о встрече" in shown
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
         for row in rows:
