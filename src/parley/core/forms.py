@@ -452,7 +452,14 @@ class FormRegistry:
         if error is None:
             return None
         where = _pointer(error.absolute_path) or "/"
-        return f"{where}: {error.message}"[:MAX_REASON]
+        message = error.message
+        if error.validator == "pattern" and isinstance(error.schema, dict):
+            # The regular expression says little to an operator; the field's help says more.
+            hint = error.schema.get("x-help", {}).get("en")
+            message = f"{error.instance!r} is not in the required form" + (
+                f" ({hint})" if isinstance(hint, str) else f" (pattern {error.validator_value})"
+            )
+        return f"{where}: {message}"[:MAX_REASON]
 
     def check(self, form: Any) -> FormDefinition:
         """Check a received (or about to be sent) form body; raise ``FormRejected``."""
