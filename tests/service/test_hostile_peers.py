@@ -67,7 +67,7 @@ TIMEOUT = httpx.Timeout(10.0)
 ENVELOPES = "/v1/envelopes"
 JSON_HEADERS = {"content-type": "application/json"}
 MAX_BODY = Limits().max_body_bytes
-"""The largest envelope the core accepts (256 KiB; the terminals here keep the default)."""
+"""The largest envelope the core accepts (4 MiB; the terminals here keep the default)."""
 LISTENER_LIMIT = MAX_BODY + 64 * 1024
 """What the peer listener reads at most before it answers 413."""
 

@@ -393,8 +393,8 @@ def test_body_over_the_limit(
 def test_default_limit_refuses_a_huge_envelope(
     us_eucom: Identity, ru_gs: Identity, lookup: Lookup, now: datetime
 ) -> None:
-    raw = _seal(us_eucom, [ru_gs], now, content=_text("x" * (300 * 1024)))
-    with pytest.raises(BodyTooLarge, match="the limit is 262144 bytes"):
+    raw = _seal(us_eucom, [ru_gs], now, content=_text("x" * (2 * 1024 * 1024)))
+    with pytest.raises(BodyTooLarge, match="the limit is 4194304 bytes"):
         open_envelope(raw, me=ru_gs, lookup=lookup, now=now)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from parley.core.envelope import Limits
 from parley.core.forms import (
     COMMON_ID,
     FormRegistry,
@@ -23,6 +24,8 @@ from parley.core.forms import (
 )
 from parley.core.party import MessageReceived
 from parley.core.transcript import EntryType, split_entry
+from parley.errors import UsageError
+from parley.forms import default_registry
 from parley.testing import ManualClock, PartyPair
 
 
@@ -331,3 +334,40 @@ def test_a_definition_mismatch_is_refused_by_the_receiver(registry: FormRegistry
     _, accepted = pair.deliver(out, pair.a)
     assert accepted.receipt.rejection is not None
     assert accepted.receipt.rejection.code == "definition_mismatch"
+
+
+def test_the_sender_refuses_a_message_over_the_size_limit_and_logs_nothing() -> None:
+    pair = PartyPair.create(ManualClock())
+    pair.a.limits = Limits(max_body_bytes=64 * 1024)
+    with pytest.raises(UsageError, match=r"over the 65,536-byte limit a terminal accepts"):
+        pair.a.send_text(["RU-GS"], "x" * (64 * 1024), operator="maj.smith")
+    assert pair.a.transcript.size == 0
+    out = pair.a.send_text(["RU-GS"], "short", operator="maj.smith")
+    assert out.seq == 1  # the refused message took no sequence number
+
+
+def test_a_list_of_a_thousand_persons_fits_the_default_limit() -> None:
+    registry = default_registry()
+    pair = _pair(registry)
+    persons = [
+        {
+            "ref": f"UA-{n:04d}",
+            "name": {"full_name": "Шевченко Олексій Іванович", "script": "uk"},
+            "date_of_birth": "1990-01-15",
+            "rank": "молодший сержант",
+            "unit": "в/ч А0000",
+            "document": {"type": "military_id", "number": f"АА {n:06d}"},
+            "status": "prisoner_of_war",
+        }
+        for n in range(1, 1001)
+    ]
+    body = registry.body(
+        "PRISONER_EXCHANGE_LIST", {"exchange_id": "PX-1000", "revision": 1, "persons": persons}
+    )
+    out = pair.a.send(["RU-GS"], kind="form", body={"form": body}, operator="maj.smith")
+    assert len(out.raw) < Limits().max_body_bytes
+    events, accepted = pair.deliver(out, pair.a)
+    assert accepted.receipt.rejection is None
+    received = events[0]
+    assert isinstance(received, MessageReceived)
+    assert len(received.envelope.content.body["form"]["data"]["persons"]) == 1000

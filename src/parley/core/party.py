@@ -371,6 +371,11 @@ class Party:
             content=Content(lang=lang, operator=operator, body=body, salt=self._rand(16)),
             exercise=exercise,
         )
+        if len(raw) > self.limits.max_body_bytes:
+            raise UsageError(
+                f"the sealed message is {len(raw):,} bytes, over the {self.limits.max_body_bytes:,}"
+                "-byte limit a terminal accepts: split it (for an exchange, into several lists)"
+            )
         self._channels[channel] = members
         self._next_seq[channel] = seq + 1
         index = self.transcript.append(EntryType.ENVELOPE, raw)
