@@ -31,6 +31,7 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -1658,6 +1659,15 @@ class Terminal(Records):
             if test:
                 values["last_test"] = now
             conn.execute(update(m.links).where(m.links.c.id == row.id).values(**values))
+            conn.execute(
+                insert(m.link_samples).values(
+                    peer=peer, link=name, at=now, ok=ok, rtt_ms=rtt_ms if ok else None
+                )
+            )
+            if test:  # keep a week of samples (the console charts the last 24 hours)
+                conn.execute(
+                    delete(m.link_samples).where(m.link_samples.c.at < now - timedelta(days=7))
+                )
             self._link_written[key] = (state, time.monotonic())
             states = [
                 r.state for r in conn.execute(select(m.links.c.state).where(m.links.c.peer == peer))

@@ -253,4 +253,58 @@ users = Table(
     Column("created_at", Time, nullable=False),
     Column("failed_logins", Integer, nullable=False, default=0),
     Column("locked_until", Time),
+    Column("lang", String(8), nullable=False, default="en"),  # the console's language
 )
+
+operator_actions = Table(
+    "operator_actions",
+    metadata,
+    # Every action taken in the console, with the operator who took it.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Time, nullable=False),
+    Column("operator", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("detail", Text),
+)
+Index("operator_actions_by_time", operator_actions.c.at)
+
+handovers = Table(
+    "handovers",
+    metadata,
+    # A shift handover: signed off by the outgoing officer, accepted by the incoming one.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("signed_off_by", String(64), nullable=False),
+    Column("signed_off_at", Time, nullable=False),
+    Column("open_items", Text, nullable=False),  # JSON: what was open at sign-off
+    Column("note", Text, nullable=False),
+    Column("accepted_by", String(64)),
+    Column("accepted_at", Time),
+)
+
+held_messages = Table(
+    "held_messages",
+    metadata,
+    # A FLASH composed by a duty officer waits here for a supervisor to release it.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", Time, nullable=False),
+    Column("operator", String(64), nullable=False),
+    Column("request", Text, nullable=False),  # JSON: the send request
+    Column("state", String(16), nullable=False),  # held, released, cancelled
+    Column("decided_by", String(64)),
+    Column("decided_at", Time),
+    Column("envelope_id", String(36)),
+)
+
+link_samples = Table(
+    "link_samples",
+    metadata,
+    # Round-trip times over time, for the links page's chart.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("peer", String(63), nullable=False),
+    Column("link", String(63), nullable=False),
+    Column("at", Time, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("rtt_ms", Float),
+)
+Index("link_samples_by_link", link_samples.c.peer, link_samples.c.link, link_samples.c.at)
