@@ -304,4 +304,7 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
         report = await run_in_threadpool(lambda: audit(terminal.engine, terminal.identity.card))
         return report.summary()
 
+    from parley.console.web import install_console
+
+    install_console(app, terminal)
     return app

@@ -1,0 +1,1 @@
+"""The operator console: the duty officer's web application (see ``web.py``)."""

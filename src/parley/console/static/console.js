@@ -1,0 +1,84 @@
+// Parley console behaviour. Loaded from /static (the Content-Security-Policy
+// allows no inline script): countdowns, the FLASH alert sound, the sound
+// switch and the language selector.
+"use strict";
+(function () {
+  const strings = () => document.getElementById("i18n-strings")?.dataset || {};
+
+  function soundEnabled() {
+    return localStorage.getItem("parley-sound") !== "off";
+  }
+
+  function renderSoundButton() {
+    const button = document.querySelector("[data-sound-toggle]");
+    if (!button) return;
+    const on = soundEnabled();
+    button.setAttribute("aria-pressed", on ? "true" : "false");
+    button.textContent = on ? strings().soundOn : strings().soundOff;
+  }
+
+  let audio = null;
+  function beep() {
+    if (!soundEnabled()) return;
+    try {
+      audio = audio || new (window.AudioContext || window.webkitAudioContext)();
+      const osc = audio.createOscillator();
+      const gain = audio.createGain();
+      osc.type = "square";
+      osc.frequency.value = 880;
+      gain.gain.value = 0.08;
+      osc.connect(gain).connect(audio.destination);
+      osc.start();
+      osc.stop(audio.currentTime + 0.6);
+    } catch (e) {
+      /* no audio device: the banner still shows */
+    }
+  }
+
+  const announced = new Set(JSON.parse(sessionStorage.getItem("parley-announced") || "[]"));
+  function announceFlash(root) {
+    root.querySelectorAll("[data-flash-id]").forEach((el) => {
+      const id = el.dataset.flashId;
+      if (!announced.has(id)) {
+        announced.add(id);
+        sessionStorage.setItem("parley-announced", JSON.stringify([...announced]));
+        beep();
+      }
+    });
+  }
+
+  function pad(n) {
+    return String(n).padStart(2, "0");
+  }
+  function tick() {
+    const now = Date.now();
+    document.querySelectorAll("[data-deadline]").forEach((el) => {
+      const left = Math.round((Date.parse(el.dataset.deadline) - now) / 1000);
+      const row = el.closest("tr");
+      if (left <= 0) {
+        el.textContent = strings().overdue || "overdue";
+        row?.classList.add("overdue");
+      } else {
+        const h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
+        el.textContent = (h ? h + ":" + pad(m) : m) + ":" + pad(s);
+      }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    renderSoundButton();
+    document.querySelector("[data-sound-toggle]")?.addEventListener("click", () => {
+      localStorage.setItem("parley-sound", soundEnabled() ? "off" : "on");
+      renderSoundButton();
+    });
+    document.querySelectorAll("select[data-autosubmit]").forEach((select) => {
+      select.addEventListener("change", () => select.form.submit());
+    });
+    tick();
+    setInterval(tick, 1000);
+  });
+  document.addEventListener("htmx:afterSwap", (event) => {
+    announceFlash(event.target);
+    tick();
+  });
+})();

@@ -1,0 +1,340 @@
+"""The operator console: server-rendered pages on the console listener.
+
+Jinja2 templates, htmx 2 (vendored in ``static/``, nothing fetched from
+elsewhere) for live updates, and a strict Content-Security-Policy: scripts
+and styles come only from this terminal's own ``/static/``, never inline.
+
+* **Sessions**: a random token in a ``Secure``, ``HttpOnly``,
+  ``SameSite=Strict`` cookie; the session lives in the serve process
+  (``sessions.py``).
+* **CSRF**: every state-changing request carries the session's token, as
+  the form field ``csrf_token`` or the ``X-CSRF-Token`` header (htmx sends
+  it from ``<body hx-headers>``), and an ``Origin``, when the browser sends
+  one, must be this console's.
+* **Roles**: what each may do is ``PERMISSIONS``; every action is recorded
+  with the operator's name (``operator_actions``).
+* **Languages**: each operator picks English, Russian or Ukrainian; the
+  choice is kept with the account.
+
+The page modules (``pages_*.py``) add their routes to ``router`` and use
+``render``, ``Page`` and ``record_action`` from here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import insert, update
+from starlette.concurrency import run_in_threadpool
+
+from parley.console import i18n
+from parley.console.sessions import COOKIE, Session, SessionStore
+from parley.errors import ParleyError
+from parley.service.terminal import Terminal
+from parley.service.users import AuthenticationFailed, authenticate
+from parley.store import models as m
+
+__all__ = [
+    "PERMISSIONS",
+    "Page",
+    "install_console",
+    "record_action",
+    "render",
+    "router",
+]
+
+log = structlog.get_logger("parley.console")
+
+#: What each role may do; reading is open to every role.
+PERMISSIONS: Mapping[str, frozenset[str]] = {
+    "compose": frozenset({"duty_officer", "supervisor"}),
+    "acknowledge": frozenset({"duty_officer", "supervisor"}),
+    "release_flash": frozenset({"supervisor"}),
+    "channels": frozenset({"supervisor"}),
+    "verify": frozenset({"duty_officer", "supervisor", "auditor", "admin"}),
+    "export": frozenset({"supervisor", "auditor"}),
+    "links": frozenset({"supervisor", "admin"}),
+    "handover": frozenset({"duty_officer", "supervisor"}),
+}
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
+
+_HERE = Path(str(resources.files(__package__)))
+templates = Environment(
+    loader=FileSystemLoader(_HERE / "templates"),
+    autoescape=select_autoescape(default=True),
+    extensions=["jinja2.ext.i18n"],
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.install_gettext_callables(  # type: ignore[attr-defined]
+    i18n.gettext, i18n.ngettext, newstyle=True
+)
+
+router = APIRouter()
+
+
+class NotLoggedIn(Exception):
+    """A page asked for by a visitor who is not logged in: go to /login."""
+
+
+class Forbidden(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def terminal_of(request: Request) -> Terminal:
+    terminal: Terminal = request.app.state.terminal
+    return terminal
+
+
+def _sessions(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.sessions
+    return store
+
+
+class Page:
+    """The request's operator session; ``Depends(Page.current)`` on every page."""
+
+    def __init__(self, request: Request, session: Session) -> None:
+        self.request = request
+        self.session = session
+        self.terminal = terminal_of(request)
+
+    @property
+    def operator(self) -> str:
+        return self.session.operator
+
+    @property
+    def role(self) -> str:
+        return self.session.role
+
+    @property
+    def lang(self) -> str:
+        return self.session.lang
+
+    def may(self, permission: str) -> bool:
+        return self.role in PERMISSIONS[permission]
+
+    def require(self, permission: str) -> None:
+        if not self.may(permission):
+            raise Forbidden(permission)
+
+    @classmethod
+    async def current(cls, request: Request) -> Page:
+        terminal = terminal_of(request)
+        session = _sessions(request).get(request.cookies.get(COOKIE), terminal.clock())
+        if session is None:
+            raise NotLoggedIn()
+        if request.method not in ("GET", "HEAD"):
+            await _check_csrf(request, session)
+        return cls(request, session)
+
+
+CurrentPage = Annotated[Page, Depends(Page.current)]
+
+
+async def _check_csrf(request: Request, session: Session) -> None:
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        host = request.headers.get("host", "")
+        if urlsplit(origin).netloc != host:
+            raise HTTPException(403, "cross-origin request refused")
+    supplied = request.headers.get("x-csrf-token")
+    if supplied is None:
+        form = await request.form()
+        value = form.get("csrf_token")
+        supplied = value if isinstance(value, str) else None
+    if supplied is None or not hmac.compare_digest(supplied, session.csrf):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page")
+
+
+def render(page: Page | None, request: Request, template: str, **context: Any) -> HTMLResponse:
+    """A template in the operator's language (``page`` None: the login page)."""
+    lang = page.lang if page is not None else request.cookies.get("parley_lang", "en")
+    restore = i18n.use(lang)
+    try:
+        html = templates.get_template(template).render(
+            request=request,
+            page=page,
+            lang=i18n.current_lang.get(),
+            langs=i18n.LANG_NAMES,
+            party=terminal_of(request).me,
+            csrf=page.session.csrf if page is not None else "",
+            **context,
+        )
+    finally:
+        restore()
+    return HTMLResponse(html)
+
+
+def record_action(
+    terminal: Terminal, operator: str, action: str, subject: str, detail: Any = None
+) -> None:
+    """Keep who did what in the console (``operator_actions``)."""
+    with terminal.engine.begin() as conn:
+        conn.execute(
+            insert(m.operator_actions).values(
+                at=terminal.clock(),
+                operator=operator,
+                action=action,
+                subject=subject[:500],
+                detail=None if detail is None else json.dumps(detail, ensure_ascii=False),
+            )
+        )
+    log.info("console_action", operator=operator, action=action, subject=subject)
+
+
+# Login, logout, language -----------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request) -> HTMLResponse:
+    return render(None, request, "login.html", error=None, name="")
+
+
+@router.post("/login", response_model=None)
+async def login(
+    request: Request,
+    name: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=1024)],
+) -> Response:
+    terminal = terminal_of(request)
+    now = terminal.clock()
+    try:
+        account = await run_in_threadpool(
+            lambda: authenticate(terminal.engine, name, password, now=now)
+        )
+    except AuthenticationFailed as exc:
+        log.warning("console_login_failed", name=name, reason=str(exc))
+        locked = "locked" in str(exc)
+        refused = render(
+            None, request, "login.html", error="locked" if locked else "wrong", name=name
+        )
+        refused.status_code = 401
+        return refused
+    lang = _stored_lang(terminal, account.name)
+    token, _ = _sessions(request).create(account.name, account.role, lang, now)
+    record_action(terminal, account.name, "login", account.name, {"role": account.role})
+    response = RedirectResponse("/inbox", status_code=303)
+    response.set_cookie(
+        COOKIE, token, httponly=True, secure=True, samesite="strict", path="/", max_age=13 * 3600
+    )
+    response.set_cookie("parley_lang", lang, secure=True, samesite="strict", path="/")
+    return response
+
+
+def _stored_lang(terminal: Terminal, name: str) -> str:
+    from sqlalchemy import select
+
+    from parley.store.db import reading
+
+    with reading(terminal.engine) as conn:
+        lang = conn.execute(select(m.users.c.lang).where(m.users.c.name == name)).scalar()
+    return str(lang) if lang in i18n.LANGS else "en"
+
+
+@router.post("/logout")
+async def logout(page: CurrentPage) -> RedirectResponse:
+    _sessions(page.request).end(page.request.cookies.get(COOKIE))
+    record_action(page.terminal, page.operator, "logout", page.operator)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+@router.post("/language")
+async def language(
+    page: CurrentPage, lang: Annotated[str, Form()], back: Annotated[str, Form()] = "/inbox"
+) -> RedirectResponse:
+    if lang not in i18n.LANGS:
+        raise HTTPException(400, "unknown language")
+    page.session.lang = lang
+    with page.terminal.engine.begin() as conn:
+        conn.execute(update(m.users).where(m.users.c.name == page.operator).values(lang=lang))
+    record_action(page.terminal, page.operator, "language", lang)
+    target = back if back.startswith("/") and not back.startswith("//") else "/inbox"
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie("parley_lang", lang, secure=True, samesite="strict", path="/")
+    return response
+
+
+@router.get("/")
+async def root() -> RedirectResponse:
+    return RedirectResponse("/inbox", status_code=303)
+
+
+# Installation ----------------------------------------------------------------------
+
+
+def _security_headers(response: Response, path: str) -> None:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    if not path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-store"
+
+
+def install_console(app: FastAPI, terminal: Terminal) -> None:
+    """Serve the console's pages and static files beside the operator API."""
+    from parley.console import pages_admin, pages_messages
+
+    app.state.sessions = SessionStore()
+    app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
+    app.include_router(router)
+    app.include_router(pages_messages.router)
+    app.include_router(pages_admin.router)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if not request.url.path.startswith("/api/"):
+            _security_headers(response, request.url.path)
+        return response
+
+    @app.exception_handler(NotLoggedIn)
+    async def not_logged_in(request: Request, exc: NotLoggedIn) -> Response:
+        if request.headers.get("hx-request"):
+            return Response(status_code=204, headers={"HX-Redirect": "/login"})
+        return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        session = _sessions(request).get(request.cookies.get(COOKIE), terminal.clock())
+        page = Page(request, session) if session is not None else None
+        response = render(page, request, "forbidden.html", permission=exc.message)
+        response.status_code = 403
+        return response
+
+    @app.exception_handler(ParleyError)
+    async def parley_error(request: Request, exc: ParleyError) -> Response:
+        if request.url.path.startswith("/api/"):
+            from fastapi.responses import JSONResponse
+
+            from parley.errors import LocalError
+
+            status = 400 if isinstance(exc, LocalError) else 422
+            return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status)
+        session = _sessions(request).get(request.cookies.get(COOKIE), terminal.clock())
+        page = Page(request, session) if session is not None else None
+        response = render(page, request, "error.html", message=str(exc), code=exc.code)
+        response.status_code = 400
+        return response
