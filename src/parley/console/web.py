@@ -68,6 +68,19 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "handover": frozenset({"duty_officer", "supervisor"}),
 }
 
+
+def N_(message: str) -> str:  # noqa: N802 - the gettext convention
+    """Marks a string for translation where it is defined; translated where it is shown."""
+    return message
+
+
+ROLE_NAMES: Mapping[str, str] = {
+    "duty_officer": N_("Duty officer"),
+    "supervisor": N_("Supervisor"),
+    "auditor": N_("Auditor"),
+    "admin": N_("Administrator"),
+}
+
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -177,6 +190,7 @@ def render(page: Page | None, request: Request, template: str, **context: Any) -
             langs=i18n.LANG_NAMES,
             party=terminal_of(request).me,
             csrf=page.session.csrf if page is not None else "",
+            role_name=i18n.gettext(ROLE_NAMES[page.role]) if page is not None else "",
             **context,
         )
     finally:
