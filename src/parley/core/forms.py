@@ -14,7 +14,9 @@ receiver refuses data whose definition it does not know or knows otherwise.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,8 +25,8 @@ from typing import Any, Final
 
 import referencing
 import referencing.jsonschema
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from referencing.exceptions import Unresolvable
 
 from parley.core.canonical import canonical_bytes
@@ -50,6 +52,8 @@ _NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 MAX_REASON: Final = 500
+#: The deepest nesting of form data (the envelope's body allows 32, and the form sits 3 down).
+MAX_DATA_DEPTH: Final = 28
 _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 
 FORMATS = FormatChecker()
@@ -72,6 +76,7 @@ class FormRejected(SchemaViolation):
     """Form data that a terminal refuses; ``code`` is one of ``REJECTION_CODES``."""
 
     def __init__(self, code: str, reason: str) -> None:
+        reason = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
         super().__init__(reason)
         self._code = code
         self.reason = reason
@@ -316,7 +321,8 @@ def lint_definition(raw: Mapping[str, Any], common: Mapping[str, Any]) -> list[s
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        problems.append(f"{where}: not a valid JSON Schema: {exc.message}")
+        # Nothing more can be checked in a schema of the wrong shape.
+        return [*problems, f"{where}: not a valid JSON Schema: {exc.message}"]
     problems += _lint_schema(schema, where, False)
     problems += _lint_enum_labels(schema, where)
     problems += _lint_json(dict(raw), where)
@@ -331,6 +337,56 @@ def lint_definition(raw: Mapping[str, Any], common: Mapping[str, Any]) -> list[s
         ):
             problems.append(f"{where}: $ref {ref} names no shared definition")
     return problems
+
+
+def _shown(text: str) -> str:
+    """A string from the other side: as it is if it is a plain name or digest, else
+    shortened and with every unusual character escaped."""
+    if _NAME.fullmatch(text) or _DIGEST.fullmatch(text):
+        return text
+    return repr(text[:64])[:200]
+
+
+def _shown_int(value: int) -> str:
+    return str(value) if abs(value) < 10**18 else "(a number of over 18 digits)"
+
+
+def _unsignable(data: Any) -> str | None:
+    """Why data cannot be signed as canonical JSON (too deep, a float, a huge integer,
+    a lone surrogate), checked before the schema so that no check sees such a value."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DATA_DEPTH:
+            return f"/: the data nests more than {MAX_DATA_DEPTH} levels deep"
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    try:
+        canonical_bytes(data)
+    except ParleyError as exc:
+        return f"/: the data cannot be signed: {exc}"
+    except (ValueError, UnicodeError):  # rfc8785's refusal of a lone surrogate
+        return "/: the data cannot be signed: it holds text that is not valid Unicode"
+    return None
+
+
+@functools.cache
+def _ecma_pattern(pattern: str) -> re.Pattern[str]:
+    """A JSON Schema (ECMA-262) pattern for Python: a final ``$`` is the end of the string
+    (Python's ``$`` would also match before a final newline)."""
+    return re.compile(re.sub(r"(?<!\\)\$(?=\)*$)", r"\\Z", pattern))
+
+
+def _pattern_keyword(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not _ecma_pattern(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {"pattern": _pattern_keyword}
+)
 
 
 def _pointer(path: Iterable[Any]) -> str:
@@ -362,13 +418,13 @@ class FormRegistry:
         if common["$id"] != COMMON_ID:
             raise InvalidDefinition(f"the shared definitions must have $id {COMMON_ID}")
         common.setdefault("$schema", _DRAFT)
-        problems = _lint_schema(common, "common", False)
-        problems += _lint_enum_labels(common, "common")
-        problems += _lint_json(common, "common")
         try:
             Draft202012Validator.check_schema(common)
         except SchemaError as exc:
-            problems.append(f"common: not a valid JSON Schema: {exc.message}")
+            raise InvalidDefinition(f"common: not a valid JSON Schema: {exc.message}") from None
+        problems = _lint_schema(common, "common", False)
+        problems += _lint_enum_labels(common, "common")
+        problems += _lint_json(common, "common")
         if problems:
             raise InvalidDefinition("broken shared form definitions:\n  " + "\n  ".join(problems))
         resource = referencing.Resource.from_contents(
@@ -379,7 +435,7 @@ class FormRegistry:
         )
         self._common = common
         self._forms: dict[tuple[str, int], FormDefinition] = {}
-        self._validators: dict[tuple[str, int], Draft202012Validator] = {}
+        self._validators: dict[tuple[str, int], Any] = {}
         for raw in definitions:
             found = lint_definition(raw, common)
             if found:
@@ -409,8 +465,8 @@ class FormRegistry:
             except Unresolvable as exc:
                 raise InvalidDefinition(f"{key[0]} v{key[1]}: cannot resolve {exc}") from None
 
-    def _validator(self, schema: Mapping[str, Any]) -> Draft202012Validator:
-        return Draft202012Validator(schema, registry=self._refs, format_checker=FORMATS)
+    def _validator(self, schema: Mapping[str, Any]) -> Any:
+        return _Validator(schema, registry=self._refs, format_checker=FORMATS)
 
     # Lookup -----------------------------------------------------------------
 
@@ -453,6 +509,8 @@ class FormRegistry:
             return None
         where = _pointer(error.absolute_path) or "/"
         message = error.message
+        if isinstance(error.instance, (dict, list)):  # the pointer names it; no need to repeat it
+            message = message.replace(repr(error.instance), "the value", 1)
         if error.validator == "pattern" and isinstance(error.schema, dict):
             # The regular expression says little to an operator; the field's help says more.
             hint = error.schema.get("x-help", {}).get("en")
@@ -473,24 +531,29 @@ class FormRegistry:
                 "malformed_form",
                 "a form's name and definition must be strings and its version an integer",
             )
-        shown = name[:64].encode("unicode_escape").decode("ascii")
         definition = self._forms.get((name, version))
         if definition is None:
             known = sorted(v for (n, v) in self._forms if n == name)
             raise FormRejected(
                 "unknown_form",
-                f"form {shown} version {version} is not known here"
+                f"form {_shown(name)} version {_shown_int(version)} is not known here"
                 + (f" (known versions: {', '.join(map(str, known))})" if known else ""),
             )
         if digest != definition.digest:
             raise FormRejected(
                 "definition_mismatch",
-                f"form {name} v{version} has definition {digest[:64]!r} on the sender's side "
+                f"form {name} v{version} has definition {_shown(digest)} on the sender's side "
                 f"and {definition.digest} here: the two terminals' definitions differ",
             )
-        if not isinstance(form["data"], dict):
-            raise FormRejected("invalid_form", f"{name} v{version}: the data must be an object")
-        problem = self._errors((name, version), form["data"])
+        data = form["data"]
+        if not isinstance(data, dict):
+            raise FormRejected("invalid_form", f"{name} v{version}: /: the data must be an object")
+        unsignable = _unsignable(data)
+        if unsignable is not None:
+            raise FormRejected("invalid_form", f"{name} v{version}: {unsignable}")
+        # Checked as signed (keys in canonical order), so the sender's terminal and the
+        # receiver's give the same first error in the same words.
+        problem = self._errors((name, version), json.loads(canonical_bytes(data)))
         if problem is not None:
             raise FormRejected("invalid_form", f"{name} v{version}: {problem}")
         return definition

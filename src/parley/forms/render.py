@@ -604,7 +604,8 @@ def render_text(form: RenderedForm) -> str:
         if f.value is None:
             lines.append(f"{indent}{label}")
             continue
-        value_lines = f.value.splitlines() or [""]
+        # Only a line feed breaks a line; any other separator is shown as <U+XXXX>.
+        value_lines = f.value.replace("\r\n", "\n").split("\n")
         if len(value_lines) == 1:
             separator = " " if _ITEM_LABEL.fullmatch(f.label) else ": "  # "2. value"
             lines.append(f"{indent}{label}{separator}{_visible(value_lines[0])}".rstrip())
