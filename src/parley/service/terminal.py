@@ -191,9 +191,12 @@ def _stored_leaves(engine: Engine, batch: int = 50_000) -> Iterator[bytes]:
                 return
             missing = [r.idx for r in rows if r.leaf is None]
             entries = (
-                dict(
-                    conn.execute(select(cols.idx, cols.entry).where(cols.idx.in_(missing))).tuples()
-                )
+                {
+                    idx: bytes(entry)
+                    for idx, entry in conn.execute(
+                        select(cols.idx, cols.entry).where(cols.idx.in_(missing))
+                    ).all()
+                }
                 if missing
                 else {}
             )
@@ -970,20 +973,23 @@ class Terminal(Records):
         return {"digest": digest, "countersigned_by": operator}
 
     def acknowledge(self, envelope_id: str, *, operator: str) -> dict[str, Any]:
-        """Send the human acknowledgement of a received message."""
-        with self.lock, reading(self.engine) as conn:
-            row = conn.execute(
-                select(m.messages).where(m.messages.c.envelope_id == envelope_id)
-            ).first()
-        if row is None or row.direction != "in":
-            raise UsageError(f"no received message {envelope_id} to acknowledge")
-        if row.acked_at is not None:
-            raise UsageError(f"message {envelope_id} was already acknowledged by {row.acked_by}")
-        if row.kind not in HUMAN_KINDS:
-            raise UsageError(
-                f"message {envelope_id} is a {row.kind} message: nothing to acknowledge"
-            )
+        """Send the human acknowledgement of a received message (once: the check and the
+        sending happen under one lock, so two operators at once send one acknowledgement)."""
         with self.lock:
+            with reading(self.engine) as conn:
+                row = conn.execute(
+                    select(m.messages).where(m.messages.c.envelope_id == envelope_id)
+                ).first()
+            if row is None or row.direction != "in":
+                raise UsageError(f"no received message {envelope_id} to acknowledge")
+            if row.acked_at is not None:
+                raise UsageError(
+                    f"message {envelope_id} was already acknowledged by {row.acked_by}"
+                )
+            if row.kind not in HUMAN_KINDS:
+                raise UsageError(
+                    f"message {envelope_id} is a {row.kind} message: nothing to acknowledge"
+                )
             start = self.party.transcript.size
             out = self.party.acknowledge(envelope_id, operator=operator)
             digest = self.party.received_digest(envelope_id) or ""

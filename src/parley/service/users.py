@@ -38,6 +38,11 @@ _hasher = PasswordHasher()  # Argon2id with the library's current recommended pa
 class AuthenticationFailed(Exception):
     """Wrong name or password, or a locked account (the message says which to the log only)."""
 
+    def __init__(self, message: str, *, locked: bool = False) -> None:
+        super().__init__(message)
+        #: The account exists and is locked (a correct password would not have helped).
+        self.locked = locked
+
 
 @dataclass(frozen=True, slots=True)
 class Account:
@@ -79,6 +84,7 @@ def list_users(engine: Engine) -> list[dict[str, object]]:
 def authenticate(engine: Engine, name: str, password: str, *, now: datetime) -> Account:
     """Check a password; lock the account for ``LOCKOUT`` after ``MAX_FAILED_LOGINS`` failures."""
     failure: str | None = None
+    locked_now = False
     with engine.begin() as conn:  # committed even when the login fails (the counter must stick)
         row = conn.execute(select(m.users).where(m.users.c.name == name)).first()
         if row is None:
@@ -90,6 +96,7 @@ def authenticate(engine: Engine, name: str, password: str, *, now: datetime) -> 
                 locked = locked.replace(tzinfo=now.tzinfo)
             if locked is not None and locked > now:
                 failure = f"operator {name} is locked until {locked.isoformat()}"
+                locked_now = True
             else:
                 try:
                     _hasher.verify(row.password_hash, password)
@@ -108,5 +115,5 @@ def authenticate(engine: Engine, name: str, password: str, *, now: datetime) -> 
                             .values(failed_logins=0, locked_until=None)
                         )
     if failure is not None or row is None:
-        raise AuthenticationFailed(failure or "login failed")
+        raise AuthenticationFailed(failure or "login failed", locked=locked_now)
     return Account(row.name, row.role)
