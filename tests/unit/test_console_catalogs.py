@@ -22,21 +22,26 @@ METHODS = [("templates/**.html", "jinja2.ext:babel_extract"), ("*.py", "python")
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
 
 
-def _extracted() -> dict[str, str]:
+def _extracted() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    """(singular messages, plural pairs), each with the file it was found in."""
     found: dict[str, str] = {}
+    plurals: dict[tuple[str, str], str] = {}
     for filename, _lineno, message, _comments, _context in extract_from_dir(
         CONSOLE,
         method_map=METHODS,
         options_map={"templates/**.html": {"extensions": "jinja2.ext.i18n"}},
         keywords=KEYWORDS,
     ):
-        for text in message if isinstance(message, tuple) else (message,):
-            if text:
-                found.setdefault(text, filename)
-    return found
+        if isinstance(message, tuple):
+            singular, plural = message[0], message[1]
+            if singular and plural:
+                plurals.setdefault((singular, plural), filename)
+        elif message:
+            found.setdefault(message, filename)
+    return found, plurals
 
 
-MESSAGES = _extracted()
+MESSAGES, PLURALS = _extracted()
 _PLACEHOLDER = re.compile(r"%\([a-z_]+\)s|\{[a-z_]*\}|%s|%d")
 
 
@@ -55,6 +60,20 @@ def test_every_console_string_is_translated(lang: str) -> None:
         if catalog.gettext(text) == text and text not in {"Parley"}
     ]
     assert missing == [], f"{len(missing)} untranslated into {lang}:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("lang", ["ru", "uk"])
+def test_every_plural_is_translated_in_every_form(lang: str) -> None:
+    catalog = i18n.translations(lang)
+    for (singular, plural), where in PLURALS.items():
+        for n in (1, 2, 5):
+            english = singular if n == 1 else plural
+            translated = catalog.ngettext(singular, plural, n)
+            assert translated != english, f"{where}: {english!r} untranslated for n={n}"
+    # Russian and Ukrainian have three forms: 1, 2 and 5 must not all be the same.
+    for singular, plural in PLURALS:
+        forms = {catalog.ngettext(singular, plural, n) for n in (1, 2, 5)}
+        assert len(forms) >= 2, (singular, forms)
 
 
 @pytest.mark.parametrize("lang", ["ru", "uk"])

@@ -1,8 +1,1069 @@
 """Console pages for the rest of the watch: channels, links, transcript, exchanges,
-alarms and the shift handover."""
+alarms and the shift handover.
+
+Every page reads through ``run_in_threadpool`` (the database is never read on
+the event loop); every change is checked against ``PERMISSIONS`` (or, for
+clearing an alarm, ``ALARM_CLEARERS``), recorded with ``record_action`` and
+answered with a redirect back to its page (post/redirect/get), or the page
+again with the error when the terminal refused it.
+
+The round-trip-time chart is drawn here as inline SVG (no chart library, no
+inline style: the classes come from ``console.css``).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import contextlib
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from sqlalchemy import Engine, and_, func, select, update
+from starlette.concurrency import run_in_threadpool
+
+from parley.core.checkpoint import parse_note
+from parley.core.exchange import EXCHANGE_FORMS, STATUS_FORM, UNRESOLVED
+from parley.errors import ParleyError, UsageError
+from parley.forms import default_registry
+from parley.forms.render import format_date, transliterate_name
+from parley.service.audit import AuditReport, audit, stored_entries
+from parley.service.exchanges import exchange_summaries, exchange_view
+from parley.service.terminal import PRECEDENCE_RANK, Terminal
+from parley.store import models as m
+from parley.store.db import reading
+
+from .web import CurrentPage, Forbidden, Page, record_action, render
+
+__all__ = [
+    "ALARM_CLEARERS",
+    "RttChart",
+    "clear_alarm",
+    "evidence_bundle",
+    "open_items",
+    "router",
+    "rtt_chart",
+]
+
+log = structlog.get_logger("parley.console")
 
 router = APIRouter()
+
+#: Who may clear an alarm by hand (the alarm stays in the record, marked cleared).
+ALARM_CLEARERS = frozenset({"supervisor"})
+
+#: How far back the links page charts round-trip times.
+CHART_SPAN = timedelta(hours=24)
+#: Samples are averaged per bucket: a day of 5-second samples is still a short line.
+CHART_BUCKET = timedelta(minutes=5)
+#: At most this many rows of each kind of open item on the handover page and in its record.
+OPEN_ITEMS_LIMIT = 500
+#: A handover note is read by the next watch, not archived prose.
+NOTE_MAX = 4000
+
+
+# Formatting ------------------------------------------------------------------------
+
+
+def when(value: str | datetime | None) -> str:
+    """A stored time as ``2026-02-05 14:03:07 UTC`` (the same in every language)."""
+    if value is None or value == "":
+        return "—"
+    moment = value if isinstance(value, datetime) else _parse_time(value)
+    if moment is None:
+        return str(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    moment = _utc(value)
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _page(page: Page, template: str, *, http_status: int = 200, **context: Any) -> HTMLResponse:
+    response = render(page, page.request, template, when=when, **context)
+    response.status_code = http_status
+    return response
+
+
+def _back(path: str) -> RedirectResponse:
+    return RedirectResponse(path, status_code=303)
+
+
+def _htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def _refused(page: Page, message: str, code: str, status: int) -> HTMLResponse:
+    return _page(page, "error.html", http_status=status, message=message, code=code)
+
+
+# Channels --------------------------------------------------------------------------
+
+
+def _channels_context(terminal: Terminal) -> dict[str, Any]:
+    channels = terminal.channels()
+    for channel in channels:
+        channel["waiting"] = sorted(set(channel["members"]) - set(channel["agreed"]))
+    peers = sorted(p["party"] for p in terminal.peers())
+    return {"channels": channels, "peers": peers, "me": terminal.me}
+
+
+@router.get("/channels", response_class=HTMLResponse)
+async def channels_page(page: CurrentPage) -> HTMLResponse:
+    context = await run_in_threadpool(_channels_context, page.terminal)
+    return _page(page, "channels.html", active="channels", error=None, problem=None, **context)
+
+
+async def _channels_refused(page: Page, error: str | None, problem: str | None) -> HTMLResponse:
+    """The channels page again, with the terminal's refusal (``error``) or ours (``problem``)."""
+    context = await run_in_threadpool(_channels_context, page.terminal)
+    return _page(
+        page,
+        "channels.html",
+        http_status=400,
+        active="channels",
+        error=error,
+        problem=problem,
+        **context,
+    )
+
+
+@router.post("/channels", response_model=None)
+async def propose_channel(
+    page: CurrentPage,
+    name: Annotated[str, Form(max_length=63)] = "",
+    members: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    page.require("channels")
+    chosen = sorted(
+        {p.strip() for value in members or [] for p in value.split(",") if p.strip()}
+        - {page.terminal.me}
+    )
+    name = name.strip()
+    if not name or not chosen:
+        return await _channels_refused(page, None, "no_name" if not name else "no_members")
+    try:
+        result = await run_in_threadpool(
+            lambda: page.terminal.create_channel(name, chosen, operator=page.operator)
+        )
+    except ParleyError as exc:
+        return await _channels_refused(page, str(exc), None)
+    await run_in_threadpool(
+        record_action,
+        page.terminal,
+        page.operator,
+        "channel_propose",
+        name,
+        {"members": result["members"], "proposal": result["proposal"]},
+    )
+    return _back("/channels")
+
+
+@router.post("/channels/{name}/agree", response_model=None)
+async def agree_channel(page: CurrentPage, name: str) -> Response:
+    page.require("channels")
+    try:
+        result = await run_in_threadpool(
+            lambda: page.terminal.agree_channel(name, operator=page.operator)
+        )
+    except ParleyError as exc:
+        return await _channels_refused(page, str(exc), None)
+    await run_in_threadpool(
+        record_action,
+        page.terminal,
+        page.operator,
+        "channel_agree",
+        name,
+        {"agreement": result["agreement"]},
+    )
+    return _back("/channels")
+
+
+# Links -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RttChart:
+    """The geometry of one link's round-trip-time chart, ready for the template."""
+
+    peer: str
+    link: str
+    width: int
+    height: int
+    left: float
+    top: float
+    right: float
+    bottom: float
+    lines: tuple[str, ...]  # "x,y x,y …" for each <polyline class="line">
+    failures: tuple[tuple[float, float], ...]  # centres of <circle class="fail">
+    x_ticks: tuple[tuple[float, str], ...]  # (x, "HH:00")
+    y_ticks: tuple[tuple[float, str], ...]  # (y, "N ms")
+    samples: int
+    failed: int
+    slowest: float | None  # the highest bucket average, in ms
+    start: datetime
+    end: datetime
+
+    @property
+    def empty(self) -> bool:
+        return self.samples == 0
+
+
+def _nice_ceiling(value: float) -> float:
+    """The next of 1, 2, 5 × 10^k at or above ``value`` (for the y axis)."""
+    if value <= 1:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 5, 10):
+        if value <= step * power:
+            return float(step * power)
+    return float(10 * power)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if value < 10_000 else f"{value:.0f}"
+
+
+def rtt_chart(
+    peer: str,
+    link: str,
+    samples: Sequence[tuple[datetime, bool, float | None]],
+    *,
+    end: datetime,
+    span: timedelta = CHART_SPAN,
+    bucket: timedelta = CHART_BUCKET,
+    width: int = 720,
+    height: int = 170,
+) -> RttChart:
+    """Lay out ``(at, ok, rtt_ms)`` samples over ``span`` up to ``end``.
+
+    Successful samples are averaged per ``bucket`` and joined by a line
+    (links are tested hourly when idle, so quiet hours are bridged); the line
+    breaks where a bucket holds only failures, and every bucket with a
+    failure gets a red dot on the time axis.
+    """
+    start = end - span
+    left, right, top, bottom = 52.0, width - 12.0, 10.0, height - 24.0
+    plot_w, plot_h = right - left, bottom - top
+    count = max(1, math.ceil(span / bucket))
+    ok_sum = [0.0] * count
+    ok_n = [0] * count
+    failed_in = [0] * count
+    total = failed = 0
+    for at, ok, rtt in samples:
+        at = _utc(at) or at
+        if at < start or at > end:
+            continue
+        slot = min(count - 1, int((at - start) / bucket))
+        total += 1
+        if ok and rtt is not None:
+            ok_sum[slot] += rtt
+            ok_n[slot] += 1
+        elif not ok:
+            failed_in[slot] += 1
+            failed += 1
+    averages = [ok_sum[i] / ok_n[i] if ok_n[i] else None for i in range(count)]
+    present = [a for a in averages if a is not None]
+    slowest = max(present) if present else None
+    ceiling = _nice_ceiling(slowest if slowest is not None else 1.0)
+
+    def x_of(slot: int) -> float:
+        return round(left + (slot + 0.5) / count * plot_w, 1)
+
+    def y_of(rtt: float) -> float:
+        return round(bottom - min(rtt, ceiling) / ceiling * plot_h, 1)
+
+    lines: list[str] = []
+    run: list[tuple[float, float]] = []
+
+    def close() -> None:
+        if len(run) == 1:  # a lone sample: a short dash, so that it shows
+            x, y = run[0]
+            run[:] = [(round(x - 1.5, 1), y), (round(x + 1.5, 1), y)]
+        if run:
+            lines.append(" ".join(f"{x},{y}" for x, y in run))
+        run.clear()
+
+    for slot, average in enumerate(averages):
+        if average is not None:
+            run.append((x_of(slot), y_of(average)))
+        elif failed_in[slot]:
+            close()
+    close()
+    failures = tuple((x_of(slot), bottom) for slot in range(count) if failed_in[slot])
+
+    x_ticks: list[tuple[float, str]] = []
+    hour = start.replace(minute=0, second=0, microsecond=0)
+    if hour < start:
+        hour += timedelta(hours=1)
+    step = 3 if span > timedelta(hours=6) else 1
+    while hour <= end:
+        if hour.hour % step == 0:
+            x = round(left + (hour - start) / span * plot_w, 1)
+            x_ticks.append((x, hour.astimezone(UTC).strftime("%H:00")))
+        hour += timedelta(hours=1)
+    y_ticks = tuple(
+        (round(bottom - fraction * plot_h, 1), f"{_number(ceiling * fraction)} ms")
+        for fraction in (0.0, 0.5, 1.0)
+    )
+    return RttChart(
+        peer=peer,
+        link=link,
+        width=width,
+        height=height,
+        left=left,
+        top=top,
+        right=right,
+        bottom=bottom,
+        lines=tuple(lines),
+        failures=failures,
+        x_ticks=tuple(x_ticks),
+        y_ticks=y_ticks,
+        samples=total,
+        failed=failed,
+        slowest=slowest,
+        start=start,
+        end=end,
+    )
+
+
+def _link_rows(terminal: Terminal) -> list[dict[str, Any]]:
+    return terminal.links()
+
+
+def _links_context(terminal: Terminal) -> dict[str, Any]:
+    links = terminal.links()
+    end = terminal.clock()
+    start = end - CHART_SPAN
+    cols = m.link_samples.c
+    charts = []
+    with reading(terminal.engine) as conn:
+        for item in links:
+            rows = conn.execute(
+                select(cols.at, cols.ok, cols.rtt_ms)
+                .where(and_(cols.peer == item["peer"], cols.link == item["name"], cols.at >= start))
+                .order_by(cols.at)
+            ).all()
+            charts.append(
+                rtt_chart(
+                    item["peer"],
+                    item["name"],
+                    [(row.at, bool(row.ok), row.rtt_ms) for row in rows],
+                    end=end,
+                )
+            )
+    return {"links": links, "charts": charts}
+
+
+@router.get("/links", response_class=HTMLResponse)
+async def links_page(page: CurrentPage, done: str | None = None) -> HTMLResponse:
+    context = await run_in_threadpool(_links_context, page.terminal)
+    notice = "tested" if done == "test" else None
+    return _page(page, "links.html", active="links", notice=notice, error=None, **context)
+
+
+@router.get("/links/state", response_class=HTMLResponse)
+async def links_state(page: CurrentPage) -> HTMLResponse:
+    """The state table alone, which the links page refreshes every 5 seconds."""
+    links = await run_in_threadpool(_link_rows, page.terminal)
+    return _page(page, "fragments/admin_links.html", links=links)
+
+
+@router.post("/links/test", response_model=None)
+async def test_links(page: CurrentPage) -> Response:
+    page.require("links")
+    worker = getattr(page.request.app.state, "worker", None)
+    if worker is None:
+        context = await run_in_threadpool(_links_context, page.terminal)
+        return _page(
+            page,
+            "links.html",
+            http_status=409,
+            active="links",
+            notice=None,
+            error="not_serving",
+            **context,
+        )
+    await worker.test_links()
+    await run_in_threadpool(
+        record_action, page.terminal, page.operator, "links_test", page.terminal.me
+    )
+    return _back("/links?done=test")
+
+
+# Transcript ------------------------------------------------------------------------
+
+
+def _note_facts(note: str) -> dict[str, Any]:
+    """Size and root (hex) named by a signed note, and how many signed it."""
+    try:
+        body, signatures = parse_note(note)
+    except ParleyError:
+        return {"root": None, "signers": 0}
+    lines = body.split("\n")
+    root = None
+    if len(lines) >= 3:
+        try:
+            root = base64.b64decode(lines[2], validate=True).hex()
+        except ValueError:
+            root = None
+    return {"root": root, "signers": len(signatures)}
+
+
+def _transcript_context(terminal: Terminal) -> dict[str, Any]:
+    status = terminal.status()
+    cp = m.checkpoints.c
+    co = m.cosignatures.c
+    with reading(terminal.engine) as conn:
+        checkpoint_count = conn.execute(select(func.count()).select_from(m.checkpoints)).scalar()
+        checkpoints = [
+            {"size": r.size, "issued_at": _iso(r.issued_at), **_note_facts(r.note)}
+            for r in conn.execute(select(m.checkpoints).order_by(cp.size.desc()).limit(20))
+        ]
+        latest = {
+            (r.direction, r.party): (r.size, _iso(r.at), r.n)
+            for r in conn.execute(
+                select(
+                    co.direction,
+                    co.party,
+                    func.max(co.size).label("size"),
+                    func.max(co.at).label("at"),
+                    func.count().label("n"),
+                ).group_by(co.direction, co.party)
+            )
+        }
+        recent = [
+            {
+                "direction": r.direction,
+                "party": r.party,
+                "size": r.size,
+                "at": _iso(r.at),
+                **_note_facts(r.note),
+            }
+            for r in conn.execute(select(m.cosignatures).order_by(co.id.desc()).limit(50))
+        ]
+    peers = []
+    for peer in status["peers"]:
+        of_us = latest.get(("of-us", peer))
+        by_us = latest.get(("by-us", peer))
+        peers.append(
+            {
+                "party": peer,
+                "of_us_size": of_us[0] if of_us else None,
+                "of_us_at": of_us[1] if of_us else None,
+                "of_us_count": of_us[2] if of_us else 0,
+                "behind": status["log_size"] - of_us[0] if of_us else status["log_size"],
+                "by_us_size": by_us[0] if by_us else None,
+                "by_us_at": by_us[1] if by_us else None,
+                "by_us_count": by_us[2] if by_us else 0,
+            }
+        )
+    return {
+        "status": status,
+        "checkpoint_count": checkpoint_count or 0,
+        "checkpoints": checkpoints,
+        "peers": peers,
+        "cosignatures": recent,
+    }
+
+
+@router.get("/transcript", response_class=HTMLResponse)
+async def transcript_page(page: CurrentPage) -> HTMLResponse:
+    context = await run_in_threadpool(_transcript_context, page.terminal)
+    return _page(page, "transcript.html", active="transcript", report=None, **context)
+
+
+@router.post("/transcript/verify", response_class=HTMLResponse)
+async def verify_now(page: CurrentPage) -> HTMLResponse:
+    """Audit the whole record now (``parley verify``), in a worker thread."""
+    page.require("verify")
+    terminal = page.terminal
+    started = terminal.clock()
+    report: AuditReport = await run_in_threadpool(
+        lambda: audit(terminal.engine, terminal.identity.card)
+    )
+    summary = report.summary()
+    await run_in_threadpool(
+        record_action,
+        terminal,
+        page.operator,
+        "verify",
+        terminal.me,
+        {**{k: v for k, v in summary.items() if k != "failures"}, "failures": len(report.failures)},
+    )
+    log.info("console_verify", operator=page.operator, ok=report.ok, entries=report.entries)
+    result = {"summary": summary, "at": _iso(started)}
+    if _htmx(page.request):
+        return _page(page, "fragments/admin_verify.html", report=result)
+    context = await run_in_threadpool(_transcript_context, terminal)
+    return _page(page, "transcript.html", active="transcript", report=result, **context)
+
+
+BUNDLE_TYPE = "parley.evidence-bundle/v1"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _card_object(card_bytes: bytes) -> Any:
+    return json.loads(card_bytes)
+
+
+def evidence_bundle(
+    engine: Engine,
+    own_card: bytes,
+    *,
+    party: str,
+    operator: str,
+    now: datetime,
+    batch: int = 2000,
+) -> tuple[int, Iterator[bytes]]:
+    """(log size, the chunks of the bundle's JSON): everything to re-check offline.
+
+    The bundle is the party's card, every pinned peer's card (with the
+    fingerprint it was pinned under and its TLS certificate), every log entry
+    (base64) below the size read at the start, every checkpoint note of this
+    terminal up to that size and every cosignature held. It is written as it
+    is read, a batch of rows at a time, so a long log never sits in memory.
+    """
+    with reading(engine) as conn:
+        last = conn.execute(select(func.max(m.log_entries.c.idx))).scalar()
+        peers = [
+            {
+                "party": r.party,
+                "fingerprint": r.fingerprint,
+                "card": _card_object(bytes(r.card)),
+                "tls_certificate": bytes(r.tls_certificate).decode("ascii", "replace"),
+                "pinned_at": _iso(r.added_at),
+            }
+            for r in conn.execute(select(m.peers).order_by(m.peers.c.party))
+        ]
+    size = 0 if last is None else int(last) + 1
+    head = {
+        "type": BUNDLE_TYPE,
+        "party": party,
+        "exported_at": _iso(now),
+        "exported_by": operator,
+        "card": _card_object(own_card),
+        "peers": peers,
+        "log_size": size,
+        "entry_encoding": "base64 of each stored entry (type byte, then the signed bytes)",
+    }
+
+    def chunks() -> Iterator[bytes]:
+        opening = _json(head)
+        yield (opening[:-1] + ',"entries":[').encode()
+        first = True
+        pending: list[str] = []
+        for idx, entry in stored_entries(engine, -1, size, batch=batch):
+            item = _json({"index": idx, "entry": base64.b64encode(bytes(entry)).decode("ascii")})
+            pending.append(item if first else "," + item)
+            first = False
+            if len(pending) >= batch:
+                yield "\n".join(pending).encode()
+                pending = []
+        if pending:
+            yield "\n".join(pending).encode()
+        yield b'],"checkpoints":['
+        yield from _rows_json(
+            engine,
+            m.checkpoints.c.size,
+            lambda r: {"size": r.size, "issued_at": _iso(r.issued_at), "note": r.note},
+            extra=m.checkpoints.c.size <= size,
+            batch=batch,
+        )
+        yield b'],"cosignatures":['
+        yield from _rows_json(
+            engine,
+            m.cosignatures.c.id,
+            lambda r: {
+                "direction": r.direction,
+                "party": r.party,
+                "size": r.size,
+                "at": _iso(r.at),
+                "note": r.note,
+            },
+            batch=batch,
+        )
+        yield b"]}\n"
+
+    return size, chunks()
+
+
+def _rows_json(
+    engine: Engine,
+    key: Any,
+    shape: Callable[[Any], dict[str, Any]],
+    *,
+    extra: Any = None,
+    batch: int,
+) -> Iterator[bytes]:
+    """The rows of ``key``'s table in key order, as JSON array items, a batch per read."""
+    table = key.table
+    last: Any = None
+    first = True
+    while True:
+        query = select(table).order_by(key).limit(batch)
+        if last is not None:
+            query = query.where(key > last)
+        if extra is not None:
+            query = query.where(extra)
+        with reading(engine) as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return
+        items = []
+        for row in rows:
+            item = _json(shape(row))
+            items.append(item if first else "," + item)
+            first = False
+        yield "\n".join(items).encode()
+        last = getattr(rows[-1], key.name)
+
+
+@router.get("/transcript/export", response_model=None)
+async def export_bundle(page: CurrentPage) -> Response:
+    page.require("export")
+    terminal = page.terminal
+    now = terminal.clock()
+    size, chunks = await run_in_threadpool(
+        lambda: evidence_bundle(
+            terminal.engine,
+            terminal.identity.card.signed_bytes,
+            party=terminal.me,
+            operator=page.operator,
+            now=now,
+        )
+    )
+    await run_in_threadpool(
+        record_action, terminal, page.operator, "export", terminal.me, {"log_size": size}
+    )
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    filename = f"parley-evidence-{terminal.me}-{stamp}.json"
+    return StreamingResponse(
+        chunks,
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+# Exchanges -------------------------------------------------------------------------
+
+
+def _enum_labels(form: str, path: Sequence[str], lang: str) -> dict[str, str]:
+    """Value -> label in ``lang`` of an enum in a form definition (empty if not found)."""
+    definition = default_registry().latest(form)
+    if definition is None:
+        return {}
+    node: Any = definition.schema
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    labels = node.get("x-enum") if isinstance(node, Mapping) else None
+    if not isinstance(labels, Mapping):
+        return {}
+    return {
+        str(value): str(names.get(lang) or names.get("en") or value)
+        for value, names in labels.items()
+        if isinstance(names, Mapping)
+    }
+
+
+_PERSON_STATUS = ("properties", "persons", "items", "properties", "status")
+_UPDATE_STATUS = ("properties", "updates", "items", "properties", "status")
+
+
+def _person_row(
+    person: Mapping[str, Any], categories: Mapping[str, str], lang: str
+) -> dict[str, Any]:
+    name = person.get("name")
+    full_name = name.get("full_name") if isinstance(name, Mapping) else None
+    script = name.get("script") if isinstance(name, Mapping) else None
+    latin = (
+        transliterate_name(full_name, script)
+        if isinstance(full_name, str) and isinstance(script, str)
+        else None
+    )
+    born = person.get("date_of_birth")
+    if isinstance(born, str):
+        with contextlib.suppress(ValueError, UsageError):
+            born = format_date(born, lang)
+    status = person.get("status")
+    return {
+        "ref": str(person.get("ref", "")),
+        "name": full_name if isinstance(full_name, str) else None,
+        "latin": latin,
+        "born": born if isinstance(born, str) else None,
+        "rank": person.get("rank") if isinstance(person.get("rank"), str) else None,
+        "unit": person.get("unit") if isinstance(person.get("unit"), str) else None,
+        "status": categories.get(str(status), str(status)) if status is not None else None,
+        "script": script if script in ("en", "ru", "uk") else None,
+    }
+
+
+def _exchange_context(terminal: Terminal, exchange_id: str, lang: str) -> dict[str, Any]:
+    view = exchange_view(terminal, exchange_id)
+    form = next((f for f, kind in EXCHANGE_FORMS.items() if kind == view["kind"]), None)
+    categories = _enum_labels(form, _PERSON_STATUS, lang) if form else {}
+    outcomes = _enum_labels(STATUS_FORM, _UPDATE_STATUS, lang)
+    lists = [
+        {
+            "party": party,
+            "revision": item["revision"],
+            "envelope_id": item["envelope_id"],
+            "created_at": item["created_at"],
+            "persons": [_person_row(p, categories, lang) for p in item["persons"]],
+        }
+        for party, item in view["lists"].items()
+    ]
+    manifest = view["manifest"]
+    signatures = []
+    for member in view["members"]:
+        named = view["agreements"].get(member)
+        state = "none" if named is None else ("current" if named == manifest else "stale")
+        signatures.append({"party": member, "manifest": named, "state": state})
+    return {
+        "view": view,
+        "lists": lists,
+        "signatures": signatures,
+        "outcomes": outcomes,
+    }
+
+
+@router.get("/exchanges", response_class=HTMLResponse)
+async def exchanges_page(page: CurrentPage) -> HTMLResponse:
+    summaries = await run_in_threadpool(exchange_summaries, page.terminal)
+    summaries.sort(key=lambda s: s["exchange_id"])
+    return _page(page, "exchanges.html", active="exchanges", exchanges=summaries)
+
+
+@router.get("/exchanges/{exchange_id}", response_class=HTMLResponse)
+async def exchange_page(page: CurrentPage, exchange_id: str) -> HTMLResponse:
+    try:
+        context = await run_in_threadpool(_exchange_context, page.terminal, exchange_id, page.lang)
+    except UsageError as exc:
+        return _refused(page, str(exc), "no_exchange", 404)
+    return _page(
+        page,
+        "exchange.html",
+        active="exchanges",
+        unresolved=UNRESOLVED,
+        **context,
+    )
+
+
+# Alarms ----------------------------------------------------------------------------
+
+
+def clear_alarm(terminal: Terminal, alarm_id: int) -> dict[str, Any] | None:
+    """Mark one uncleared alarm cleared now; None if there is no such uncleared alarm."""
+    cols = m.alarms.c
+    with terminal.engine.begin() as conn:
+        row = conn.execute(select(m.alarms).where(cols.id == alarm_id)).first()
+        if row is None or row.cleared_at is not None:
+            return None
+        done = conn.execute(
+            update(m.alarms)
+            .where(and_(cols.id == alarm_id, cols.cleared_at.is_(None)))
+            .values(cleared_at=terminal.clock())
+        )
+        if not done.rowcount:
+            return None
+    return {"id": row.id, "kind": row.kind, "subject": row.subject, "severity": row.severity}
+
+
+def _alarms_context(terminal: Terminal) -> dict[str, Any]:
+    return {"alarms": terminal.alarms(), "events": terminal.security_events(limit=200)}
+
+
+@router.get("/alarms", response_class=HTMLResponse)
+async def alarms_page(page: CurrentPage) -> HTMLResponse:
+    context = await run_in_threadpool(_alarms_context, page.terminal)
+    return _page(
+        page,
+        "alarms.html",
+        active="alarms",
+        may_clear=page.role in ALARM_CLEARERS,
+        **context,
+    )
+
+
+@router.post("/alarms/{alarm_id}/clear", response_model=None)
+async def clear_alarm_page(page: CurrentPage, alarm_id: int) -> Response:
+    if page.role not in ALARM_CLEARERS:
+        raise Forbidden("clear_alarms")
+    cleared = await run_in_threadpool(clear_alarm, page.terminal, alarm_id)
+    if cleared is None:
+        return _refused(page, f"there is no uncleared alarm {alarm_id}", "no_such_alarm", 404)
+    await run_in_threadpool(
+        record_action, page.terminal, page.operator, "alarm_clear", str(alarm_id), cleared
+    )
+    return _back("/alarms")
+
+
+# Shift handover --------------------------------------------------------------------
+
+
+def open_items(terminal: Terminal) -> dict[str, list[dict[str, Any]]]:
+    """What the watch hands over: everything still open on this terminal now."""
+    msg = m.messages.c
+    out = m.outbox.c
+    held = m.held_messages.c
+    with reading(terminal.engine) as conn:
+        unacked = [
+            {
+                "id": r.envelope_id,
+                "sender": r.sender,
+                "channel": r.channel,
+                "precedence": r.precedence,
+                "kind": r.kind,
+                "received_at": _iso(r.stored_at),
+                "ack_due": _iso(r.ack_due),
+            }
+            for r in conn.execute(
+                select(m.messages)
+                .where(
+                    and_(
+                        msg.direction == "in",
+                        msg.kind.in_(("text", "form")),
+                        msg.acked_at.is_(None),
+                        msg.rejection_code.is_(None),
+                    )
+                )
+                .order_by(msg.ack_due, msg.log_index)
+                .limit(OPEN_ITEMS_LIMIT)
+            )
+        ]
+        flash = []
+        for r in conn.execute(
+            select(m.held_messages)
+            .where(held.state == "held")
+            .order_by(held.id)
+            .limit(OPEN_ITEMS_LIMIT)
+        ):
+            try:
+                request = json.loads(r.request)
+            except ValueError:
+                request = {}
+            to = request.get("to") if isinstance(request, dict) else None
+            flash.append(
+                {
+                    "id": r.id,
+                    "operator": r.operator,
+                    "created_at": _iso(r.created_at),
+                    "to": [str(p) for p in to] if isinstance(to, list) else [],
+                }
+            )
+        pending = [
+            {
+                "id": r.envelope_id,
+                "peer": r.peer,
+                "precedence": r.precedence,
+                "kind": r.kind,
+                "attempts": r.attempts,
+                "next_attempt": _iso(r.next_attempt),
+                "last_error": r.last_error,
+            }
+            for r in conn.execute(
+                select(
+                    out.envelope_id,
+                    out.peer,
+                    out.precedence,
+                    out.attempts,
+                    out.next_attempt,
+                    out.last_error,
+                    msg.kind,
+                )
+                .join(m.messages, msg.envelope_id == out.envelope_id)
+                .where(and_(out.state == "pending", msg.kind != "test"))
+                .order_by(msg.log_index, out.peer)
+                .limit(OPEN_ITEMS_LIMIT)
+            )
+        ]
+    unacked.sort(key=lambda i: PRECEDENCE_RANK.get(i["precedence"], 9))
+    pending.sort(key=lambda i: PRECEDENCE_RANK.get(i["precedence"], 9))
+    alarms = [
+        {k: a[k] for k in ("id", "at", "severity", "kind", "subject", "message")}
+        for a in terminal.alarms(include_cleared=False, limit=OPEN_ITEMS_LIMIT)
+    ]
+    try:
+        summaries = exchange_summaries(terminal)
+    except ParleyError as exc:  # one broken exchange must not hide the rest of the handover
+        log.warning("handover_exchanges_unreadable", error=str(exc))
+        summaries = []
+    exchanges = [
+        {
+            "exchange_id": s["exchange_id"],
+            "kind": s["kind"],
+            "agreed": s["agreed"],
+            "discrepancies": s["discrepancies"],
+            "problems": s["problems"],
+        }
+        for s in sorted(summaries, key=lambda s: s["exchange_id"])
+        if not s["agreed"] or s["discrepancies"]
+    ]
+    return {
+        "unacknowledged": unacked,
+        "alarms": alarms,
+        "exchanges": exchanges[:OPEN_ITEMS_LIMIT],
+        "held_flash": flash,
+        "pending_delivery": pending,
+    }
+
+
+@dataclass(slots=True)
+class _Handover:
+    id: int
+    signed_off_by: str
+    signed_off_at: str | None
+    note: str
+    accepted_by: str | None
+    accepted_at: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _handovers(terminal: Terminal, limit: int = 50) -> list[_Handover]:
+    cols = m.handovers.c
+    with reading(terminal.engine) as conn:
+        rows = conn.execute(select(m.handovers).order_by(cols.id.desc()).limit(limit)).all()
+    result = []
+    for r in rows:
+        try:
+            items = json.loads(r.open_items)
+        except ValueError:
+            items = {}
+        counts = (
+            {k: len(v) for k, v in items.items() if isinstance(v, list)}
+            if isinstance(items, dict)
+            else {}
+        )
+        result.append(
+            _Handover(
+                r.id,
+                r.signed_off_by,
+                _iso(r.signed_off_at),
+                r.note,
+                r.accepted_by,
+                _iso(r.accepted_at),
+                counts,
+            )
+        )
+    return result
+
+
+def _handover_context(terminal: Terminal) -> dict[str, Any]:
+    return {"items": open_items(terminal), "handovers": _handovers(terminal)}
+
+
+@router.get("/handover", response_class=HTMLResponse)
+async def handover_page(page: CurrentPage) -> HTMLResponse:
+    context = await run_in_threadpool(_handover_context, page.terminal)
+    return _page(page, "handover.html", active="handover", error=None, **context)
+
+
+def _sign_off(terminal: Terminal, operator: str, note: str) -> tuple[int, dict[str, int]]:
+    items = open_items(terminal)
+    with terminal.engine.begin() as conn:
+        result = conn.execute(
+            m.handovers.insert().values(
+                signed_off_by=operator,
+                signed_off_at=terminal.clock(),
+                open_items=json.dumps(items, ensure_ascii=False, sort_keys=True),
+                note=note,
+            )
+        )
+        key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0]), {k: len(v) for k, v in items.items()}
+
+
+@router.post("/handover/sign-off", response_model=None)
+async def sign_off(
+    page: CurrentPage, note: Annotated[str, Form(max_length=NOTE_MAX)] = ""
+) -> Response:
+    page.require("handover")
+    handover_id, counts = await run_in_threadpool(
+        _sign_off, page.terminal, page.operator, note.strip()
+    )
+    await run_in_threadpool(
+        record_action,
+        page.terminal,
+        page.operator,
+        "handover_sign_off",
+        str(handover_id),
+        {"open": counts},
+    )
+    return _back("/handover")
+
+
+def _accept(terminal: Terminal, handover_id: int, operator: str) -> str | None:
+    """Accept a handover for ``operator``; None, or why it was refused."""
+    cols = m.handovers.c
+    with terminal.engine.begin() as conn:
+        row = conn.execute(select(m.handovers).where(cols.id == handover_id)).first()
+        if row is None:
+            return "no_handover"
+        if row.accepted_by is not None:
+            return "already_accepted"
+        if row.signed_off_by == operator:
+            return "own_handover"
+        done = conn.execute(
+            update(m.handovers)
+            .where(
+                and_(
+                    cols.id == handover_id,
+                    cols.accepted_by.is_(None),
+                    cols.signed_off_by != operator,
+                )
+            )
+            .values(accepted_by=operator, accepted_at=terminal.clock())
+        )
+        if not done.rowcount:
+            return "already_accepted"
+    return None
+
+
+#: Why an acceptance was refused -> the status answered (the page says why).
+_ACCEPT_REFUSALS = {"no_handover": 404, "already_accepted": 409, "own_handover": 403}
+
+
+@router.post("/handover/{handover_id}/accept", response_model=None)
+async def accept_handover(page: CurrentPage, handover_id: int) -> Response:
+    page.require("handover")
+    refusal = await run_in_threadpool(_accept, page.terminal, handover_id, page.operator)
+    if refusal is not None:
+        context = await run_in_threadpool(_handover_context, page.terminal)
+        return _page(
+            page,
+            "handover.html",
+            http_status=_ACCEPT_REFUSALS[refusal],
+            active="handover",
+            error=refusal,
+            **context,
+        )
+    await run_in_threadpool(
+        record_action, page.terminal, page.operator, "handover_accept", str(handover_id)
+    )
+    return _back("/handover")

@@ -1,7 +1,1405 @@
-"""Console pages for messages: inbox, outbox, one message, compose, the FLASH alert."""
+"""Console pages for messages: inbox, outbox, one message, compose, the FLASH alert.
+
+* ``/inbox`` and ``/outbox``: FLASH first, then newest first; the table
+  bodies are fragments (``/fragments/inbox``, ``/fragments/outbox``) that
+  htmx refreshes every second. An unacknowledged received message is
+  highlighted with a live countdown to its acknowledgement deadline.
+* ``/fragments/flash``: a banner for every received FLASH not yet
+  acknowledged (every page polls it every second).
+* ``/messages/{id}``: the message as written (a form rendered in the
+  reader's language), a machine translation clearly marked as such, the
+  certified translations, and the **evidence**, recomputed from the stored
+  records on every view (``message_evidence``): the sender's signature, the
+  inclusion of the log entry under a signed checkpoint, and the other
+  parties' cosignatures over it.
+* ``/compose``: free text or a form (inputs named by JSON Pointer, built
+  from ``describe_form``), validated as the operator types and again on
+  sending. A duty officer's FLASH waits in ``held_messages`` until a
+  supervisor releases it.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Annotated, Any
+
+import referencing
+import referencing.jsonschema
+import structlog
+from fastapi import APIRouter, Form, HTTPException
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, relevance
+from sqlalchemy import Engine, and_, insert, select, update
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+
+from parley import merkle
+from parley.console import i18n
+from parley.console.i18n import gettext
+from parley.console.web import N_, CurrentPage, Page, record_action, render
+from parley.core.canonical import JSONValue, canonical_bytes
+from parley.core.checkpoint import Checkpoint, verify_checkpoint, verify_cosignature
+from parley.core.envelope import PRECEDENCES, read_envelope
+from parley.core.forms import COMMON_ID, FORMATS, FormDefinition, FormRegistry, InvalidFormData
+from parley.core.transcript import EntryType, split_entry
+from parley.errors import ParleyError, UsageError
+from parley.forms.describe import FieldDescription, describe_form
+from parley.forms.render import RenderedField, render_form
+from parley.forms.translate import (
+    MachineTranslation,
+    Translator,
+    TranslatorUnavailable,
+    available_translator,
+    machine_translate,
+)
+from parley.service.console_api import build_body
+from parley.service.terminal import Terminal
+from parley.store import models as m
+from parley.store.db import reading
+
+__all__ = [
+    "Check",
+    "Evidence",
+    "FieldNode",
+    "RecipientState",
+    "collect_form_data",
+    "form_nodes",
+    "message_evidence",
+    "recipient_states",
+    "router",
+    "validate_form_data",
+]
+
+log = structlog.get_logger("parley.console")
 
 router = APIRouter()
+
+RANK = {p: i for i, p in enumerate(PRECEDENCES)}  # FLASH 0 … ROUTINE 3
+HUMAN_KINDS = ("text", "form")
+SHOWN_KINDS = ("text", "form", "service")
+LISTED = 200  # rows on the inbox and the outbox
+
+
+#: What each precedence means, shown beside its code (the codes are never translated).
+PRECEDENCE_HELP: Mapping[str, str] = {
+    "FLASH": N_("Threat to life or risk of armed conflict: acknowledge at once"),
+    "IMMEDIATE": N_("Situation that needs action within the hour"),
+    "PRIORITY": N_("Important: action within hours"),
+    "ROUTINE": N_("Normal business"),
+}
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+
+
+def when(value: str | datetime | None) -> str:
+    """A stored UTC time as operators read it: ``2026-02-05 12:00:03 UTC``."""
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    else:
+        moment = value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def error_id(key: str) -> str:
+    """The id of the element that holds the errors of one field (stable across requests)."""
+    return "fe-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _form_title(registry: FormRegistry, body: Mapping[str, Any], lang: str) -> str:
+    form = body.get("form")
+    if not isinstance(form, Mapping):
+        return ""
+    name, version = form.get("name"), form.get("version")
+    definition = (
+        registry.get(name, version) if isinstance(name, str) and isinstance(version, int) else None
+    )
+    if definition is None:
+        return str(name)[:64]
+    return str(definition.title.get(lang) or definition.title.get("en") or definition.name)
+
+
+def summary(registry: FormRegistry, kind: str, body: Mapping[str, Any], lang: str) -> str:
+    """One line that says what a message is about (the sender's words, cut short)."""
+    if kind == "text":
+        text = str(body.get("text", ""))
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return first[:120] + ("…" if len(first) > 120 or "\n" in text.strip() else "")
+    if kind == "form":
+        return _form_title(registry, body, lang)
+    if kind == "service":
+        service = body.get("service")
+        return ", ".join(sorted(service)) if isinstance(service, Mapping) else kind
+    return kind
+
+
+# --------------------------------------------------------------------------
+# Listings (one query per table, not per message: they are polled every second)
+
+
+def _listed(engine: Engine, direction: str) -> list[Any]:
+    cols = m.messages.c
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(m.messages)
+            .where(and_(cols.direction == direction, cols.kind.in_(SHOWN_KINDS)))
+            .order_by(cols.log_index.desc())
+            .limit(LISTED)
+        ).all()
+    return sorted(rows, key=lambda r: (RANK.get(r.precedence, 9), -r.log_index))
+
+
+def inbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
+    rows = []
+    for r in _listed(terminal.engine, "in"):
+        human = r.kind in HUMAN_KINDS
+        rows.append(
+            {
+                "id": r.envelope_id,
+                "precedence": r.precedence,
+                "sender": r.sender,
+                "channel": r.channel,
+                "kind": r.kind,
+                "exercise": r.exercise,
+                "received": when(r.stored_at),
+                "summary": summary(terminal.forms, r.kind, json.loads(r.body), lang),
+                "unacked": human and r.acked_at is None,
+                "ack_due": _iso(r.ack_due) if human and r.acked_at is None else None,
+                "acked_by": r.acked_by,
+                "acked_at": when(r.acked_at) if r.acked_at else None,
+                "refused": (r.rejection_code, r.rejection_reason) if r.rejection_code else None,
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    """Where a sent message stands with one recipient."""
+
+    party: str
+    state: str  # pending, receipted, acknowledged, refused
+    receipt_at: str | None = None
+    ack_by: str | None = None
+    ack_at: str | None = None
+    refusal: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+
+
+def recipient_states(
+    recipients: Sequence[str],
+    receipts: Mapping[str, Any],
+    acks: Mapping[str, Mapping[str, Any]],
+    rejections: Mapping[str, Mapping[str, Any]],
+    delivery: Mapping[str, Mapping[str, Any]],
+) -> list[RecipientState]:
+    """Each recipient's state, from the receipts, acks and outbox rows of one message."""
+    states = []
+    for party in recipients:
+        sent = delivery.get(party, {})
+        receipt = receipts.get(party)
+        state, ack_by, ack_at, refusal = "pending", None, None, None
+        if party in rejections:
+            rejection = rejections[party]
+            state, refusal = "refused", f"{rejection.get('code')}: {rejection.get('reason')}"
+        elif party in acks:
+            ack = acks[party]
+            state, ack_by, ack_at = "acknowledged", str(ack.get("operator")), when(ack.get("at"))
+        elif receipt:
+            state = "receipted"
+        states.append(
+            RecipientState(
+                party=party,
+                state=state,
+                receipt_at=when(receipt) if receipt else None,
+                ack_by=ack_by,
+                ack_at=ack_at,
+                refusal=refusal,
+                attempts=int(sent.get("attempts") or 0),
+                last_error=sent.get("last_error"),
+            )
+        )
+    return states
+
+
+def outbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
+    rows = _listed(terminal.engine, "out")
+    ids = [r.envelope_id for r in rows]
+    receipts: dict[str, dict[str, Any]] = {i: {} for i in ids}
+    rejections: dict[str, dict[str, Any]] = {i: {} for i in ids}
+    acks: dict[str, dict[str, Any]] = {i: {} for i in ids}
+    delivery: dict[str, dict[str, Any]] = {i: {} for i in ids}
+    if ids:
+        with reading(terminal.engine) as conn:
+            for rc in conn.execute(select(m.receipts).where(m.receipts.c.envelope_id.in_(ids))):
+                receipts[rc.envelope_id][rc.receiver] = _iso(rc.stored_at)
+                if rc.rejection_code:
+                    rejections[rc.envelope_id][rc.receiver] = {
+                        "code": rc.rejection_code,
+                        "reason": rc.rejection_reason,
+                    }
+            for a in conn.execute(select(m.acks).where(m.acks.c.envelope_id.in_(ids))):
+                acks[a.envelope_id][a.party] = {"operator": a.operator, "at": _iso(a.at)}
+            for o in conn.execute(select(m.outbox).where(m.outbox.c.envelope_id.in_(ids))):
+                delivery[o.envelope_id][o.peer] = {
+                    "state": o.state,
+                    "attempts": o.attempts,
+                    "last_error": o.last_error,
+                }
+    result = []
+    for r in rows:
+        recipients = r.recipients.split(",")
+        states = recipient_states(
+            recipients,
+            receipts[r.envelope_id],
+            acks[r.envelope_id],
+            rejections[r.envelope_id],
+            delivery[r.envelope_id],
+        )
+        waiting = r.kind in HUMAN_KINDS and any(s.state in ("pending", "receipted") for s in states)
+        result.append(
+            {
+                "id": r.envelope_id,
+                "precedence": r.precedence,
+                "recipients": recipients,
+                "channel": r.channel,
+                "kind": r.kind,
+                "exercise": r.exercise,
+                "sent": when(r.stored_at),
+                "operator": r.operator,
+                "summary": summary(terminal.forms, r.kind, json.loads(r.body), lang),
+                "states": states,
+                "refused": any(s.state == "refused" for s in states),
+                "ack_due": _iso(r.ack_due) if waiting else None,
+            }
+        )
+    return result
+
+
+def held_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
+    """FLASH messages composed by duty officers, waiting for a supervisor."""
+    with reading(terminal.engine) as conn:
+        rows = conn.execute(
+            select(m.held_messages)
+            .where(m.held_messages.c.state == "held")
+            .order_by(m.held_messages.c.id.desc())
+        ).all()
+    result = []
+    for r in rows:
+        request = json.loads(r.request)
+        result.append(
+            {
+                "id": r.id,
+                "operator": r.operator,
+                "created": when(r.created_at),
+                "precedence": request.get("precedence", "FLASH"),
+                "recipients": request.get("to", []),
+                "channel": request.get("channel"),
+                "exercise": bool(request.get("exercise")),
+                "summary": summary(terminal.forms, request["kind"], request["body"], lang),
+            }
+        )
+    return result
+
+
+def flash_alerts(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
+    """Every received FLASH a human has not acknowledged yet, oldest first."""
+    cols = m.messages.c
+    with reading(terminal.engine) as conn:
+        rows = conn.execute(
+            select(m.messages)
+            .where(
+                and_(
+                    cols.direction == "in",
+                    cols.precedence == "FLASH",
+                    cols.kind.in_(HUMAN_KINDS),
+                    cols.acked_at.is_(None),
+                )
+            )
+            .order_by(cols.log_index)
+        ).all()
+    return [
+        {
+            "id": r.envelope_id,
+            "sender": r.sender,
+            "received": when(r.stored_at),
+            "exercise": r.exercise,
+            "summary": summary(terminal.forms, r.kind, json.loads(r.body), lang),
+            "ack_due": _iso(r.ack_due),
+            "refused": bool(r.rejection_code),
+        }
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------
+# Evidence
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One piece of evidence: ``ok``, ``bad`` (with the verifier's reason) or ``pending``."""
+
+    state: str
+    detail: str = ""
+    party: str = ""  # the signer or witness
+    size: int | None = None  # the checkpoint's size
+    at: str | None = None  # when it was cosigned
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    envelope_id: str
+    log_index: int
+    digest: str  # SHA-256 of the envelope's exact bytes
+    signature: Check
+    inclusion: Check
+    cosigned: tuple[Check, ...]  # one per other party of the message
+
+    @property
+    def cosigned_state(self) -> str:
+        states = {c.state for c in self.cosigned}
+        if "bad" in states:
+            return "bad"
+        if not states or states == {"ok"}:
+            return "ok" if states else "pending"
+        return "pending"
+
+
+#: What a check of stored bytes may raise: the verifiers' errors, and malformed data.
+_FAILED = (ParleyError, ValueError, TypeError, KeyError)
+
+
+def _latest_checkpoint(terminal: Terminal, conn: Any) -> Checkpoint | None:
+    """This terminal's latest signed checkpoint, its signatures verified."""
+    own = terminal.identity.card
+    note = conn.execute(
+        select(m.checkpoints.c.note).order_by(m.checkpoints.c.size.desc()).limit(1)
+    ).scalar()
+    stored = verify_checkpoint(note, own) if note is not None else None
+    latest = terminal.party.latest_checkpoint
+    if latest is not None and (stored is None or latest.size > stored.size):
+        return verify_checkpoint(latest.note, own)
+    return stored
+
+
+def _included(terminal: Terminal, leaf: bytes, index: int, checkpoint: Checkpoint) -> None:
+    """Recompute the inclusion proof of entry ``index`` and check it against ``checkpoint``."""
+    with terminal.lock:
+        proof = terminal.party.transcript.tree.inclusion_proof(index, checkpoint.size)
+    merkle.verify_inclusion(leaf, index, checkpoint.size, proof, checkpoint.root)
+
+
+def message_evidence(terminal: Terminal, envelope_id: str) -> Evidence:
+    """The evidence for one message, recomputed from the stored records.
+
+    * signature: the envelope's bytes as logged, verified with the pinned
+      card of its sender (``read_envelope``), and naming this message;
+    * inclusion: the log entry's leaf hash, recomputed from the stored
+      entry, under this terminal's latest signed checkpoint (an inclusion
+      proof checked with ``merkle.verify_inclusion``);
+    * cosigned: for each other party of the message, its latest cosignature
+      of this terminal's log (both signatures verified) covers the entry,
+      and the entry is included in the tree it cosigned.
+    """
+    with reading(terminal.engine) as conn:
+        row = conn.execute(
+            select(m.messages).where(m.messages.c.envelope_id == envelope_id)
+        ).first()
+        if row is None:
+            raise UsageError(f"no message {envelope_id} on this terminal")
+        entry = conn.execute(
+            select(m.log_entries.c.entry).where(m.log_entries.c.idx == row.log_index)
+        ).scalar()
+        try:
+            checkpoint = _latest_checkpoint(terminal, conn)
+            checkpoint_problem = ""
+        except _FAILED as exc:
+            checkpoint, checkpoint_problem = None, str(exc)
+        others = sorted({row.sender, *row.recipients.split(",")} - {terminal.me})
+        cosignature_notes = {
+            party: conn.execute(
+                select(m.cosignatures.c.note)
+                .where(
+                    and_(
+                        m.cosignatures.c.direction == "of-us",
+                        m.cosignatures.c.party == party,
+                    )
+                )
+                .order_by(m.cosignatures.c.size.desc(), m.cosignatures.c.id.desc())
+                .limit(1)
+            ).scalar()
+            for party in others
+        }
+    index = int(row.log_index)
+    if entry is None:
+        missing = Check("bad", f"log entry {index} is missing from the store")
+        return Evidence(envelope_id, index, "", missing, missing, ())
+    entry = bytes(entry)
+    leaf = merkle.leaf_hash(entry)
+    raw = b""
+    try:
+        kind, raw = split_entry(entry)
+        if kind is not EntryType.ENVELOPE:
+            raise UsageError(f"log entry {index} is not an envelope")
+        header = read_envelope(raw, terminal.party.card_of, terminal.limits)
+        if header.id != envelope_id or header.sender != row.sender:
+            raise UsageError(
+                f"log entry {index} holds envelope {header.id} from {header.sender}, "
+                f"not {envelope_id} from {row.sender}"
+            )
+        card = terminal.party.card_of(header.sender)
+        signature = Check("ok", card.fingerprint if card else "", party=header.sender)
+    except _FAILED as exc:
+        signature = Check("bad", str(exc), party=row.sender)
+    digest = hashlib.sha256(raw).hexdigest() if raw else ""
+
+    if checkpoint is None:
+        inclusion = Check("bad", checkpoint_problem) if checkpoint_problem else Check("pending")
+    elif checkpoint.size <= index:
+        inclusion = Check("pending", size=checkpoint.size)
+    else:
+        try:
+            _included(terminal, leaf, index, checkpoint)
+            inclusion = Check("ok", size=checkpoint.size, party=terminal.me)
+        except _FAILED as exc:
+            inclusion = Check("bad", str(exc), size=checkpoint.size)
+
+    cosigned = []
+    for party in others:
+        note = cosignature_notes[party]
+        known = terminal.party.last_cosigned_by(party)
+        card = terminal.party.card_of(party)
+        if note is None or known is None or card is None:
+            cosigned.append(Check("pending", party=party))
+            continue
+        try:
+            cosigned_checkpoint = verify_checkpoint(note, terminal.identity.card)
+            timestamp = verify_cosignature(cosigned_checkpoint, note, card)
+        except _FAILED as exc:
+            cosigned.append(Check("bad", str(exc), party=party))
+            continue
+        at = when(datetime.fromtimestamp(timestamp, UTC))
+        size = cosigned_checkpoint.size  # the note kept, verified here (``known`` is memory's)
+        if size <= index:
+            cosigned.append(Check("pending", party=party, size=size, at=at))
+            continue
+        try:
+            _included(terminal, leaf, index, cosigned_checkpoint)
+        except _FAILED as exc:
+            cosigned.append(Check("bad", str(exc), party=party, size=size, at=at))
+            continue
+        cosigned.append(Check("ok", party=party, size=cosigned_checkpoint.size, at=at))
+    return Evidence(envelope_id, index, digest, signature, inclusion, tuple(cosigned))
+
+
+# --------------------------------------------------------------------------
+# Composing a form: its fields as inputs named by JSON Pointer
+
+
+@dataclass(slots=True)
+class FieldNode:
+    """One input (or group of inputs) of a form, at a concrete JSON Pointer."""
+
+    pointer: str
+    label: str
+    help: str
+    required: bool
+    widget: str  # text, textarea, integer, date, datetime, boolean, select, multi, lines, json,
+    # group or list
+    options: tuple[tuple[str, str], ...] = ()
+    value: str = ""
+    values: tuple[str, ...] = ()  # a multiple select
+    item_type: str = "string"  # lines: the type of each line
+    children: list[FieldNode] = field(default_factory=list)
+
+    def walk(self) -> Iterable[FieldNode]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _merged(registry: FormRegistry, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A schema with its ``$ref`` chain followed; the referring schema's keywords win."""
+    merged = dict(schema)
+    for _ in range(16):
+        if "$ref" not in merged:
+            break
+        target = registry.resolve(merged.pop("$ref"))
+        merged = {**target, **merged}
+    return merged
+
+
+def _schema_at(registry: FormRegistry, definition: FormDefinition, path: str) -> dict[str, Any]:
+    """The schema at a ``describe_form`` path (``/persons/[]/name``)."""
+    schema = _merged(registry, definition.schema)
+    for step in path.split("/")[1:]:
+        if step == "[]":
+            items = schema.get("items")
+            schema = _merged(registry, items if isinstance(items, Mapping) else {})
+        else:
+            properties = schema.get("properties") or {}
+            sub = properties.get(step)
+            schema = _merged(registry, sub if isinstance(sub, Mapping) else {})
+    return schema
+
+
+def _scalar_widget(schema: Mapping[str, Any]) -> str:
+    if "enum" in schema:
+        return "select"
+    if "oneOf" in schema or "anyOf" in schema:
+        return "json"
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        return "integer"
+    if kind == "boolean":
+        return "boolean"
+    if kind == "string":
+        if "format" in schema:
+            return {"date": "date", "date-time": "datetime"}.get(str(schema["format"]), "text")
+        longest = schema.get("maxLength")
+        return "textarea" if isinstance(longest, int) and longest > 200 else "text"
+    return "json"
+
+
+def _count_items(pointer: str, values: Mapping[str, Sequence[str]]) -> int:
+    """How many items of the list at ``pointer`` the submitted inputs hold (at least one)."""
+    found = re.compile(re.escape(pointer) + r"/([0-9]+)(?:/|$)")
+    indexes = [int(match[1]) for key in values if (match := found.match(key))]
+    return max(indexes, default=0) + 1
+
+
+def form_nodes(
+    registry: FormRegistry,
+    name: str,
+    version: int,
+    lang: str,
+    values: Mapping[str, Sequence[str]] | None = None,
+    add_item: str | None = None,
+) -> list[FieldNode]:
+    """The inputs of a form, from ``describe_form``, holding ``values`` (pointer -> strings).
+
+    Objects are groups of inputs; a list of objects shows as many items as
+    ``values`` holds (one when empty), plus one more when ``add_item`` names
+    it; a list of values is a multiple choice (an enumeration) or one value
+    a line; a choice between shapes (``oneOf``) is entered as JSON.
+    """
+    definition = registry.get(name, version)
+    if definition is None:
+        raise UsageError(f"no form {name} version {version}")
+    values = values or {}
+    described = describe_form(registry, name, version, lang)
+    children: dict[str, list[FieldDescription]] = {}
+    for d in described:
+        children.setdefault(d.path.rsplit("/", 1)[0], []).append(d)
+
+    def value_of(pointer: str) -> str:
+        found = values.get(pointer)
+        return found[0] if found else ""
+
+    def build(path: str, pointer: str) -> list[FieldNode]:
+        nodes = []
+        for d in children.get(path, []):
+            key = d.path.rsplit("/", 1)[1]
+            at = f"{pointer}/{_escape(key)}"
+            schema = _schema_at(registry, definition, d.path)
+            node = FieldNode(at, d.label, d.help, d.required, "text", d.values)
+            if schema.get("type") == "array":
+                items = f"{d.path}/[]"
+                item_schema = _schema_at(registry, definition, items)
+                if items in children:
+                    node.widget = "list"
+                    count = _count_items(at, values) + (1 if add_item == at else 0)
+                    for i in range(count):
+                        item = FieldNode(f"{at}/{i}", f"{i + 1}.", "", False, "group")
+                        item.children = build(items, f"{at}/{i}")
+                        node.children.append(item)
+                elif "enum" in item_schema:
+                    node.widget = "multi"
+                    labels = item_schema.get("x-enum", {})
+                    node.options = tuple(
+                        (str(v), str(labels.get(str(v), {}).get(lang, v)))
+                        for v in item_schema["enum"]
+                    )
+                    node.values = tuple(values.get(at, ()))
+                else:
+                    node.widget = "lines"
+                    node.item_type = _scalar_widget(item_schema)
+                    node.value = value_of(at)
+            elif d.path in children and "oneOf" not in schema and "anyOf" not in schema:
+                node.widget = "group"
+                node.children = build(d.path, at)
+            else:
+                node.widget = _scalar_widget(schema)
+                node.value = value_of(at)
+            nodes.append(node)
+        return nodes
+
+    return build("", "")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_LOCAL_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2})(:[0-9]{2})?(Z?)")
+
+
+def _refuse_float(text: str) -> Any:
+    raise ValueError(f"the number {text} is not an integer; Parley signs no fractions")
+
+
+def _refuse_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def parse_json(text: str) -> Any:
+    return json.loads(text, parse_float=_refuse_float, parse_constant=_refuse_constant)
+
+
+def _convert(widget: str, raw: str) -> tuple[Any, str | None]:
+    """(value, error) for one typed value; the error is shown next to the field."""
+    if widget == "integer":
+        if not _INTEGER.fullmatch(raw.strip()):
+            return None, gettext("Enter a whole number.")
+        return int(raw.strip()), None
+    if widget == "boolean":
+        return raw == "true", None
+    if widget == "datetime":
+        match = _LOCAL_TIME.fullmatch(raw.strip())
+        if match:  # what a browser's clock input gives: seconds and the Z added
+            return f"{match[1]}T{match[2]}{match[3] or ':00'}Z", None
+        return raw.strip(), None
+    if widget == "json":
+        try:
+            return parse_json(raw), None
+        except (ValueError, RecursionError) as exc:
+            return None, gettext("Not valid JSON: %(problem)s") % {"problem": str(exc)[:200]}
+    if widget == "date":
+        return raw.strip(), None
+    return raw.replace("\r\n", "\n"), None  # a browser sends a textarea's lines with CRLF
+
+
+@dataclass(slots=True)
+class Collected:
+    """Form data built from the inputs, with the inputs' own errors."""
+
+    data: dict[str, Any]
+    errors: dict[str, str]
+    #: list pointer -> the input index of each item kept (empty items are dropped)
+    kept: dict[str, list[int]]
+
+
+def collect_form_data(nodes: Sequence[FieldNode]) -> Collected:
+    """The form data the inputs hold; empty inputs are left out, empty list items dropped."""
+    errors: dict[str, str] = {}
+    kept: dict[str, list[int]] = {}
+
+    def scalar(node: FieldNode) -> tuple[bool, Any]:
+        if node.widget == "multi":
+            allowed = {v for v, _ in node.options}
+            chosen = [v for v in node.values if v in allowed]
+            return bool(chosen), chosen
+        if node.widget == "lines":
+            items = []
+            for n, line in enumerate(node.value.splitlines()):
+                if not line.strip():
+                    continue
+                value, problem = _convert(node.item_type, line.strip())
+                if problem:
+                    errors.setdefault(node.pointer, f"{n + 1}: {problem}")
+                items.append(value)
+            return bool(items), items
+        if not node.value.strip():
+            return False, None
+        value, problem = _convert(node.widget, node.value)
+        if problem:
+            errors[node.pointer] = problem
+        return True, value
+
+    def group(nodes: Sequence[FieldNode]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for node in nodes:
+            key = node.pointer.rsplit("/", 1)[1].replace("~1", "/").replace("~0", "~")
+            present, value = one(node)
+            if present:
+                result[key] = value
+        return result
+
+    def one(node: FieldNode) -> tuple[bool, Any]:
+        if node.widget == "group":
+            value = group(node.children)
+            return bool(value), value
+        if node.widget == "list":
+            items, indexes = [], []
+            for i, item in enumerate(node.children):
+                value = group(item.children)
+                if value:
+                    items.append(value)
+                    indexes.append(i)
+            kept[node.pointer] = indexes
+            return bool(items), items
+        return scalar(node)
+
+    return Collected(group(nodes), errors, kept)
+
+
+@cache
+def _validator(registry: FormRegistry, name: str, version: int) -> Draft202012Validator:
+    """A validator of one form that reports every error (the registry reports the best one)."""
+    definition = registry.get(name, version)
+    assert definition is not None
+    resource = referencing.Resource.from_contents(
+        dict(registry.common), default_specification=referencing.jsonschema.DRAFT202012
+    )
+    refs: referencing.Registry[Any] = referencing.Registry().with_resource(COMMON_ID, resource)
+    return Draft202012Validator(definition.schema, registry=refs, format_checker=FORMATS)
+
+
+def _message(error: ValidationError) -> str:
+    """An operator's message for one schema error, in the current language."""
+    v, limit = error.validator, error.validator_value
+    if v == "required":
+        return gettext("Required.")
+    if v == "type":
+        if limit in ("integer", "number"):
+            return gettext("Enter a whole number.")
+        return gettext("Wrong kind of value: %(expected)s expected.") % {"expected": limit}
+    if v == "format":
+        if limit == "date-time":
+            return gettext("Enter a time in UTC as YYYY-MM-DDTHH:MM:SSZ.")
+        if limit == "date":
+            return gettext("Enter a date as YYYY-MM-DD.")
+        return gettext("Not in the required form.")
+    if v in ("enum", "const"):
+        return gettext("Choose one of the listed values.")
+    if v == "pattern":
+        return gettext("Not in the required form.")
+    if v == "minLength":
+        return gettext("At least %(n)s characters.") % {"n": limit}
+    if v == "maxLength":
+        return gettext("At most %(n)s characters.") % {"n": limit}
+    if v in ("minimum", "exclusiveMinimum"):
+        return gettext("At least %(n)s.") % {"n": limit}
+    if v in ("maximum", "exclusiveMaximum"):
+        return gettext("At most %(n)s.") % {"n": limit}
+    if v == "minItems":
+        return gettext("Give at least %(n)s.") % {"n": limit}
+    if v == "maxItems":
+        return gettext("Give at most %(n)s.") % {"n": limit}
+    if v == "uniqueItems":
+        return gettext("Each value only once.")
+    if v == "additionalProperties":
+        return gettext("A field this form does not have: %(problem)s") % {"problem": error.message}
+    if v in ("oneOf", "anyOf"):
+        return gettext("Matches none of the allowed shapes.")
+    return error.message[:300]
+
+
+def _input_pointer(path: Sequence[Any], kept: Mapping[str, list[int]]) -> str:
+    """The pointer of the input a data path came from (list items may have been dropped)."""
+    pointer = ""
+    for key in path:
+        if isinstance(key, int) and pointer in kept and key < len(kept[pointer]):
+            key = kept[pointer][key]
+        pointer += "/" + _escape(str(key))
+    return pointer
+
+
+def validate_form_data(
+    registry: FormRegistry, name: str, version: int, data: Any, kept: Mapping[str, list[int]]
+) -> dict[str, str]:
+    """Every schema error in ``data``, by the JSON Pointer of the input it belongs to."""
+    errors: dict[str, str] = {}
+    for error in sorted(_validator(registry, name, version).iter_errors(data), key=relevance):
+        pointer = _input_pointer(list(error.absolute_path), kept)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            for missing in error.validator_value:
+                if missing not in error.instance:
+                    errors.setdefault(f"{pointer}/{_escape(missing)}", _message(error))
+            continue
+        errors.setdefault(pointer or "/", _message(error))
+    return errors
+
+
+# --------------------------------------------------------------------------
+# Composing: the whole request
+
+
+@dataclass(slots=True)
+class Composed:
+    """What an operator filled in, and what is wrong with it."""
+
+    text: str = ""
+    form: str = ""
+    version: int | None = None
+    json_data: str = ""
+    lang: str = "en"
+    precedence: str = "ROUTINE"
+    exercise: bool = False
+    to: list[str] = field(default_factory=list)
+    channel: str = ""
+    nodes: list[FieldNode] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # input key -> message
+    general: list[str] = field(default_factory=list)
+    kind: str = ""
+    body: dict[str, JSONValue] = field(default_factory=dict)
+    recipients: list[str] = field(default_factory=list)
+    resolved_channel: str | None = None
+
+    #: The error places the page showed when it asked (None: a whole page is rendered).
+    shown: set[str] | None = None
+
+    def containers(self) -> list[tuple[str, str]]:
+        """(error id, key) of every place an error can be shown on the page."""
+        keys = ["text", "to", "precedence", "json_data", "form"]
+        keys += [n.pointer for node in self.nodes for n in node.walk()]
+        if self.shown is not None:  # only those the page has: htmx finds each by its id
+            keys = [k for k in keys if k in self.shown]
+        return [(error_id(k), k) for k in keys]
+
+    def placed(self) -> dict[str, str]:
+        """Each error at the nearest input that exists; the rest become general errors."""
+        known = {k for _, k in self.containers()}
+        placed: dict[str, str] = {}
+        for key, message in self.errors.items():
+            at = key
+            while at not in known and at.startswith("/") and at.count("/") > 1:
+                at = at.rsplit("/", 1)[0]
+            if at in known:
+                placed.setdefault(at, message)
+            else:
+                shown = message if key in ("/", "") else f"{key}: {message}"
+                if shown not in self.general:
+                    self.general.append(shown)
+        return placed
+
+
+def _active_channels(terminal: Terminal) -> list[dict[str, Any]]:
+    return [c for c in terminal.channels() if c["state"] == "active"]
+
+
+def _strings(form: FormData, key: str) -> list[str]:
+    return [v for v in form.getlist(key) if isinstance(v, str)]
+
+
+def _one(form: FormData, key: str) -> str:
+    found = _strings(form, key)
+    return found[0] if found else ""
+
+
+def read_compose(terminal: Terminal, form: FormData, lang: str) -> Composed:
+    """Read and check a compose form (in the operator's language ``lang``)."""
+    c = Composed(
+        text=_one(form, "text").replace("\r\n", "\n"),
+        form=_one(form, "form"),
+        json_data=_one(form, "json_data"),
+        lang=_one(form, "lang") or lang,
+        precedence=_one(form, "precedence") or "ROUTINE",
+        exercise=_one(form, "exercise") in ("1", "on", "true"),
+        to=sorted(set(_strings(form, "to"))),
+        channel=_one(form, "channel"),
+    )
+    if c.lang not in i18n.LANGS:
+        c.lang = lang
+    version_text = _one(form, "form_version")
+    if c.precedence not in PRECEDENCES:
+        c.errors["precedence"] = gettext("Choose a precedence.")
+    peers = set(terminal.party.peers)
+    # Recipients: a channel's members, or the parties ticked.
+    if c.channel:
+        channel = next((ch for ch in _active_channels(terminal) if ch["name"] == c.channel), None)
+        if channel is None:
+            c.errors["to"] = gettext("That channel is not active.")
+        else:
+            c.recipients = sorted(set(channel["members"]) - {terminal.me})
+            c.resolved_channel = c.channel
+    elif not c.to:
+        c.errors["to"] = gettext("Choose at least one recipient or a channel.")
+    elif not set(c.to) <= peers:
+        c.errors["to"] = gettext("Unknown recipient: %(party)s") % {
+            "party": ", ".join(sorted(set(c.to) - peers))
+        }
+    else:
+        c.recipients = c.to
+        if len(c.to) > 1:
+            members = {*c.to, terminal.me}
+            matching = [
+                ch["name"] for ch in _active_channels(terminal) if set(ch["members"]) == members
+            ]
+            if len(matching) == 1:
+                c.resolved_channel = matching[0]
+            else:
+                c.errors["to"] = gettext(
+                    "A message to several parties goes on a channel of exactly those parties: "
+                    "choose the channel."
+                )
+    # Content: free text or a form.
+    if not c.form:
+        if not c.text.strip():
+            c.errors["text"] = gettext("Write the message.")
+        else:
+            c.kind, c.body = "text", {"text": c.text}
+        return c
+    registry = terminal.forms
+    definition = (
+        registry.get(c.form, int(version_text))
+        if version_text.isdigit()
+        else registry.latest(c.form)
+    )
+    if definition is None:
+        c.errors["form"] = gettext("Unknown form.")
+        return c
+    c.version = definition.version
+    values = {k: _strings(form, k) for k in form if k.startswith("/")}
+    c.nodes = form_nodes(registry, definition.name, definition.version, lang, values)
+    collected = collect_form_data(c.nodes)
+    data: Any = collected.data
+    kept = collected.kept
+    if c.json_data.strip():  # the data as JSON replaces the inputs
+        kept = {}
+        try:
+            data = parse_json(c.json_data)
+        except (ValueError, RecursionError) as exc:
+            c.errors["json_data"] = gettext("Not valid JSON: %(problem)s") % {
+                "problem": str(exc)[:200]
+            }
+            return c
+        if not isinstance(data, dict):
+            c.errors["json_data"] = gettext("The data must be a JSON object.")
+            return c
+    else:
+        c.errors.update(collected.errors)
+    for pointer, message in validate_form_data(
+        registry, definition.name, definition.version, data, kept
+    ).items():
+        c.errors.setdefault(pointer, message)
+    if c.errors:
+        return c
+    try:  # the registry's own check, exactly as the receiver will make it
+        c.kind, c.body = build_body(None, definition.name, data, definition.version)
+        registry.check_rules(definition, data, terminal.clock())
+    except InvalidFormData as exc:
+        found = re.search(r": (/[^:]*): ", str(exc))
+        c.errors[found[1] if found else "/"] = str(exc)
+    except UsageError as exc:  # a notice given too late
+        c.general.append(str(exc))
+    return c
+
+
+def _form_choices(registry: FormRegistry, lang: str) -> list[tuple[str, str]]:
+    latest: dict[str, FormDefinition] = {}
+    for definition in registry:
+        latest[definition.name] = definition
+    return sorted(
+        ((d.name, str(d.title.get(lang) or d.title.get("en") or d.name)) for d in latest.values()),
+        key=lambda choice: choice[1].casefold(),
+    )
+
+
+def _compose_context(page: Page, composed: Composed) -> dict[str, Any]:
+    terminal = page.terminal
+    return {
+        "active": "compose",
+        "c": composed,
+        "placed": composed.placed(),
+        "error_id": error_id,
+        "forms": _form_choices(terminal.forms, page.lang),
+        "peers": sorted(terminal.party.peers),
+        "channels": _active_channels(terminal),
+        "precedences": [(p, gettext(PRECEDENCE_HELP[p])) for p in PRECEDENCES],
+        "langs_text": i18n.LANG_NAMES,
+    }
+
+
+def _render_compose(page: Page, template: str, composed: Composed, status: int = 200) -> Response:
+    restore = i18n.use(page.lang)
+    try:
+        context = _compose_context(page, composed)
+    finally:
+        restore()
+    response = render(page, page.request, template, **context)
+    response.status_code = status
+    return response
+
+
+# --------------------------------------------------------------------------
+# Machine translation (replaceable in tests)
+
+translator_factory: Callable[[], Translator | None] = available_translator
+
+
+def _machine_translation(text: str, source: str, target: str) -> MachineTranslation | str | None:
+    """A machine translation, the reason there is none, or None when none is needed."""
+    try:
+        return machine_translate(translator_factory(), text, source, target)
+    except TranslatorUnavailable as exc:
+        return str(exc)
+    except Exception as exc:  # a reading aid must never break the page
+        log.warning("machine_translation_failed", error=str(exc))
+        return f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------
+# Pages
+
+
+@router.get("/inbox", response_class=HTMLResponse)
+async def inbox(page: CurrentPage) -> HTMLResponse:
+    rows = await run_in_threadpool(inbox_rows, page.terminal, page.lang)
+    return render(page, page.request, "inbox.html", active="inbox", rows=rows)
+
+
+@router.get("/fragments/inbox", response_class=HTMLResponse)
+async def inbox_fragment(page: CurrentPage) -> HTMLResponse:
+    rows = await run_in_threadpool(inbox_rows, page.terminal, page.lang)
+    return render(page, page.request, "fragments/inbox_rows.html", rows=rows)
+
+
+def _outbox(terminal: Terminal, lang: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return held_rows(terminal, lang), outbox_rows(terminal, lang)
+
+
+@router.get("/outbox", response_class=HTMLResponse)
+async def outbox(page: CurrentPage) -> HTMLResponse:
+    held, rows = await run_in_threadpool(_outbox, page.terminal, page.lang)
+    return render(page, page.request, "outbox.html", active="outbox", rows=rows, held=held)
+
+
+@router.get("/fragments/outbox", response_class=HTMLResponse)
+async def outbox_fragment(page: CurrentPage) -> HTMLResponse:
+    held, rows = await run_in_threadpool(_outbox, page.terminal, page.lang)
+    return render(page, page.request, "fragments/outbox_rows.html", rows=rows, held=held)
+
+
+@router.get("/fragments/flash", response_class=HTMLResponse)
+async def flash_fragment(page: CurrentPage) -> HTMLResponse:
+    alerts = await run_in_threadpool(flash_alerts, page.terminal, page.lang)
+    return render(page, page.request, "fragments/flash.html", alerts=alerts)
+
+
+def _nested(fields: Sequence[RenderedField]) -> list[tuple[RenderedField, list[Any]]]:
+    """A rendered form's flat fields as a tree: each heading with the fields under it."""
+    result: list[tuple[RenderedField, list[Any]]] = []
+    i = 0
+    while i < len(fields):
+        head = fields[i]
+        j = i + 1
+        while j < len(fields) and fields[j].depth > head.depth:
+            j += 1
+        result.append((head, _nested(fields[i + 1 : j])))
+        i = j
+    return result
+
+
+def _message_view(terminal: Terminal, envelope_id: str, lang: str) -> dict[str, Any] | None:
+    try:
+        message = terminal.show(envelope_id)
+    except UsageError:
+        return None
+    view: dict[str, Any] = {"m": message, "rendered": None, "render_problem": None}
+    body = message["body"]
+    view["signed_json"] = canonical_bytes(body).decode()
+    view["summary"] = summary(terminal.forms, message["kind"], body, lang)
+    if message["kind"] == "form" and isinstance(body.get("form"), dict):
+        form = body["form"]
+        try:
+            rendered = render_form(
+                terminal.forms, str(form.get("name")), form.get("version"), form["data"], lang
+            )
+            view["rendered"] = rendered
+            view["tree"] = _nested(rendered.fields)
+        except (ParleyError, KeyError, TypeError) as exc:
+            view["render_problem"] = str(exc)
+    view["machine"] = None
+    view["machine_problem"] = None
+    if message["kind"] == "text" and message["direction"] == "in":
+        translated = _machine_translation(str(body.get("text", "")), message["lang"], lang)
+        if isinstance(translated, str):
+            view["machine_problem"] = translated
+        else:
+            view["machine"] = translated
+    if message["direction"] == "out":
+        view["states"] = recipient_states(
+            message["recipients"],
+            message["receipts"],
+            message["acks"],
+            message["rejections"],
+            message["delivery"],
+        )
+    view["evidence"] = message_evidence(terminal, envelope_id)
+    return view
+
+
+@router.get("/messages/{envelope_id}", response_class=HTMLResponse)
+async def message_page(page: CurrentPage, envelope_id: str) -> HTMLResponse:
+    view = await run_in_threadpool(_message_view, page.terminal, envelope_id[:64], page.lang)
+    if view is None:
+        response = render(
+            page,
+            page.request,
+            "error.html",
+            message=f"no message {envelope_id[:64]} on this terminal",
+            code="not_found",
+        )
+        response.status_code = 404
+        return response
+    m_ = view["m"]
+    can_ack = (
+        page.may("acknowledge")
+        and m_["direction"] == "in"
+        and m_["kind"] in HUMAN_KINDS
+        and m_["acknowledged_at"] is None
+    )
+    return render(
+        page,
+        page.request,
+        "message.html",
+        active="inbox" if m_["direction"] == "in" else "outbox",
+        can_ack=can_ack,
+        when=when,
+        precedence_help=PRECEDENCE_HELP,
+        **view,
+    )
+
+
+@router.post("/messages/{envelope_id}/ack")
+async def acknowledge(page: CurrentPage, envelope_id: str) -> RedirectResponse:
+    page.require("acknowledge")
+    terminal, operator = page.terminal, page.operator
+    result = await run_in_threadpool(lambda: terminal.acknowledge(envelope_id, operator=operator))
+    record_action(terminal, operator, "ack", envelope_id, {"ack": result["id"]})
+    return RedirectResponse(f"/messages/{envelope_id}", status_code=303)
+
+
+# Compose ----------------------------------------------------------------------------
+
+
+@router.get("/compose", response_class=HTMLResponse)
+async def compose_page(page: CurrentPage) -> Response:
+    page.require("compose")
+    return _render_compose(page, "compose.html", Composed(lang=page.lang))
+
+
+async def _form_fields(page: Page, name: str, add_item: str | None) -> Response:
+    page.require("compose")
+    composed = Composed(lang=page.lang)
+    definition = page.terminal.forms.latest(name) if name else None
+    if definition is not None:
+        values: dict[str, list[str]] = {}
+        if page.request.method == "POST":
+            form = await page.request.form()
+            values = {k: _strings(form, k) for k in form if k.startswith("/")}
+            composed.json_data = _one(form, "json_data")
+        composed.form, composed.version = definition.name, definition.version
+        composed.nodes = form_nodes(
+            page.terminal.forms,
+            definition.name,
+            definition.version,
+            page.lang,
+            values,
+            add_item,
+        )
+    return _render_compose(page, "fragments/compose_fields.html", composed)
+
+
+@router.get("/compose/form-fields", response_class=HTMLResponse)
+async def form_fields(page: CurrentPage, name: str = "", form: str = "") -> Response:
+    return await _form_fields(page, name or form, None)
+
+
+@router.post("/compose/form-fields", response_class=HTMLResponse)
+async def form_fields_grown(
+    page: CurrentPage,
+    form: Annotated[str, Form()] = "",
+    add_item: Annotated[str, Form()] = "",
+) -> Response:
+    return await _form_fields(page, form, add_item or None)
+
+
+def _checked(page: Page, form: FormData) -> Composed:
+    restore = i18n.use(page.lang)
+    try:
+        return read_compose(page.terminal, form, page.lang)
+    finally:
+        restore()
+
+
+@router.post("/compose/validate", response_class=HTMLResponse)
+async def compose_validate(page: CurrentPage) -> Response:
+    page.require("compose")
+    form = await page.request.form()
+    composed = _checked(page, form)
+    composed.shown = set(_strings(form, "_shown"))
+    return _render_compose(page, "fragments/compose_errors.html", composed)
+
+
+def _held_request(c: Composed) -> dict[str, Any]:
+    return {
+        "to": c.recipients,
+        "channel": c.resolved_channel,
+        "precedence": c.precedence,
+        "exercise": c.exercise,
+        "kind": c.kind,
+        "body": c.body,
+        "lang": c.lang,
+    }
+
+
+def _hold(terminal: Terminal, operator: str, request: dict[str, Any]) -> int:
+    with terminal.engine.begin() as conn:
+        key = conn.execute(
+            insert(m.held_messages).values(
+                created_at=terminal.clock(),
+                operator=operator,
+                request=json.dumps(request, ensure_ascii=False),
+                state="held",
+            )
+        ).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+@router.post("/compose", response_model=None)
+async def compose_send(page: CurrentPage) -> Response:
+    page.require("compose")
+    composed = _checked(page, await page.request.form())
+    if composed.errors or composed.general:
+        return _render_compose(page, "compose.html", composed)
+    terminal, operator = page.terminal, page.operator
+    request = _held_request(composed)
+    if composed.precedence == "FLASH" and not page.may("release_flash"):
+        held = await run_in_threadpool(_hold, terminal, operator, request)
+        record_action(
+            terminal,
+            operator,
+            "hold",
+            f"held:{held}",
+            {"to": request["to"], "kind": request["kind"], "precedence": "FLASH"},
+        )
+        return RedirectResponse("/outbox", status_code=303)
+    try:
+        result = await run_in_threadpool(
+            lambda: terminal.send(
+                request["to"],
+                kind=request["kind"],
+                body=request["body"],
+                operator=operator,
+                channel=request["channel"],
+                precedence=request["precedence"],
+                exercise=request["exercise"],
+                lang=request["lang"],
+            )
+        )
+    except ParleyError as exc:
+        composed.general.append(str(exc))
+        return _render_compose(page, "compose.html", composed)
+    record_action(
+        terminal,
+        operator,
+        "send",
+        result["id"],
+        {
+            "to": request["to"],
+            "kind": request["kind"],
+            "precedence": request["precedence"],
+            "channel": result["channel"],
+        },
+    )
+    return RedirectResponse(f"/messages/{result['id']}", status_code=303)
+
+
+# Held FLASH -------------------------------------------------------------------------
+
+
+def _held(terminal: Terminal, held_id: int) -> Any:
+    with reading(terminal.engine) as conn:
+        row = conn.execute(select(m.held_messages).where(m.held_messages.c.id == held_id)).first()
+    if row is None:
+        raise HTTPException(404, "no such held message")
+    return row
+
+
+def _release(terminal: Terminal, held_id: int, supervisor: str) -> dict[str, Any]:
+    # Under the terminal's lock: two supervisors releasing at once send it once.
+    with terminal.lock:
+        row = _held(terminal, held_id)
+        if row.state != "held":
+            raise UsageError(f"held message {held_id} is already {row.state}")
+        request = json.loads(row.request)
+        result = terminal.send(
+            request["to"],
+            kind=request["kind"],
+            body=request["body"],
+            operator=row.operator,
+            channel=request["channel"],
+            precedence=request["precedence"],
+            exercise=request["exercise"],
+            lang=request["lang"],
+        )
+        with terminal.engine.begin() as conn:
+            conn.execute(
+                update(m.held_messages)
+                .where(m.held_messages.c.id == held_id)
+                .values(
+                    state="released",
+                    decided_by=supervisor,
+                    decided_at=terminal.clock(),
+                    envelope_id=result["id"],
+                )
+            )
+    return result
+
+
+@router.post("/outbox/held/{held_id}/release")
+async def release(page: CurrentPage, held_id: int) -> RedirectResponse:
+    page.require("release_flash")
+    terminal, operator = page.terminal, page.operator
+    result = await run_in_threadpool(_release, terminal, held_id, operator)
+    record_action(
+        terminal, operator, "release", result["id"], {"held": held_id, "channel": result["channel"]}
+    )
+    return RedirectResponse("/outbox", status_code=303)
+
+
+@router.post("/outbox/held/{held_id}/cancel")
+async def cancel(page: CurrentPage, held_id: int) -> RedirectResponse:
+    terminal, operator = page.terminal, page.operator
+    row = await run_in_threadpool(_held, terminal, held_id)
+    if row.operator != operator and not page.may("release_flash"):
+        page.require("release_flash")  # raises: only the author or a supervisor
+    with terminal.engine.begin() as conn:
+        done = conn.execute(
+            update(m.held_messages)
+            .where(and_(m.held_messages.c.id == held_id, m.held_messages.c.state == "held"))
+            .values(state="cancelled", decided_by=operator, decided_at=terminal.clock())
+        ).rowcount
+    if not done:
+        raise UsageError(f"held message {held_id} is already {row.state}")
+    record_action(terminal, operator, "cancel", f"held:{held_id}", {"author": row.operator})
+    return RedirectResponse("/outbox", status_code=303)

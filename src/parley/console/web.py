@@ -237,7 +237,7 @@ async def login(
         )
     except AuthenticationFailed as exc:
         log.warning("console_login_failed", name=name, reason=str(exc))
-        locked = "locked" in str(exc)
+        locked = exc.locked
         refused = render(
             None, request, "login.html", error="locked" if locked else "wrong", name=name
         )
