@@ -90,6 +90,7 @@ from parley.forms.render import (
     render_text,
 )
 from parley.testing import ManualClock, PartyPair
+from tests.unit.test_fuzz_parsers import _swap_type as swap_type
 
 US = "US-EUCOM"
 RU = "RU-GS"
@@ -846,24 +847,10 @@ def annotated_paths(
             yield from annotated_paths(schema.get("items", {}), item, (*path, i))
 
 
-def _swap_type(value: Any) -> Any:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return [value] if len(value) % 2 else len(value)
-    if isinstance(value, list):
-        return {str(i): v for i, v in enumerate(value)}
-    if isinstance(value, dict):
-        return list(value.values())
-    return ""
-
-
 def breakers(schema: Mapping[str, Any], value: Any) -> st.SearchStrategy[Any]:
     """Values that (mostly) break ``schema`` where ``value`` stood."""
     options: list[st.SearchStrategy[Any]] = [
-        st.just(_swap_type(value)),
+        st.just(swap_type(value)),
         st.sampled_from([None, True, 0, -1, "", [], {}, 1.5, 2**53, "x" * 5000]),
     ]
     if "enum" in schema:
@@ -926,7 +913,7 @@ def mutated_data(draw: st.DrawFn, key: tuple[str, int], max_ops: int = 2) -> Any
             name = draw(st.sampled_from(PROPERTY_NAMES) | st.text(max_size=8), label="new key")
             target[name] = draw(hostile_json(max_depth=5, huge=10), label="new value")
         else:
-            new = _swap_type(target) if operation == "retype" else draw(breakers(schema, target))
+            new = swap_type(target) if operation == "retype" else draw(breakers(schema, target))
             if path:
                 resolve_path(data, path[:-1])[path[-1]] = new
             else:
