@@ -1170,22 +1170,37 @@ def user_add(
 @user_app.command("list")
 def user_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Operator accounts and their roles."""
+    from parley.service.terminal import utc_now
     from parley.service.users import list_users
     from parley.store.db import engine_for
 
     engine = engine_for(state.data.load_config().database)
     try:
-        users = list_users(engine)
+        users = list_users(engine, now=utc_now())
     finally:
         engine.dispose()
 
     def render(rows: list[dict[str, Any]]) -> None:
-        table = Table("Name", "Role", "Locked")
+        table = Table("Name", "Role", "Locked until")
         for r in rows:
-            table.add_row(str(r["name"]), str(r["role"]), "yes" if r["locked"] else "")
+            table.add_row(str(r["name"]), str(r["role"]), str(r["locked_until"] or ""))
         out.print(table)
 
     emit(users, json_, render)
+
+
+@user_app.command("unlock")
+def user_unlock(name: str) -> None:
+    """Lift an account's lockout after repeated failed logins."""
+    from parley.service.users import unlock_user
+    from parley.store.db import engine_for
+
+    engine = engine_for(state.data.load_config().database)
+    try:
+        unlock_user(engine, name)
+    finally:
+        engine.dispose()
+    err.print(f"Unlocked operator {name}.")
 
 
 @app.command()

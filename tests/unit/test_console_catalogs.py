@@ -91,3 +91,23 @@ def test_ukrainian_is_not_russian() -> None:
     catalog = i18n.translations("uk")
     for text in MESSAGES:
         assert not set(catalog.gettext(text)) & set("ыэъё"), (text, catalog.gettext(text))
+
+
+@pytest.mark.parametrize("lang", ["ru", "uk"])
+def test_no_two_catalogs_translate_one_string_differently(lang: str) -> None:
+    # The catalogs of a language are merged; a later one would silently win.
+    from babel.messages.pofile import read_po
+
+    seen: dict[str, tuple[str, str]] = {}
+    clashes = []
+    for po in sorted((CONSOLE / "locale" / lang).glob("*.po")):
+        with po.open("rb") as f:
+            catalog = read_po(f, locale=lang)
+        for message in catalog:
+            if not message.id or not isinstance(message.id, str):
+                continue
+            text = str(message.string)
+            if message.id in seen and seen[message.id][0] != text:
+                clashes.append(f"{message.id!r}: {seen[message.id]} vs {po.name}: {text!r}")
+            seen.setdefault(message.id, (text, po.name))
+    assert clashes == []

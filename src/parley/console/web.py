@@ -66,6 +66,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "export": frozenset({"supervisor", "auditor"}),
     "links": frozenset({"supervisor", "admin"}),
     "handover": frozenset({"duty_officer", "supervisor"}),
+    "users": frozenset({"admin"}),
 }
 
 
@@ -191,6 +192,7 @@ def render(page: Page | None, request: Request, template: str, **context: Any) -
             party=terminal_of(request).me,
             csrf=page.session.csrf if page is not None else "",
             role_name=i18n.gettext(ROLE_NAMES[page.role]) if page is not None else "",
+            role_names=ROLE_NAMES,
             **context,
         )
     finally:
@@ -309,13 +311,14 @@ def _security_headers(response: Response, path: str) -> None:
 
 def install_console(app: FastAPI, terminal: Terminal) -> None:
     """Serve the console's pages and static files beside the operator API."""
-    from parley.console import pages_admin, pages_messages
+    from parley.console import pages_admin, pages_messages, pages_users
 
     app.state.sessions = SessionStore()
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
     app.include_router(router)
     app.include_router(pages_messages.router)
     app.include_router(pages_admin.router)
+    app.include_router(pages_users.router)
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:

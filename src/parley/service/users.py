@@ -23,6 +23,7 @@ __all__ = [
     "add_user",
     "authenticate",
     "list_users",
+    "unlock_user",
 ]
 
 ROLES = ("duty_officer", "supervisor", "auditor", "admin")
@@ -75,10 +76,36 @@ def add_user(engine: Engine, name: str, role: str, password: str, *, now: dateti
     return Account(name, role)
 
 
-def list_users(engine: Engine) -> list[dict[str, object]]:
+def list_users(engine: Engine, *, now: datetime | None = None) -> list[dict[str, object]]:
+    """Every account; ``locked`` is whether it is locked now (ever locked, without ``now``)."""
     with reading(engine) as conn:
         rows = conn.execute(select(m.users).order_by(m.users.c.name)).all()
-    return [{"name": r.name, "role": r.role, "locked": r.locked_until is not None} for r in rows]
+    result: list[dict[str, object]] = []
+    for r in rows:
+        until = r.locked_until
+        if until is not None and until.tzinfo is None and now is not None:
+            until = until.replace(tzinfo=now.tzinfo)
+        locked = until is not None and (now is None or until > now)
+        result.append(
+            {
+                "name": r.name,
+                "role": r.role,
+                "locked": locked,
+                "locked_until": until.isoformat() if locked and until is not None else None,
+                "lang": r.lang,
+            }
+        )
+    return result
+
+
+def unlock_user(engine: Engine, name: str) -> None:
+    """Lift a lockout (an administrator's decision) and reset the failure count."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(m.users).where(m.users.c.name == name).values(locked_until=None, failed_logins=0)
+        ).rowcount
+    if not done:
+        raise UsageError(f"no operator {name}")
 
 
 def authenticate(engine: Engine, name: str, password: str, *, now: datetime) -> Account:
