@@ -525,7 +525,7 @@ def test_digest_covers_shared_definitions_reached_by_local_refs() -> None:
     assert one.digest != two.digest  # else two terminals could disagree on what a circle is
 
 
-# --------------------------------------------------------------------------- known bugs
+# --------------------------------------------------------------------------- bugs once found
 
 
 def test_float_in_a_definition_is_an_invalid_definition() -> None:
