@@ -152,7 +152,7 @@ class Network:
     ru: TerminalProcess
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     """US-EUCOM and RU-GS, running, with the accounts of ``ACCOUNTS``.
 
@@ -229,13 +229,15 @@ def wait_received(receiver: TerminalProcess, message_id: str, timeout: float = 3
 # Browser ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
+    # Package scope: Playwright's sync API keeps an event loop running in this thread
+    # while it is open, and the tests after this package call asyncio.run().
     with sync_playwright() as pw:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
