@@ -39,7 +39,8 @@ from parley.service.terminal import PRECEDENCE_RANK, Terminal
 from parley.store import models as m
 from parley.store.db import reading
 
-from .web import CurrentPage, Forbidden, Page, record_action, render
+from .web import CurrentPage, Forbidden, Page, record_action, render, when
+from .web import iso_utc as _iso
 
 __all__ = [
     "ALARM_CLEARERS",
@@ -71,34 +72,10 @@ NOTE_MAX = 4000
 # Formatting ------------------------------------------------------------------------
 
 
-def when(value: str | datetime | None) -> str:
-    """A stored time as ``2026-02-05 14:03:07 UTC`` (the same in every language)."""
-    if value is None or value == "":
-        return "—"
-    moment = value if isinstance(value, datetime) else _parse_time(value)
-    if moment is None:
-        return str(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _parse_time(value: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    moment = _utc(value)
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
 def _page(page: Page, template: str, *, http_status: int = 200, **context: Any) -> HTMLResponse:

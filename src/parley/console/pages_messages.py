@@ -43,7 +43,8 @@ from starlette.datastructures import FormData
 from parley import merkle
 from parley.console import i18n
 from parley.console.i18n import gettext
-from parley.console.web import N_, CurrentPage, Page, record_action, render
+from parley.console.web import N_, CurrentPage, Page, record_action, render, when
+from parley.console.web import iso_utc as _iso
 from parley.core.canonical import JSONValue, canonical_bytes
 from parley.core.checkpoint import Checkpoint, verify_checkpoint, verify_cosignature
 from parley.core.envelope import PRECEDENCES, read_envelope
@@ -98,30 +99,6 @@ PRECEDENCE_HELP: Mapping[str, str] = {
 
 # --------------------------------------------------------------------------
 # Small helpers
-
-
-def when(value: str | datetime | None) -> str:
-    """A stored UTC time as operators read it: ``2026-02-05 12:00:03 UTC``."""
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return value
-    else:
-        moment = value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def error_id(key: str) -> str:

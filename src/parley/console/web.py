@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,9 +50,11 @@ __all__ = [
     "PERMISSIONS",
     "Page",
     "install_console",
+    "iso_utc",
     "record_action",
     "render",
     "router",
+    "when",
 ]
 
 log = structlog.get_logger("parley.console")
@@ -177,6 +180,32 @@ async def _check_csrf(request: Request, session: Session) -> None:
         supplied = value if isinstance(value, str) else None
     if supplied is None or not hmac.compare_digest(supplied, session.csrf):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page")
+
+
+def when(value: str | datetime | None) -> str:
+    """A stored time as operators read it, the same in every language:
+    ``2026-02-05 14:03:07 UTC``."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    else:
+        moment = value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """A stored time (naive ones are UTC) as RFC 3339 with ``Z``, for ``data-deadline``."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def render(page: Page | None, request: Request, template: str, **context: Any) -> HTMLResponse:
