@@ -230,7 +230,8 @@ def init(
         str, typer.Option(help="HOST:PORT of the peer listener (mutual TLS).")
     ] = "0.0.0.0:7443",
     console_listen: Annotated[
-        str, typer.Option(help="HOST:PORT of the operator API (keep it on localhost).")
+        str,
+        typer.Option(help="HOST:PORT of the operator API and console (a loopback address)."),
     ] = "127.0.0.1:7080",
     database: Annotated[
         str | None,

@@ -16,6 +16,7 @@ of the directory are written by Parley itself:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -32,7 +33,10 @@ __all__ = [
     "DEFAULT_ACK_DEADLINES",
     "Config",
     "DataDir",
+    "console_hosts",
+    "is_loopback",
     "parse_hostport",
+    "require_loopback_console",
 ]
 
 DEFAULT_ACK_DEADLINES = {
@@ -50,6 +54,53 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise UsageError(f"{what} must be HOST:PORT, not {text!r}")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_loopback_console(text: str, what: str = "the console listener") -> tuple[str, int]:
+    """``HOST:PORT`` of the console listener, refused unless HOST is a loopback address.
+
+    The console listener speaks plain HTTP: the console token, passwords and
+    session cookies sent to it would cross the network in clear, so it
+    listens on this host only (TLS for it is not available yet). Reach it
+    from another host through an SSH tunnel.
+    """
+    host, port = parse_hostport(text, what)
+    if not is_loopback(host):
+        raise UsageError(
+            f"{what} must listen on a loopback address (127.0.0.1, ::1 or localhost), "
+            f"not {host}: it speaks plain HTTP, so tokens and passwords would cross the "
+            "network in clear; from another host, reach it through an SSH tunnel"
+        )
+    return host, port
+
+
+def console_hosts(host: str, port: int) -> frozenset[str]:
+    """The ``Host`` headers a console listening on ``host:port`` answers.
+
+    Its own address, and ``localhost``/``127.0.0.1``/``[::1]`` for a loopback
+    listener; any other name (``evil.example`` resolving to 127.0.0.1, a DNS
+    rebinding attack) is refused.
+    """
+    names = {host.lower()}
+    if is_loopback(host):
+        names |= {"localhost", "127.0.0.1", "::1"}
+    hosts = set()
+    for name in names:
+        shown = f"[{name}]" if ":" in name else name
+        hosts.add(f"{shown}:{port}")
+        if port == 80:
+            hosts.add(shown)
+    return frozenset(hosts)
 
 
 @dataclass(slots=True)

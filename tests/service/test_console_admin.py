@@ -121,7 +121,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     ua = Terminal.open(terminals["UA-GS"].data, PASSPHRASE)
     for name, role in ROLES.items():
         add_user(ru.engine, name, role, PASSWORD, now=ru.clock())
-    app = create_console_app(ru, "console-token-" + "x" * 20)
+    app = create_console_app(ru, "console-token-" + "x" * 20, hosts={"testserver"})
     yield World(ru, ua, app)
     ru.engine.dispose()
     ua.engine.dispose()
@@ -338,7 +338,7 @@ def test_a_supervisor_proposes_a_channel_and_the_other_side_agrees(world: World)
     # The proposal reaches UA-GS, whose supervisor agrees in its own console.
     assert _pump(ru, ua) == 1
     add_user(ua.engine, "ua-sup", "supervisor", PASSWORD, now=ua.clock())
-    ua_app = create_console_app(ua, "ua-console-token-" + "y" * 20)
+    ua_app = create_console_app(ua, "ua-console-token-" + "y" * 20, hosts={"testserver"})
     ua_supervisor = Operator(ua_app, "ua-sup")
     ua_page = ua_supervisor.get("/channels").text
     assert 'data-testid="agree-button"' in ua_page

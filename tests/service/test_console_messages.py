@@ -110,7 +110,13 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
             add_user(terminal.engine, name, role, PASSWORD, now=utc_now())
         with terminal.engine.begin() as conn:
             conn.execute(update(m.users).where(m.users.c.name == "ivan").values(lang="ru"))
-    yield Pair(us, ru, create_console_app(us, "token"), create_console_app(ru, "token"))
+    testserver = {"testserver"}  # TestClient's Host
+    yield Pair(
+        us,
+        ru,
+        create_console_app(us, "token", hosts=testserver),
+        create_console_app(ru, "token", hosts=testserver),
+    )
     us.engine.dispose()
     ru.engine.dispose()
 

@@ -332,7 +332,9 @@ def _security_headers(response: Response, path: str) -> None:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # Not "no-referrer": that makes browsers send "Origin: null" on the console's
+    # own form posts, which the cross-site check (console_guard) must then accept.
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
     if not path.startswith("/static/"):
         response.headers["Cache-Control"] = "no-store"

@@ -1,6 +1,8 @@
 """The console listener's JSON operator API (``/api/v1``), used by the CLI.
 
-Bound to localhost by default. Every request must carry the bearer token
+Bound to a loopback address only (``parley.config.require_loopback_console``);
+``parley.service.console_guard`` refuses other ``Host`` names and cross-site
+changes before any route runs. Every request must carry the bearer token
 kept in ``DIR/console.token`` (mode 0600): whoever can read the data
 directory is an operator of this terminal. The operator's name travels in
 the ``X-Parley-Operator`` header and is recorded with each message sent.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -18,9 +21,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from parley.config import console_hosts, require_loopback_console
 from parley.core.canonical import JSONValue
 from parley.errors import LocalError, ParleyError, UsageError
 from parley.service.audit import audit
+from parley.service.console_guard import ConsoleGuard
 from parley.service.terminal import CardBundle, Draft, Terminal
 from parley.service.users import AuthenticationFailed, authenticate
 
@@ -134,7 +139,17 @@ def _may_send(request: Request) -> None:
 Operator = Annotated[str, Depends(_operator)]
 
 
-def create_console_app(terminal: Terminal, token: str) -> FastAPI:
+def create_console_app(
+    terminal: Terminal, token: str, *, hosts: Collection[str] | None = None
+) -> FastAPI:
+    """The operator API and the console, answering only as one of ``hosts``.
+
+    ``hosts`` are the ``Host`` headers accepted (``127.0.0.1:7080``…); by
+    default those of the configured ``console.listen`` address, which must be
+    a loopback address.
+    """
+    if hosts is None:
+        hosts = console_hosts(*require_loopback_console(terminal.config.console_listen))
     app = FastAPI(
         title=f"Parley operator API ({terminal.me})",
         version="v1",
@@ -145,6 +160,7 @@ def create_console_app(terminal: Terminal, token: str) -> FastAPI:
 
     app.state.token = token
     app.state.terminal = terminal
+    app.add_middleware(ConsoleGuard, hosts=hosts)
 
     @app.exception_handler(ParleyError)
     async def parley_error(request: Request, exc: ParleyError) -> JSONResponse:

@@ -3,7 +3,9 @@
 * the peer listener: HTTPS, TLS 1.3 only, client certificates required and
   pinned (``parley.service.tls``); the connection's pinned peer is known to
   the handlers;
-* the console listener: plain HTTP on localhost for the operator API;
+* the console listener: plain HTTP on a loopback address for the operator
+  API and the console (any other address is refused: TLS for it is not
+  available yet);
 * the delivery worker (``parley.service.delivery``).
 
 SIGINT and SIGTERM stop accepting connections, let requests in flight
@@ -31,7 +33,7 @@ import uvicorn
 from fastapi import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from parley.config import DataDir, parse_hostport
+from parley.config import DataDir, console_hosts, parse_hostport, require_loopback_console
 from parley.errors import UsageError
 from parley.logs import configure_logging
 from parley.service import tls
@@ -146,13 +148,19 @@ async def serve(terminal: Terminal, *, stop: asyncio.Event | None = None) -> Non
             return None
         return registry.get((request.client.host, request.client.port))
 
+    console_host, _ = require_loopback_console(
+        terminal.config.console_listen, f"console.listen in {data.config_file}"
+    )
     ssl_context = tls.server_context(terminal.identity, terminal.peer_certificates.values())
     peer_sock = _bind(terminal.config.peer_listen, "peer listener")
     console_sock = _bind(terminal.config.console_listen, "console listener")
     token = data.read_token() if data.token_file.exists() else data.new_token()
 
     peer_app = create_peer_app(terminal, tls_party_of)
-    console_app = create_console_app(terminal, token)
+    console_port = console_sock.getsockname()[1]
+    console_app = create_console_app(
+        terminal, token, hosts=console_hosts(console_host, console_port)
+    )
     worker = DeliveryWorker(terminal)
     console_app.state.worker = worker
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parley.config import Config, DataDir, parse_hostport
+from parley.config import Config, DataDir, parse_hostport, require_loopback_console
 from parley.core.encoding import check_party_id
 from parley.core.identity import Identity
 from parley.errors import SchemaViolation, UsageError
@@ -38,7 +38,7 @@ def init_terminal(
     if len(passphrase) < 8:
         raise UsageError("the key passphrase must be at least 8 characters")
     parse_hostport(peer_listen, "--peer-listen")
-    parse_hostport(console_listen, "--console-listen")
+    require_loopback_console(console_listen, "--console-listen")
     data = DataDir(path)
     if data.exists() or data.key_file.exists():
         raise UsageError(f"{path} already holds a terminal; refusing to overwrite its keys")
