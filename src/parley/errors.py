@@ -10,6 +10,7 @@ Hierarchy::
     ParleyError
     ├── LocalError                    our side broke a rule
     │   ├── UsageError                  a bad argument from our own caller
+    │   ├── NotPermitted                the operator's role does not allow the action
     │   ├── UnknownPeer                 no pinned card for that party
     │   ├── FingerprintMismatch         the card does not match the fingerprint read aloud
     │   └── KeyFileError                the private key file cannot be used
@@ -73,6 +74,7 @@ __all__ = [
     "MissingSignature",
     "NonCanonicalJSON",
     "NotARecipient",
+    "NotPermitted",
     "ParleyError",
     "RemoteError",
     "ReplayedEnvelope",
@@ -116,6 +118,17 @@ class LocalError(ParleyError):
 
 class UsageError(LocalError):
     pass
+
+
+class NotPermitted(LocalError):
+    """The operator's role does not allow the action (``parley.service.policy``).
+
+    ``decision`` is the policy's ``Decision``: the role and the rule that refused.
+    """
+
+    def __init__(self, message: str, *, decision: object = None) -> None:
+        super().__init__(message)
+        self.decision = decision
 
 
 class UnknownPeer(LocalError):

@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -529,6 +530,8 @@ class Terminal(Records):
         #: When each gap was first seen (time.monotonic()).
         self.gap_seen: dict[tuple[str, str], float] = {}
         self._alarm_lock = threading.Lock()
+        #: Work joined to this thread's next transaction (``joined``).
+        self._joined = threading.local()
         self._stored_channels: set[str] = set()
         #: Messages received per sender since start (the worker witnesses logs that grew).
         self.activity: dict[str, int] = {}
@@ -616,10 +619,48 @@ class Terminal(Records):
             raise VerificationError(f"log entry {index} is missing from the store")
         return bytes(entry)
 
+    @contextmanager
+    def joined(self, work: Callable[[Connection], None]) -> Iterator[Callable[[], bool]]:
+        """Run ``work`` in the next transaction this thread commits, after its own writes.
+
+        The operations layer writes the action log (and a held FLASH's
+        state) this way, in the same transaction as the action it records:
+        both are on disk, or neither. Yields a function saying whether
+        ``work`` ran.
+        """
+        ran = [False]
+
+        def once(conn: Connection) -> None:
+            work(conn)
+            ran[0] = True
+
+        pending = self._pending()
+        pending.append(once)
+        try:
+            yield lambda: ran[0]
+        finally:
+            if once in pending:
+                pending.remove(once)
+
+    def _pending(self) -> list[Callable[[Connection], None]]:
+        pending: list[Callable[[Connection], None]] | None = getattr(self._joined, "work", None)
+        if pending is None:
+            pending = self._joined.work = []
+        return pending
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One transaction, with the work joined to it (``joined``) done last."""
+        with self.engine.begin() as conn:
+            yield conn
+            pending = self._pending()
+            while pending:
+                pending.pop(0)(conn)
+
     def _commit(self, work: Callable[[Connection], Any]) -> Any:
         """Run ``work`` in one transaction; on failure rebuild memory from the disk."""
         try:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 result = work(conn)
         except BaseException:
             self._reload()
@@ -924,7 +965,7 @@ class Terminal(Records):
             now=self.clock(),
         )
         translation = read_certified_translation(statement, self.party.card_of)
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             conn.execute(
                 insert(m.translations).values(
                     digest=translation.digest,
@@ -951,7 +992,7 @@ class Terminal(Records):
         )
         translation = read_certified_translation(bytes(row.statement), self.party.card_of)
         countersigned = read_countersignature(statement, translation, self.party.card_of)
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             if conn.execute(
                 select(m.translation_countersignatures.c.operator).where(
                     and_(
@@ -1545,15 +1586,8 @@ class Terminal(Records):
             if conn.execute(select(m.channels.c.name).where(m.channels.c.name == name)).first():
                 raise UsageError(f"channel {name} already exists")
         others = [p for p in members if p != self.me]
-        result = self.send(
-            others,
-            kind="service",
-            body={"service": {"channel_proposal": {"members": list(members), "name": name}}},
-            operator=operator,
-            channel=name,
-            precedence="PRIORITY",
-        )
-        with self.engine.begin() as conn:
+
+        def proposed(conn: Connection) -> None:
             conn.execute(
                 update(m.channels)
                 .where(m.channels.c.name == name)
@@ -1561,6 +1595,16 @@ class Terminal(Records):
             )
             conn.execute(
                 insert(m.channel_agreements).values(channel=name, party=self.me, at=self.clock())
+            )
+
+        with self.joined(proposed):  # one transaction: the proposal and the channel's state
+            result = self.send(
+                others,
+                kind="service",
+                body={"service": {"channel_proposal": {"members": list(members), "name": name}}},
+                operator=operator,
+                channel=name,
+                precedence="PRIORITY",
             )
         return {"channel": name, "members": members, "proposal": result["id"]}
 
@@ -1580,17 +1624,20 @@ class Terminal(Records):
         if done:
             raise UsageError(f"this terminal already agreed to channel {name}")
         others = [p for p in row.members.split(",") if p != self.me]
-        result = self.send(
-            others,
-            kind="service",
-            body={"service": {"channel_agreement": {"name": name}}},
-            operator=operator,
-            channel=name,
-            precedence="PRIORITY",
-        )
-        with self.engine.begin() as conn:
+
+        def agreed(conn: Connection) -> None:
             conn.execute(
                 insert(m.channel_agreements).values(channel=name, party=self.me, at=self.clock())
+            )
+
+        with self.joined(agreed):  # one transaction: the agreement and its record
+            result = self.send(
+                others,
+                kind="service",
+                body={"service": {"channel_agreement": {"name": name}}},
+                operator=operator,
+                channel=name,
+                precedence="PRIORITY",
             )
         return {"channel": name, "agreement": result["id"]}
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from parley.errors import UsageError
 from parley.store import models as m
@@ -21,9 +21,11 @@ __all__ = [
     "Account",
     "AuthenticationFailed",
     "add_user",
+    "add_user_in",
     "authenticate",
     "list_users",
     "unlock_user",
+    "unlock_user_in",
 ]
 
 ROLES = ("duty_officer", "supervisor", "auditor", "admin")
@@ -52,6 +54,12 @@ class Account:
 
 
 def add_user(engine: Engine, name: str, role: str, password: str, *, now: datetime) -> Account:
+    with engine.begin() as conn:
+        return add_user_in(conn, name, role, password, now=now)
+
+
+def add_user_in(conn: Connection, name: str, role: str, password: str, *, now: datetime) -> Account:
+    """``add_user`` inside a caller's transaction."""
     if not _NAME.match(name):
         raise UsageError(
             "an operator name is lower-case letters, digits, '.', '_' or '-', "
@@ -61,18 +69,17 @@ def add_user(engine: Engine, name: str, role: str, password: str, *, now: dateti
         raise UsageError(f"role must be one of {', '.join(ROLES)}")
     if len(password) < 12:
         raise UsageError("an operator password must be at least 12 characters")
-    with engine.begin() as conn:
-        if conn.execute(select(m.users.c.name).where(m.users.c.name == name)).first():
-            raise UsageError(f"operator {name} already exists")
-        conn.execute(
-            insert(m.users).values(
-                name=name,
-                role=role,
-                password_hash=_hasher.hash(password),
-                created_at=now,
-                failed_logins=0,
-            )
+    if conn.execute(select(m.users.c.name).where(m.users.c.name == name)).first():
+        raise UsageError(f"operator {name} already exists")
+    conn.execute(
+        insert(m.users).values(
+            name=name,
+            role=role,
+            password_hash=_hasher.hash(password),
+            created_at=now,
+            failed_logins=0,
         )
+    )
     return Account(name, role)
 
 
@@ -101,9 +108,14 @@ def list_users(engine: Engine, *, now: datetime | None = None) -> list[dict[str,
 def unlock_user(engine: Engine, name: str) -> None:
     """Lift a lockout (an administrator's decision) and reset the failure count."""
     with engine.begin() as conn:
-        done = conn.execute(
-            update(m.users).where(m.users.c.name == name).values(locked_until=None, failed_logins=0)
-        ).rowcount
+        unlock_user_in(conn, name)
+
+
+def unlock_user_in(conn: Connection, name: str) -> None:
+    """``unlock_user`` inside a caller's transaction."""
+    done = conn.execute(
+        update(m.users).where(m.users.c.name == name).values(locked_until=None, failed_logins=0)
+    ).rowcount
     if not done:
         raise UsageError(f"no operator {name}")
 

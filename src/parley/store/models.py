@@ -259,13 +259,16 @@ users = Table(
 operator_actions = Table(
     "operator_actions",
     metadata,
-    # Every action taken in the console, with the operator who took it.
+    # Every operator action, from every front end, with the operator who took it.
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", Time, nullable=False),
     Column("operator", String(64), nullable=False),
     Column("action", String(32), nullable=False),
     Column("subject", Text, nullable=False),
     Column("detail", Text),
+    # The role acted in (``local_admin``: the console token) and the front end.
+    Column("role", String(16)),
+    Column("via", String(8)),  # console, api, cli
 )
 Index("operator_actions_by_time", operator_actions.c.at)
 
