@@ -411,7 +411,7 @@ def send(
 
 def _submit(request: dict[str, Any]) -> dict[str, Any]:
     """Send one message (a ``POST /messages`` request) through the API or the database."""
-    from parley.service.console_api import build_body
+    from parley.service.operations import build_body
 
     kind, body = build_body(
         request.get("text"), request.get("form"), request.get("data"), request.get("form_version")

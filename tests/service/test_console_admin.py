@@ -27,12 +27,12 @@ from sqlalchemy import func, insert, select, update
 
 from parley import merkle
 from parley.console import i18n, pages_admin
+from parley.console.api import create_console_app
 from parley.core.canonical import canonical_bytes
 from parley.core.checkpoint import verify_checkpoint
 from parley.core.identity import IdentityCard
 from parley.errors import SchemaViolation
 from parley.forms import default_registry
-from parley.service.console_api import create_console_app
 from parley.service.exchanges import exchange_state
 from parley.service.terminal import Terminal
 from parley.service.users import add_user

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from parley.config import console_hosts, require_loopback_console
+from parley.console.api import create_console_app
 from parley.errors import UsageError
 from parley.service import users
-from parley.service.console_api import create_console_app
 from parley.service.server import serve
 from parley.service.setup import init_terminal
 from parley.service.terminal import Terminal

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from parley.console import pages_messages
+from parley.console.api import create_console_app
 from parley.console.pages_messages import (
     collect_form_data,
     form_nodes,
@@ -34,7 +35,6 @@ from parley.core.forms import FormRegistry
 from parley.errors import UsageError
 from parley.forms import default_registry, load_definitions
 from parley.service import users
-from parley.service.console_api import create_console_app
 from parley.service.terminal import Terminal, utc_now
 from parley.service.users import add_user
 from parley.store import models as m

@@ -2,10 +2,11 @@
 alarms and the shift handover.
 
 Every page reads through ``run_in_threadpool`` (the database is never read on
-the event loop); every change is checked against ``PERMISSIONS`` (or, for
-clearing an alarm, ``ALARM_CLEARERS``), recorded with ``record_action`` and
-answered with a redirect back to its page (post/redirect/get), or the page
-again with the error when the terminal refused it.
+the event loop); every change goes through the operations layer
+(``page.ops``: the terminal's one policy decides, and the action is logged
+in the same transaction) and is answered with a redirect back to its page
+(post/redirect/get), or the page again with the error when the terminal
+refused it.
 
 The round-trip-time chart is drawn here as inline SVG (no chart library, no
 inline style: the classes come from ``console.css``).
@@ -25,27 +26,25 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, and_, func, select
 from starlette.concurrency import run_in_threadpool
 
 from parley.core.checkpoint import parse_note
 from parley.core.exchange import EXCHANGE_FORMS, STATUS_FORM, UNRESOLVED
-from parley.errors import ParleyError, UsageError
+from parley.errors import NotPermitted, ParleyError, UsageError
 from parley.forms import default_registry
 from parley.forms.render import format_date, transliterate_name
-from parley.service.audit import AuditReport, audit, stored_entries
+from parley.service.audit import AuditReport, stored_entries
 from parley.service.exchanges import exchange_summaries, exchange_view
 from parley.service.terminal import PRECEDENCE_RANK, Terminal
 from parley.store import models as m
 from parley.store.db import reading
 
-from .web import CurrentPage, Forbidden, Page, record_action, render, when
+from .web import CurrentPage, Page, render, when
 from .web import iso_utc as _iso
 
 __all__ = [
-    "ALARM_CLEARERS",
     "RttChart",
-    "clear_alarm",
     "evidence_bundle",
     "open_items",
     "router",
@@ -57,7 +56,6 @@ log = structlog.get_logger("parley.console")
 router = APIRouter()
 
 #: Who may clear an alarm by hand (the alarm stays in the record, marked cleared).
-ALARM_CLEARERS = frozenset({"supervisor"})
 
 #: How far back the links page charts round-trip times.
 CHART_SPAN = timedelta(hours=24)
@@ -141,20 +139,13 @@ async def propose_channel(
     name = name.strip()
     if not name or not chosen:
         return await _channels_refused(page, None, "no_name" if not name else "no_members")
+    ops = page.ops
     try:
-        result = await run_in_threadpool(
-            lambda: page.terminal.create_channel(name, chosen, operator=page.operator)
-        )
+        await run_in_threadpool(lambda: ops.create_channel(name, chosen))
+    except NotPermitted:
+        raise
     except ParleyError as exc:
         return await _channels_refused(page, str(exc), None)
-    await run_in_threadpool(
-        record_action,
-        page.terminal,
-        page.operator,
-        "channel_propose",
-        name,
-        {"members": result["members"], "proposal": result["proposal"]},
-    )
     return _back("/channels")
 
 
@@ -162,19 +153,11 @@ async def propose_channel(
 async def agree_channel(page: CurrentPage, name: str) -> Response:
     page.require("channels")
     try:
-        result = await run_in_threadpool(
-            lambda: page.terminal.agree_channel(name, operator=page.operator)
-        )
+        await run_in_threadpool(page.ops.agree_channel, name)
+    except NotPermitted:
+        raise
     except ParleyError as exc:
         return await _channels_refused(page, str(exc), None)
-    await run_in_threadpool(
-        record_action,
-        page.terminal,
-        page.operator,
-        "channel_agree",
-        name,
-        {"agreement": result["agreement"]},
-    )
     return _back("/channels")
 
 
@@ -384,9 +367,7 @@ async def test_links(page: CurrentPage) -> Response:
             **context,
         )
     await worker.test_links()
-    await run_in_threadpool(
-        record_action, page.terminal, page.operator, "links_test", page.terminal.me
-    )
+    await run_in_threadpool(page.ops.note_links_test)
     return _back("/links?done=test")
 
 
@@ -478,18 +459,8 @@ async def verify_now(page: CurrentPage) -> HTMLResponse:
     page.require("verify")
     terminal = page.terminal
     started = terminal.clock()
-    report: AuditReport = await run_in_threadpool(
-        lambda: audit(terminal.engine, terminal.identity.card)
-    )
+    report: AuditReport = await run_in_threadpool(page.ops.verify)
     summary = report.summary()
-    await run_in_threadpool(
-        record_action,
-        terminal,
-        page.operator,
-        "verify",
-        terminal.me,
-        {**{k: v for k, v in summary.items() if k != "failures"}, "failures": len(report.failures)},
-    )
     log.info("console_verify", operator=page.operator, ok=report.ok, entries=report.entries)
     result = {"summary": summary, "at": _iso(started)}
     if _htmx(page.request):
@@ -635,9 +606,7 @@ async def export_bundle(page: CurrentPage) -> Response:
             now=now,
         )
     )
-    await run_in_threadpool(
-        record_action, terminal, page.operator, "export", terminal.me, {"log_size": size}
-    )
+    await run_in_threadpool(page.ops.note_export, size)
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     filename = f"parley-evidence-{terminal.me}-{stamp}.json"
     return StreamingResponse(
@@ -754,23 +723,6 @@ async def exchange_page(page: CurrentPage, exchange_id: str) -> HTMLResponse:
 # Alarms ----------------------------------------------------------------------------
 
 
-def clear_alarm(terminal: Terminal, alarm_id: int) -> dict[str, Any] | None:
-    """Mark one uncleared alarm cleared now; None if there is no such uncleared alarm."""
-    cols = m.alarms.c
-    with terminal.engine.begin() as conn:
-        row = conn.execute(select(m.alarms).where(cols.id == alarm_id)).first()
-        if row is None or row.cleared_at is not None:
-            return None
-        done = conn.execute(
-            update(m.alarms)
-            .where(and_(cols.id == alarm_id, cols.cleared_at.is_(None)))
-            .values(cleared_at=terminal.clock())
-        )
-        if not done.rowcount:
-            return None
-    return {"id": row.id, "kind": row.kind, "subject": row.subject, "severity": row.severity}
-
-
 def _alarms_context(terminal: Terminal) -> dict[str, Any]:
     return {"alarms": terminal.alarms(), "events": terminal.security_events(limit=200)}
 
@@ -782,21 +734,17 @@ async def alarms_page(page: CurrentPage) -> HTMLResponse:
         page,
         "alarms.html",
         active="alarms",
-        may_clear=page.role in ALARM_CLEARERS,
+        may_clear=page.may("clear_alarms"),
         **context,
     )
 
 
 @router.post("/alarms/{alarm_id}/clear", response_model=None)
 async def clear_alarm_page(page: CurrentPage, alarm_id: int) -> Response:
-    if page.role not in ALARM_CLEARERS:
-        raise Forbidden("clear_alarms")
-    cleared = await run_in_threadpool(clear_alarm, page.terminal, alarm_id)
+    page.require("clear_alarms")
+    cleared = await run_in_threadpool(page.ops.clear_alarm, alarm_id)
     if cleared is None:
         return _refused(page, f"there is no uncleared alarm {alarm_id}", "no_such_alarm", 404)
-    await run_in_threadpool(
-        record_action, page.terminal, page.operator, "alarm_clear", str(alarm_id), cleared
-    )
     return _back("/alarms")
 
 
@@ -960,66 +908,14 @@ async def handover_page(page: CurrentPage) -> HTMLResponse:
     return _page(page, "handover.html", active="handover", error=None, **context)
 
 
-def _sign_off(terminal: Terminal, operator: str, note: str) -> tuple[int, dict[str, int]]:
-    items = open_items(terminal)
-    with terminal.engine.begin() as conn:
-        result = conn.execute(
-            m.handovers.insert().values(
-                signed_off_by=operator,
-                signed_off_at=terminal.clock(),
-                open_items=json.dumps(items, ensure_ascii=False, sort_keys=True),
-                note=note,
-            )
-        )
-        key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0]), {k: len(v) for k, v in items.items()}
-
-
 @router.post("/handover/sign-off", response_model=None)
 async def sign_off(
     page: CurrentPage, note: Annotated[str, Form(max_length=NOTE_MAX)] = ""
 ) -> Response:
     page.require("handover")
-    handover_id, counts = await run_in_threadpool(
-        _sign_off, page.terminal, page.operator, note.strip()
-    )
-    await run_in_threadpool(
-        record_action,
-        page.terminal,
-        page.operator,
-        "handover_sign_off",
-        str(handover_id),
-        {"open": counts},
-    )
+    ops = page.ops
+    await run_in_threadpool(lambda: ops.sign_off(note.strip(), open_items(page.terminal)))
     return _back("/handover")
-
-
-def _accept(terminal: Terminal, handover_id: int, operator: str) -> str | None:
-    """Accept a handover for ``operator``; None, or why it was refused."""
-    cols = m.handovers.c
-    with terminal.engine.begin() as conn:
-        row = conn.execute(select(m.handovers).where(cols.id == handover_id)).first()
-        if row is None:
-            return "no_handover"
-        if row.accepted_by is not None:
-            return "already_accepted"
-        if row.signed_off_by == operator:
-            return "own_handover"
-        done = conn.execute(
-            update(m.handovers)
-            .where(
-                and_(
-                    cols.id == handover_id,
-                    cols.accepted_by.is_(None),
-                    cols.signed_off_by != operator,
-                )
-            )
-            .values(accepted_by=operator, accepted_at=terminal.clock())
-        )
-        if not done.rowcount:
-            return "already_accepted"
-    return None
 
 
 #: Why an acceptance was refused -> the status answered (the page says why).
@@ -1029,7 +925,7 @@ _ACCEPT_REFUSALS = {"no_handover": 404, "already_accepted": 409, "own_handover":
 @router.post("/handover/{handover_id}/accept", response_model=None)
 async def accept_handover(page: CurrentPage, handover_id: int) -> Response:
     page.require("handover")
-    refusal = await run_in_threadpool(_accept, page.terminal, handover_id, page.operator)
+    refusal = await run_in_threadpool(page.ops.accept_handover, handover_id)
     if refusal is not None:
         context = await run_in_threadpool(_handover_context, page.terminal)
         return _page(
@@ -1040,7 +936,4 @@ async def accept_handover(page: CurrentPage, handover_id: int) -> Response:
             error=refusal,
             **context,
         )
-    await run_in_threadpool(
-        record_action, page.terminal, page.operator, "handover_accept", str(handover_id)
-    )
     return _back("/handover")

@@ -32,25 +32,25 @@ from typing import Annotated, Any
 import referencing
 import referencing.jsonschema
 import structlog
-from fastapi import APIRouter, Form, HTTPException
+from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, and_, select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from parley import merkle
 from parley.console import i18n
 from parley.console.i18n import gettext
-from parley.console.web import N_, CurrentPage, Page, record_action, render, when
+from parley.console.web import N_, CurrentPage, Page, render, when
 from parley.console.web import iso_utc as _iso
 from parley.core.canonical import JSONValue, canonical_bytes
 from parley.core.checkpoint import Checkpoint, verify_checkpoint, verify_cosignature
 from parley.core.envelope import PRECEDENCES, read_envelope
 from parley.core.forms import COMMON_ID, FORMATS, FormDefinition, FormRegistry, InvalidFormData
 from parley.core.transcript import EntryType, split_entry
-from parley.errors import ParleyError, UsageError
+from parley.errors import NotPermitted, ParleyError, UsageError
 from parley.forms.describe import FieldDescription, describe_form
 from parley.forms.render import RenderedField, render_form
 from parley.forms.translate import (
@@ -60,7 +60,7 @@ from parley.forms.translate import (
     available_translator,
     machine_translate,
 )
-from parley.service.console_api import build_body
+from parley.service.operations import build_body
 from parley.service.terminal import Terminal
 from parley.store import models as m
 from parley.store.db import reading
@@ -1168,9 +1168,7 @@ async def message_page(page: CurrentPage, envelope_id: str) -> HTMLResponse:
 @router.post("/messages/{envelope_id}/ack")
 async def acknowledge(page: CurrentPage, envelope_id: str) -> RedirectResponse:
     page.require("acknowledge")
-    terminal, operator = page.terminal, page.operator
-    result = await run_in_threadpool(lambda: terminal.acknowledge(envelope_id, operator=operator))
-    record_action(terminal, operator, "ack", envelope_id, {"ack": result["id"]})
+    await run_in_threadpool(page.ops.acknowledge, envelope_id)
     return RedirectResponse(f"/messages/{envelope_id}", status_code=303)
 
 
@@ -1236,147 +1234,47 @@ async def compose_validate(page: CurrentPage) -> Response:
     return _render_compose(page, "fragments/compose_errors.html", composed)
 
 
-def _held_request(c: Composed) -> dict[str, Any]:
-    return {
-        "to": c.recipients,
-        "channel": c.resolved_channel,
-        "precedence": c.precedence,
-        "exercise": c.exercise,
-        "kind": c.kind,
-        "body": c.body,
-        "lang": c.lang,
-    }
-
-
-def _hold(terminal: Terminal, operator: str, request: dict[str, Any]) -> int:
-    with terminal.engine.begin() as conn:
-        key = conn.execute(
-            insert(m.held_messages).values(
-                created_at=terminal.clock(),
-                operator=operator,
-                request=json.dumps(request, ensure_ascii=False),
-                state="held",
-            )
-        ).inserted_primary_key
-    assert key is not None
-    return int(key[0])
-
-
 @router.post("/compose", response_model=None)
 async def compose_send(page: CurrentPage) -> Response:
     page.require("compose")
     composed = _checked(page, await page.request.form())
     if composed.errors or composed.general:
         return _render_compose(page, "compose.html", composed)
-    terminal, operator = page.terminal, page.operator
-    request = _held_request(composed)
-    if composed.precedence == "FLASH" and not page.may("release_flash"):
-        held = await run_in_threadpool(_hold, terminal, operator, request)
-        record_action(
-            terminal,
-            operator,
-            "hold",
-            f"held:{held}",
-            {"to": request["to"], "kind": request["kind"], "precedence": "FLASH"},
-        )
-        return RedirectResponse("/outbox", status_code=303)
+    ops = page.ops
     try:
         result = await run_in_threadpool(
-            lambda: terminal.send(
-                request["to"],
-                kind=request["kind"],
-                body=request["body"],
-                operator=operator,
-                channel=request["channel"],
-                precedence=request["precedence"],
-                exercise=request["exercise"],
-                lang=request["lang"],
+            lambda: ops.send(
+                composed.recipients,
+                kind=composed.kind,
+                body=composed.body,
+                channel=composed.resolved_channel,
+                precedence=composed.precedence,
+                exercise=composed.exercise,
+                lang=composed.lang,
             )
         )
+    except NotPermitted:
+        raise
     except ParleyError as exc:
         composed.general.append(str(exc))
         return _render_compose(page, "compose.html", composed)
-    record_action(
-        terminal,
-        operator,
-        "send",
-        result["id"],
-        {
-            "to": request["to"],
-            "kind": request["kind"],
-            "precedence": request["precedence"],
-            "channel": result["channel"],
-        },
-    )
+    if "held" in result:  # a duty officer's FLASH waits for a supervisor
+        return RedirectResponse("/outbox", status_code=303)
     return RedirectResponse(f"/messages/{result['id']}", status_code=303)
 
 
 # Held FLASH -------------------------------------------------------------------------
 
 
-def _held(terminal: Terminal, held_id: int) -> Any:
-    with reading(terminal.engine) as conn:
-        row = conn.execute(select(m.held_messages).where(m.held_messages.c.id == held_id)).first()
-    if row is None:
-        raise HTTPException(404, "no such held message")
-    return row
-
-
-def _release(terminal: Terminal, held_id: int, supervisor: str) -> dict[str, Any]:
-    # Under the terminal's lock: two supervisors releasing at once send it once.
-    with terminal.lock:
-        row = _held(terminal, held_id)
-        if row.state != "held":
-            raise UsageError(f"held message {held_id} is already {row.state}")
-        request = json.loads(row.request)
-        result = terminal.send(
-            request["to"],
-            kind=request["kind"],
-            body=request["body"],
-            operator=row.operator,
-            channel=request["channel"],
-            precedence=request["precedence"],
-            exercise=request["exercise"],
-            lang=request["lang"],
-        )
-        with terminal.engine.begin() as conn:
-            conn.execute(
-                update(m.held_messages)
-                .where(m.held_messages.c.id == held_id)
-                .values(
-                    state="released",
-                    decided_by=supervisor,
-                    decided_at=terminal.clock(),
-                    envelope_id=result["id"],
-                )
-            )
-    return result
-
-
 @router.post("/outbox/held/{held_id}/release")
 async def release(page: CurrentPage, held_id: int) -> RedirectResponse:
     page.require("release_flash")
-    terminal, operator = page.terminal, page.operator
-    result = await run_in_threadpool(_release, terminal, held_id, operator)
-    record_action(
-        terminal, operator, "release", result["id"], {"held": held_id, "channel": result["channel"]}
-    )
+    await run_in_threadpool(page.ops.release, held_id)
     return RedirectResponse("/outbox", status_code=303)
 
 
 @router.post("/outbox/held/{held_id}/cancel")
 async def cancel(page: CurrentPage, held_id: int) -> RedirectResponse:
-    terminal, operator = page.terminal, page.operator
-    row = await run_in_threadpool(_held, terminal, held_id)
-    if row.operator != operator and not page.may("release_flash"):
-        page.require("release_flash")  # raises: only the author or a supervisor
-    with terminal.engine.begin() as conn:
-        done = conn.execute(
-            update(m.held_messages)
-            .where(and_(m.held_messages.c.id == held_id, m.held_messages.c.state == "held"))
-            .values(state="cancelled", decided_by=operator, decided_at=terminal.clock())
-        ).rowcount
-    if not done:
-        raise UsageError(f"held message {held_id} is already {row.state}")
-    record_action(terminal, operator, "cancel", f"held:{held_id}", {"author": row.operator})
+    """Withdraw a held FLASH: its author or a supervisor (the policy decides)."""
+    await run_in_threadpool(page.ops.reject, held_id)
     return RedirectResponse("/outbox", status_code=303)

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from parley.errors import UsageError
-from parley.service.users import ROLES, add_user, list_users, unlock_user
+from parley.errors import NotPermitted, UsageError
+from parley.service.users import ROLES, list_users
 
-from .web import CurrentPage, Page, record_action, render
+from .web import CurrentPage, Page, render
 
 router = APIRouter()
 
@@ -52,21 +52,19 @@ async def create_user(
     password: Annotated[str, Form(max_length=1024)],
 ) -> Response:
     page.require("users")
-    terminal = page.terminal
+    ops = page.ops
     try:
-        await run_in_threadpool(
-            lambda: add_user(terminal.engine, name, role, password, now=terminal.clock())
-        )
+        await run_in_threadpool(lambda: ops.add_user(name, role, password))
+    except NotPermitted:
+        raise
     except UsageError as exc:
         message = str(exc)
         return await run_in_threadpool(lambda: _users_page(page, error=message, status=400))
-    record_action(terminal, page.operator, "user_add", name, {"role": role})
     return RedirectResponse("/users", status_code=303)
 
 
 @router.post("/users/{name}/unlock")
 async def unlock(page: CurrentPage, name: str) -> RedirectResponse:
     page.require("users")
-    await run_in_threadpool(unlock_user, page.terminal.engine, name)
-    record_action(page.terminal, page.operator, "user_unlock", name)
+    await run_in_threadpool(page.ops.unlock_user, name)
     return RedirectResponse("/users", status_code=303)

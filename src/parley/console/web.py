@@ -11,19 +11,20 @@ and styles come only from this terminal's own ``/static/``, never inline.
   the form field ``csrf_token`` or the ``X-CSRF-Token`` header (htmx sends
   it from ``<body hx-headers>``), and an ``Origin``, when the browser sends
   one, must be this console's.
-* **Roles**: what each may do is ``PERMISSIONS``; every action is recorded
-  with the operator's name (``operator_actions``).
+* **Roles**: what each may do is the terminal's one policy
+  (``parley.service.policy``); every change goes through the operations
+  layer (``Page.ops``), which checks it and records it with the operator's
+  name in the same transaction (``operator_actions``).
 * **Languages**: each operator picks English, Russian or Ukrainian; the
   choice is kept with the account.
 
 The page modules (``pages_*.py``) add their routes to ``router`` and use
-``render``, ``Page`` and ``record_action`` from here.
+``render`` and ``Page`` from here.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
@@ -36,12 +37,13 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import insert, update
 from starlette.concurrency import run_in_threadpool
 
 from parley.console import i18n
 from parley.console.sessions import COOKIE, Session, SessionStore
-from parley.errors import ParleyError
+from parley.errors import LocalError, NotPermitted, ParleyError
+from parley.service.operations import Operations
+from parley.service.policy import Actor, Decision
 from parley.service.terminal import Terminal
 from parley.service.users import AuthenticationFailed, authenticate
 from parley.store import models as m
@@ -49,6 +51,7 @@ from parley.store import models as m
 __all__ = [
     "PERMISSIONS",
     "Page",
+    "error_status",
     "install_console",
     "iso_utc",
     "record_action",
@@ -59,17 +62,18 @@ __all__ = [
 
 log = structlog.get_logger("parley.console")
 
-#: What each role may do; reading is open to every role.
-PERMISSIONS: Mapping[str, frozenset[str]] = {
-    "compose": frozenset({"duty_officer", "supervisor"}),
-    "acknowledge": frozenset({"duty_officer", "supervisor"}),
-    "release_flash": frozenset({"supervisor"}),
-    "channels": frozenset({"supervisor"}),
-    "verify": frozenset({"duty_officer", "supervisor", "auditor", "admin"}),
-    "export": frozenset({"supervisor", "auditor"}),
-    "links": frozenset({"supervisor", "admin"}),
-    "handover": frozenset({"duty_officer", "supervisor"}),
-    "users": frozenset({"admin"}),
+#: A console permission -> the policy's action it stands for (the rule itself is the policy's).
+PERMISSIONS: Mapping[str, str] = {
+    "compose": "send",
+    "acknowledge": "acknowledge",
+    "release_flash": "release_flash",
+    "channels": "create_channel",
+    "verify": "verify",
+    "export": "export_evidence",
+    "links": "test_links",
+    "handover": "handover",
+    "users": "manage_operators",
+    "clear_alarms": "clear_alarm",
 }
 
 
@@ -146,8 +150,13 @@ class Page:
     def lang(self) -> str:
         return self.session.lang
 
+    @property
+    def ops(self) -> Operations:
+        """This operator's actions, checked by the policy and logged (via ``console``)."""
+        return Operations(self.terminal, Actor(self.operator, self.role, "console"))
+
     def may(self, permission: str) -> bool:
-        return self.role in PERMISSIONS[permission]
+        return self.ops.may(PERMISSIONS.get(permission, permission))
 
     def require(self, permission: str) -> None:
         if not self.may(permission):
@@ -180,6 +189,14 @@ async def _check_csrf(request: Request, session: Session) -> None:
         supplied = value if isinstance(value, str) else None
     if supplied is None or not hmac.compare_digest(supplied, session.csrf):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page")
+
+
+def error_status(exc: ParleyError) -> int:
+    """The HTTP status of an error: 403 for a role's refusal, 400 for our own
+    mistake, 422 for the other party's bad input or a record that fails."""
+    if isinstance(exc, NotPermitted):
+        return 403
+    return 400 if isinstance(exc, LocalError) else 422
 
 
 def when(value: str | datetime | None) -> str:
@@ -230,20 +247,10 @@ def render(page: Page | None, request: Request, template: str, **context: Any) -
 
 
 def record_action(
-    terminal: Terminal, operator: str, action: str, subject: str, detail: Any = None
+    terminal: Terminal, operator: str, role: str, action: str, subject: str, detail: Any = None
 ) -> None:
-    """Keep who did what in the console (``operator_actions``)."""
-    with terminal.engine.begin() as conn:
-        conn.execute(
-            insert(m.operator_actions).values(
-                at=terminal.clock(),
-                operator=operator,
-                action=action,
-                subject=subject[:500],
-                detail=None if detail is None else json.dumps(detail, ensure_ascii=False),
-            )
-        )
-    log.info("console_action", operator=operator, action=action, subject=subject)
+    """Log a console event that changes nothing else (a login, a logout)."""
+    Operations(terminal, Actor(operator, role, "console")).note(action, subject, detail)
 
 
 # Login, logout, language -----------------------------------------------------------
@@ -276,7 +283,15 @@ async def login(
         return refused
     lang = _stored_lang(terminal, account.name)
     token, _ = _sessions(request).create(account.name, account.role, lang, now)
-    record_action(terminal, account.name, "login", account.name, {"role": account.role})
+    await run_in_threadpool(
+        record_action,
+        terminal,
+        account.name,
+        account.role,
+        "login",
+        account.name,
+        {"role": account.role},
+    )
     response = RedirectResponse("/inbox", status_code=303)
     response.set_cookie(
         COOKIE, token, httponly=True, secure=True, samesite="strict", path="/", max_age=13 * 3600
@@ -298,7 +313,9 @@ def _stored_lang(terminal: Terminal, name: str) -> str:
 @router.post("/logout")
 async def logout(page: CurrentPage) -> RedirectResponse:
     _sessions(page.request).end(page.request.cookies.get(COOKIE))
-    record_action(page.terminal, page.operator, "logout", page.operator)
+    await run_in_threadpool(
+        record_action, page.terminal, page.operator, page.role, "logout", page.operator
+    )
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -311,9 +328,7 @@ async def language(
     if lang not in i18n.LANGS:
         raise HTTPException(400, "unknown language")
     page.session.lang = lang
-    with page.terminal.engine.begin() as conn:
-        conn.execute(update(m.users).where(m.users.c.name == page.operator).values(lang=lang))
-    record_action(page.terminal, page.operator, "language", lang)
+    await run_in_threadpool(page.ops.set_language, lang)
     target = back if back.startswith("/") and not back.startswith("//") else "/inbox"
     response = RedirectResponse(target, status_code=303)
     response.set_cookie("parley_lang", lang, secure=True, samesite="strict", path="/")
@@ -377,12 +392,17 @@ def install_console(app: FastAPI, terminal: Terminal) -> None:
         if request.url.path.startswith("/api/"):
             from fastapi.responses import JSONResponse
 
-            from parley.errors import LocalError
-
-            status = 400 if isinstance(exc, LocalError) else 422
-            return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status)
+            return JSONResponse(
+                {"error": exc.code, "message": str(exc)}, status_code=error_status(exc)
+            )
         session = _sessions(request).get(request.cookies.get(COOKIE), terminal.clock())
         page = Page(request, session) if session is not None else None
+        if isinstance(exc, NotPermitted):
+            decision = exc.decision
+            action = decision.action if isinstance(decision, Decision) else exc.code
+            refused = render(page, request, "forbidden.html", permission=action)
+            refused.status_code = 403
+            return refused
         response = render(page, request, "error.html", message=str(exc), code=exc.code)
         response.status_code = 400
         return response

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from parley.core.canonical import JSONValue
 from parley.errors import UsageError
 from parley.service import policy
+from parley.service.audit import AuditReport
 from parley.service.policy import Actor, Decision
 from parley.service.terminal import CardBundle, Draft, Terminal
 from parley.service.users import add_user_in, unlock_user_in
@@ -444,20 +445,16 @@ class Operations:
 
     # Evidence and verification --------------------------------------------------
 
-    def verify(self) -> dict[str, Any]:
+    def verify(self) -> AuditReport:
         """Audit the whole record (``parley verify``) and log that it was done."""
         from parley.service.audit import audit
 
         self.require("verify")
-        started = self.terminal.clock()
         report = audit(self.terminal.engine, self.terminal.identity.card)
         summary = report.summary()
-        self.note(
-            "verify",
-            self.terminal.me,
-            {"ok": report.ok, "entries": report.entries, "started": started.isoformat()},
-        )
-        return summary
+        detail = {k: v for k, v in summary.items() if k != "failures"}
+        self.note("verify", self.terminal.me, {**detail, "failures": len(report.failures)})
+        return report
 
     def note_export(self, log_size: int) -> None:
         """Log an evidence export (``export_evidence``, checked before it was made)."""

@@ -34,10 +34,10 @@ from fastapi import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from parley.config import DataDir, console_hosts, parse_hostport, require_loopback_console
+from parley.console.api import create_console_app
 from parley.errors import UsageError
 from parley.logs import configure_logging
 from parley.service import tls
-from parley.service.console_api import create_console_app
 from parley.service.delivery import DeliveryWorker
 from parley.service.lock import ServeLock
 from parley.service.peer_api import create_peer_app

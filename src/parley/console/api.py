@@ -2,10 +2,20 @@
 
 Bound to a loopback address only (``parley.config.require_loopback_console``);
 ``parley.service.console_guard`` refuses other ``Host`` names and cross-site
-changes before any route runs. Every request must carry the bearer token
-kept in ``DIR/console.token`` (mode 0600): whoever can read the data
-directory is an operator of this terminal. The operator's name travels in
-the ``X-Parley-Operator`` header and is recorded with each message sent.
+changes before any route runs.
+
+Every request names who makes it, in one of two ways:
+
+* an operator account (HTTP ``Basic``: name and password; Argon2id, locked
+  after repeated failures), acting in the account's role;
+* the console token kept in ``DIR/console.token`` (``Bearer``): the **local
+  administrator**, whoever can read the data directory, equal to root. Its
+  name for the action log travels in ``X-Parley-Operator``.
+
+Every route goes through the operations layer (``parley.service.operations``):
+the terminal's one policy decides (a refusal is ``403``; a duty officer's
+FLASH is answered ``202`` and held for a supervisor) and every change is
+logged with the operator's name, role and ``via: api`` in its own transaction.
 """
 
 from __future__ import annotations
@@ -17,19 +27,20 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from parley.config import console_hosts, require_loopback_console
-from parley.core.canonical import JSONValue
-from parley.errors import LocalError, ParleyError, UsageError
-from parley.service.audit import audit
+from parley.console.web import error_status
+from parley.errors import ParleyError, UsageError
 from parley.service.console_guard import ConsoleGuard
+from parley.service.operations import Operations, build_body
+from parley.service.policy import LOCAL_ADMIN, Actor
 from parley.service.terminal import CardBundle, Draft, Terminal
 from parley.service.users import AuthenticationFailed, authenticate
 
-__all__ = ["create_console_app"]
+__all__ = ["build_body", "create_console_app"]
 
 
 #: The most messages one batch request may carry (one transaction on disk).
@@ -68,46 +79,19 @@ class ChannelRequest(BaseModel):
     members: list[str] = Field(min_length=1)
 
 
-def build_body(
-    text: str | None,
-    form: str | None,
-    data: dict[str, Any] | None,
-    version: int | None = None,
-) -> tuple[str, dict[str, JSONValue]]:
-    """The envelope kind and content body for free text or a form.
-
-    A form is validated here, against the definition the receiver will use
-    (the latest version unless one is named).
-    """
-    from parley.core.forms import FormRejected, InvalidFormData
-    from parley.errors import UsageError
-    from parley.forms import default_registry
-
-    if (text is None) == (form is None):
-        raise UsageError("give either a text or a form (with its data), not both")
-    if text is not None:
-        if not text.strip():
-            raise UsageError("the message text is empty")
-        return "text", {"text": text}
-    if data is None:
-        raise UsageError(f"form {form} needs its data")
-    try:
-        return "form", {"form": default_registry().body(str(form), data, version)}
-    except FormRejected as exc:
-        raise InvalidFormData(exc.code, f"the form is not valid: {exc.reason}") from None
+class UserRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    role: str
+    password: str = Field(min_length=1, max_length=1024)
 
 
-def _operator(
+def _actor(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_parley_operator: Annotated[str | None, Header()] = None,
-) -> str:
-    """Authenticate the caller; return the operator's name.
-
-    Either the console token (``Bearer``; the CLI, acting for whoever can read
-    the data directory, named by ``X-Parley-Operator``) or an operator
-    account (``Basic``; Argon2id, locked after repeated failures).
-    """
+) -> Operations:
+    """Authenticate the caller: an operator account (``Basic``) or the local
+    administrator (``Bearer`` console token); their operations on this terminal."""
     terminal: Terminal = request.app.state.terminal
     scheme, _, credentials = (authorization or "").partition(" ")
     if scheme.lower() == "basic":
@@ -119,24 +103,19 @@ def _operator(
             raise HTTPException(
                 401, {"error": "unauthorized", "message": "wrong name or password, or locked"}
             ) from None
-        request.state.role = account.role
-        return account.name
+        return Operations(terminal, Actor(account.name, account.role, "api"))
     token: str = request.app.state.token
     supplied = credentials.strip() if scheme.lower() == "bearer" else ""
     if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
         raise HTTPException(401, {"error": "unauthorized", "message": "bad or missing token"})
-    request.state.role = "admin"
-    return (x_parley_operator or "operator")[:100]
+    return Operations(terminal, Actor((x_parley_operator or "operator")[:64], LOCAL_ADMIN, "api"))
 
 
-def _may_send(request: Request) -> None:
-    if getattr(request.state, "role", None) == "auditor":
-        raise HTTPException(
-            403, {"error": "forbidden", "message": "an auditor reads and verifies; it cannot send"}
-        )
+Ops = Annotated[Operations, Depends(_actor)]
 
 
-Operator = Annotated[str, Depends(_operator)]
+async def _read(ops: Operations) -> None:
+    await run_in_threadpool(ops.require, "read")
 
 
 def create_console_app(
@@ -164,34 +143,25 @@ def create_console_app(
 
     @app.exception_handler(ParleyError)
     async def parley_error(request: Request, exc: ParleyError) -> JSONResponse:
-        status = 400 if isinstance(exc, LocalError) else 422
-        return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status)
+        return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=error_status(exc))
 
     @app.get("/api/v1/status")
-    async def status(op: Operator) -> dict[str, Any]:
+    async def status(ops: Ops) -> dict[str, Any]:
+        await _read(ops)
         return await run_in_threadpool(terminal.status)
 
     @app.post("/api/v1/messages")
-    async def send(op: Operator, req: SendRequest, request: Request) -> dict[str, Any]:
-        _may_send(request)
-        kind, body = build_body(req.text, req.form, req.data, req.form_version)
-        return await run_in_threadpool(
-            lambda: terminal.send(
-                req.to,
-                kind=kind,
-                body=body,
-                operator=op,
-                channel=req.channel,
-                precedence=req.precedence,
-                exercise=req.exercise,
-                lang=req.lang,
-            )
-        )
+    async def send(ops: Ops, req: SendRequest, response: Response) -> dict[str, Any]:
+        """Send a message; a duty officer's FLASH is held (``202``, ``{"held": N}``)."""
+        result = await run_in_threadpool(ops.send_request, req.model_dump())
+        if "held" in result:
+            response.status_code = 202
+        return result
 
     @app.post("/api/v1/messages/batch")
-    async def send_batch(op: Operator, req: BatchRequest, request: Request) -> dict[str, Any]:
-        """Queue several messages in one transaction: all are accepted, or none."""
-        _may_send(request)
+    async def send_batch(ops: Ops, req: BatchRequest) -> dict[str, Any]:
+        """Queue several messages in one transaction: all are accepted, or none
+        (a duty officer's FLASH among them is held, in the same transaction)."""
         drafts = []
         for n, item in enumerate(req.messages):
             try:
@@ -203,121 +173,156 @@ def create_console_app(
                     tuple(item.to),
                     kind=kind,
                     body=body,
-                    operator=op,
+                    operator=ops.actor.name,
                     channel=item.channel,
                     precedence=item.precedence,
                     exercise=item.exercise,
                     lang=item.lang,
                 )
             )
-        results = await run_in_threadpool(terminal.send_many, drafts)
+        results = await run_in_threadpool(ops.send_many, drafts)
         return {"messages": results}
 
     @app.get("/api/v1/inbox")
-    async def inbox(op: Operator, all: bool = False) -> list[dict[str, Any]]:
+    async def inbox(ops: Ops, all: bool = False) -> list[dict[str, Any]]:
+        await _read(ops)
         return await run_in_threadpool(lambda: terminal.messages("in", all_kinds=all))
 
     @app.get("/api/v1/outbox")
-    async def outbox(op: Operator, all: bool = False) -> list[dict[str, Any]]:
+    async def outbox(ops: Ops, all: bool = False) -> list[dict[str, Any]]:
+        await _read(ops)
         return await run_in_threadpool(lambda: terminal.messages("out", all_kinds=all))
 
     @app.get("/api/v1/messages/{envelope_id}")
-    async def show(op: Operator, envelope_id: str) -> dict[str, Any]:
+    async def show(ops: Ops, envelope_id: str) -> dict[str, Any]:
+        await _read(ops)
         return await run_in_threadpool(terminal.show, envelope_id)
 
     @app.post("/api/v1/messages/{envelope_id}/ack")
-    async def ack(op: Operator, envelope_id: str, request: Request) -> dict[str, Any]:
-        _may_send(request)
-        return await run_in_threadpool(lambda: terminal.acknowledge(envelope_id, operator=op))
+    async def ack(ops: Ops, envelope_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(ops.acknowledge, envelope_id)
 
     @app.post("/api/v1/messages/{envelope_id}/translations")
-    async def certify(
-        op: Operator, envelope_id: str, req: TranslationRequest, request: Request
-    ) -> dict[str, Any]:
+    async def certify(ops: Ops, envelope_id: str, req: TranslationRequest) -> dict[str, Any]:
         """Attach a certified translation, signed for this operator."""
-        _may_send(request)
         return await run_in_threadpool(
-            lambda: terminal.certify_translation(
-                envelope_id, target_lang=req.lang, text=req.text, operator=op
-            )
+            lambda: ops.certify_translation(envelope_id, lang=req.lang, text=req.text)
         )
 
     @app.post("/api/v1/translations/{digest}/countersign")
-    async def countersign(op: Operator, digest: str, request: Request) -> dict[str, Any]:
+    async def countersign(ops: Ops, digest: str) -> dict[str, Any]:
         """A second operator's check of a certified translation."""
-        _may_send(request)
-        return await run_in_threadpool(
-            lambda: terminal.countersign_translation(digest, operator=op)
-        )
+        return await run_in_threadpool(ops.countersign_translation, digest)
+
+    @app.get("/api/v1/held")
+    async def held(ops: Ops) -> list[dict[str, Any]]:
+        """FLASH messages held for a supervisor's release, oldest first."""
+        return await run_in_threadpool(ops.held_messages)
+
+    @app.post("/api/v1/held/{held_id}/release")
+    async def release(ops: Ops, held_id: int) -> dict[str, Any]:
+        """Send a held FLASH (a supervisor): sent, marked and logged in one transaction."""
+        return await run_in_threadpool(ops.release, held_id)
+
+    @app.post("/api/v1/held/{held_id}/reject")
+    async def reject(ops: Ops, held_id: int) -> dict[str, Any]:
+        """Withdraw a held FLASH (a supervisor, or the officer who wrote it)."""
+        return await run_in_threadpool(ops.reject, held_id)
 
     @app.get("/api/v1/links")
-    async def links(op: Operator) -> list[dict[str, Any]]:
+    async def links(ops: Ops) -> list[dict[str, Any]]:
+        await _read(ops)
         return await run_in_threadpool(terminal.links)
 
     @app.post("/api/v1/links/test")
-    async def test_links(op: Operator, request: Request) -> dict[str, Any]:
+    async def test_links(ops: Ops, request: Request) -> dict[str, Any]:
+        await run_in_threadpool(ops.require, "test_links")
         worker = getattr(request.app.state, "worker", None)
         if worker is None:
             raise HTTPException(409, {"error": "not_serving", "message": "no delivery worker"})
         await worker.test_links()
-        return {"queued": len(terminal.links())}
+        await run_in_threadpool(ops.note_links_test)
+        return {"queued": len(await run_in_threadpool(terminal.links))}
 
     @app.get("/api/v1/alarms")
-    async def alarms(op: Operator) -> list[dict[str, Any]]:
+    async def alarms(ops: Ops) -> list[dict[str, Any]]:
+        await _read(ops)
         return await run_in_threadpool(terminal.alarms)
 
+    @app.post("/api/v1/alarms/{alarm_id}/clear")
+    async def clear_alarm(ops: Ops, alarm_id: int) -> dict[str, Any]:
+        cleared = await run_in_threadpool(ops.clear_alarm, alarm_id)
+        if cleared is None:
+            raise UsageError(f"there is no uncleared alarm {alarm_id}")
+        return cleared
+
     @app.get("/api/v1/security-events")
-    async def security_events(op: Operator) -> list[dict[str, Any]]:
+    async def security_events(ops: Ops) -> list[dict[str, Any]]:
+        await _read(ops)
         return await run_in_threadpool(terminal.security_events)
 
     @app.get("/api/v1/peers")
-    async def peers(op: Operator) -> list[dict[str, Any]]:
+    async def peers(ops: Ops) -> list[dict[str, Any]]:
+        await _read(ops)
         return await run_in_threadpool(terminal.peers)
 
     @app.post("/api/v1/peers")
-    async def add_peer(op: Operator, req: PeerRequest, request: Request) -> dict[str, Any]:
+    async def add_peer(ops: Ops, req: PeerRequest, request: Request) -> dict[str, Any]:
+        """Pin a peer (an administrator), or point a pinned peer's links elsewhere."""
         import json
 
         bundle = CardBundle.from_json(json.dumps(req.card).encode())
-        card = await run_in_threadpool(
-            lambda: terminal.add_peer(bundle, req.fingerprint, req.links)
-        )
+        card = await run_in_threadpool(lambda: ops.add_peer(bundle, req.fingerprint, req.links))
         hook = getattr(request.app.state, "on_peer_added", None)
         if hook is not None:
             hook(card.party)
         return {"party": card.party, "fingerprint": card.fingerprint}
 
     @app.get("/api/v1/channels")
-    async def channels(op: Operator) -> list[dict[str, Any]]:
+    async def channels(ops: Ops) -> list[dict[str, Any]]:
+        await _read(ops)
         return await run_in_threadpool(terminal.channels)
 
     @app.post("/api/v1/channels")
-    async def create_channel(op: Operator, req: ChannelRequest, request: Request) -> dict[str, Any]:
-        _may_send(request)
-        return await run_in_threadpool(
-            lambda: terminal.create_channel(req.name, req.members, operator=op)
-        )
+    async def create_channel(ops: Ops, req: ChannelRequest) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: ops.create_channel(req.name, req.members))
 
     @app.post("/api/v1/channels/{name}/agree")
-    async def agree_channel(op: Operator, name: str, request: Request) -> dict[str, Any]:
-        _may_send(request)
-        return await run_in_threadpool(lambda: terminal.agree_channel(name, operator=op))
+    async def agree_channel(ops: Ops, name: str) -> dict[str, Any]:
+        return await run_in_threadpool(ops.agree_channel, name)
 
     @app.get("/api/v1/exchanges")
-    async def exchanges(op: Operator) -> list[dict[str, Any]]:
+    async def exchanges(ops: Ops) -> list[dict[str, Any]]:
         from parley.service.exchanges import exchange_summaries
 
+        await _read(ops)
         return await run_in_threadpool(exchange_summaries, terminal)
 
     @app.get("/api/v1/exchanges/{exchange_id}")
-    async def exchange(op: Operator, exchange_id: str) -> dict[str, Any]:
+    async def exchange(ops: Ops, exchange_id: str) -> dict[str, Any]:
         from parley.service.exchanges import exchange_view
 
+        await _read(ops)
         return await run_in_threadpool(exchange_view, terminal, exchange_id)
 
+    @app.get("/api/v1/users")
+    async def users(ops: Ops) -> list[dict[str, object]]:
+        from parley.service.users import list_users
+
+        await run_in_threadpool(ops.require, "manage_operators")
+        return await run_in_threadpool(lambda: list_users(terminal.engine, now=terminal.clock()))
+
+    @app.post("/api/v1/users")
+    async def add_user(ops: Ops, req: UserRequest) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: ops.add_user(req.name, req.role, req.password))
+
+    @app.post("/api/v1/users/{name}/unlock")
+    async def unlock_user(ops: Ops, name: str) -> dict[str, Any]:
+        return await run_in_threadpool(ops.unlock_user, name)
+
     @app.post("/api/v1/verify")
-    async def verify(op: Operator) -> dict[str, Any]:
-        report = await run_in_threadpool(lambda: audit(terminal.engine, terminal.identity.card))
+    async def verify(ops: Ops) -> dict[str, Any]:
+        report = await run_in_threadpool(ops.verify)
         return report.summary()
 
     from parley.console.web import install_console
