@@ -28,7 +28,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from parley.config import DataDir
-from parley.errors import ParleyError, UsageError
+from parley.errors import (
+    ParleyError,
+    UnreadableFile,
+    diagnostic_line,
+    error_body,
+)
 from parley.service.terminal import CardBundle, Records, Terminal
 
 __all__ = ["app", "main"]
@@ -129,9 +134,59 @@ def _login_name() -> str:
         return "operator"
 
 
+class Failure(Exception):
+    """What a command could not do, as an ``error_body``; ``main`` reports it."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body["message"])
+        self.body = body
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
+    """Stop with one line on stderr and exit ``code`` (2: a mistake in the command)."""
+    raise Failure(
+        {
+            "error": "usage_error" if code == 2 else "failed",
+            "culprit": "us",
+            "usage": code == 2,
+            "message": message,
+        }
+    )
+
+
+def usage(message: str) -> NoReturn:
+    """Stop: the operator's command is wrong (exit 2)."""
+    fail(message, 2)
+
+
+def unreadable(what: str, path: Path, exc: Exception, *, parse: str | None = None) -> NoReturn:
+    """Stop: a file the operator named cannot be read (or parsed as ``parse``)."""
+    reason = f"could not be parsed as {parse}" if parse else "could not be read"
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    raise UnreadableFile(f"{what} {path} {reason}: {detail}") from None
+
+
+def report(body: dict[str, Any], *, as_json: bool) -> NoReturn:
+    """Print an error (one line, or ``body`` as JSON on stdout for ``--json``) and exit.
+
+    The same for a mistake found here and one the running terminal's API
+    reports: exit 2 for a mistake in the command, 1 for anything else.
+    """
+    if as_json:
+        sys.stdout.write(json.dumps(body, ensure_ascii=False) + "\n")
+    else:
+        err.print(f"[bold red]error:[/] {escape(diagnostic_line(body))}", highlight=False)
+    sys.exit(2 if body.get("usage") else 1)
+
+
+PRECEDENCES = ("FLASH", "IMMEDIATE", "PRIORITY", "ROUTINE")
+
+
+def _precedence(value: str) -> str:
+    """``--precedence``, checked here so that both paths refuse it alike."""
+    if value.upper() not in PRECEDENCES:
+        usage(f"--precedence must be FLASH, IMMEDIATE, PRIORITY or ROUTINE, not {value!r}")
+    return value.upper()
 
 
 def passphrase(*, confirm: bool = False) -> str:
@@ -139,7 +194,7 @@ def passphrase(*, confirm: bool = False) -> str:
         try:
             return state.passphrase_file.read_text("utf-8").rstrip("\r\n")
         except OSError as exc:
-            fail(f"cannot read the passphrase file: {exc}")
+            unreadable("the passphrase file", state.passphrase_file, exc)
     env = os.environ.get("PARLEY_PASSPHRASE")
     if env:
         return env
@@ -172,14 +227,31 @@ class ApiBackend:
         except httpx.HTTPError as exc:
             fail(f"the running terminal did not answer: {exc}")
         if response.status_code >= 400:
-            try:
-                detail = response.json()
-                detail = detail.get("detail", detail)
-                message = detail.get("message") if isinstance(detail, dict) else None
-            except ValueError:
-                message = None
-            fail(message or f"HTTP {response.status_code}: {response.text[:300]}")
+            raise Failure(api_error(response))
         return response.json()
+
+
+def api_error(response: httpx.Response) -> dict[str, Any]:
+    """The ``error_body`` in an error answer of the operator API (or one made up for it)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("detail"), dict):
+        body = body["detail"]  # an HTTPException of an older terminal
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return {
+            "error": str(body.get("error", "failed")),
+            "culprit": str(body.get("culprit", "us")),
+            "usage": bool(body.get("usage", False)),
+            "message": body["message"],
+        }
+    return {
+        "error": f"http_{response.status_code}",
+        "culprit": "us",
+        "usage": False,
+        "message": f"the running terminal answered HTTP {response.status_code}",
+    }
 
 
 @contextmanager
@@ -264,10 +336,19 @@ def init(
 
 def _own_bundle() -> CardBundle:
     state.data.require()
+    return _read_card(state.data.card_file, "this terminal's card file")[0]
+
+
+def _read_card(path: Path, what: str) -> tuple[CardBundle, bytes]:
+    """A card file the operator named, and its bytes; never blamed on the other party."""
     try:
-        return CardBundle.from_json(state.data.card_file.read_bytes())
+        raw = path.read_bytes()
     except OSError as exc:
-        fail(f"cannot read {state.data.card_file}: {exc}")
+        unreadable(what, path, exc)
+    try:
+        return CardBundle.from_json(raw), raw
+    except ParleyError as exc:
+        unreadable(what, path, exc, parse="a Parley card")
 
 
 @app.command()
@@ -298,13 +379,9 @@ def peer_add(
     for item in link or []:
         name, sep, url = item.partition("=")
         if not sep or not name or not url:
-            fail(f"--link must be NAME=URL, not {item!r}")
+            usage(f"--link must be NAME=URL, not {item!r}")
         links.append((name, url))
-    try:
-        raw = card_file.read_bytes()
-    except OSError as exc:
-        fail(f"cannot read the card file: {exc}")
-    bundle = CardBundle.from_json(raw)
+    bundle, raw = _read_card(card_file, "the card file")
     pinned = bundle.card.pinned(fingerprint)
     with backend(needs_keys=True) as (api, local):
         if api is not None:
@@ -385,16 +462,13 @@ def send(
     data = None
     if form is not None:
         if file is None:
-            fail("--form needs --file DATA.json")
-        try:
-            data = json.loads(file.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            fail(f"cannot read the form data {file}: {exc}")
+            usage("--form needs --file DATA.json")
+        data = _read_json(file, "the form data")
     result = _submit(
         {
             "to": recipients,
             "channel": channel,
-            "precedence": precedence.upper(),
+            "precedence": precedence,
             "exercise": exercise,
             "text": text,
             "form": form,
@@ -413,6 +487,7 @@ def _submit(request: dict[str, Any]) -> dict[str, Any]:
     """Send one message (a ``POST /messages`` request) through the API or the database."""
     from parley.service.operations import build_body
 
+    request = {**request, "precedence": _precedence(request["precedence"])}
     kind, body = build_body(
         request.get("text"), request.get("form"), request.get("data"), request.get("form_version")
     )
@@ -544,7 +619,7 @@ def _check_lang(lang: str) -> str:
     from parley.core.forms import LANGS
 
     if lang not in LANGS:
-        fail(f"--lang must be one of {', '.join(LANGS)}, not {lang!r}")
+        usage(f"--lang must be one of {', '.join(LANGS)}, not {lang!r}")
     return lang
 
 
@@ -765,7 +840,7 @@ def form_show(
     registry = default_registry()
     definition = registry.latest(name) if version is None else registry.get(name, version)
     if definition is None:
-        fail(f"no form {name}" + ("" if version is None else f" version {version}"))
+        usage(f"no form {name}" + ("" if version is None else f" version {version}"))
     if json_:
         out.print_json(
             json.dumps(
@@ -815,12 +890,12 @@ def translation_add(
 ) -> None:
     """Attach your certified translation of a message; prints its digest."""
     if (file is None) == (text is None):
-        fail("give the translation with --file or --text")
+        usage("give the translation with --file or --text")
     if file is not None:
         try:
             text = file.read_text("utf-8")
         except (OSError, ValueError) as exc:
-            fail(f"cannot read the translation {file}: {exc}")
+            unreadable("the translation", file, exc)
     assert text is not None
     with backend(needs_keys=True) as (api, local):
         if api is not None:
@@ -863,7 +938,7 @@ def _exchange_view(exchange_id: str, *, missing_ok: bool = False) -> dict[str, A
             if exchange_id not in known:
                 if missing_ok:
                     return None
-                fail(f"no exchange {exchange_id} on this terminal")
+                usage(f"no exchange {exchange_id} on this terminal")
             view: dict[str, Any] = api.call("GET", f"/exchanges/{exchange_id}")
             return view
         assert local is not None
@@ -878,16 +953,20 @@ def _channel_members(channel: str) -> list[str]:
     for c in channels:
         if c["name"] == channel:
             if c["state"] != "active":
-                fail(f"channel {channel} is not agreed by every member yet")
+                usage(f"channel {channel} is not agreed by every member yet")
             return list(c["members"])
-    fail(f"no channel {channel}; create it with `parley channel create`")
+    usage(f"no channel {channel}; create it with `parley channel create`")
 
 
 def _read_json(file: Path, what: str) -> Any:
     try:
-        return json.loads(file.read_text("utf-8"))
+        text = file.read_text("utf-8")
     except (OSError, ValueError) as exc:
-        fail(f"cannot read {what} from {file}: {exc}")
+        unreadable(what, file, exc)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        unreadable(what, file, exc, parse="JSON")
 
 
 def _persons(file: Path) -> list[Any]:
@@ -895,7 +974,10 @@ def _persons(file: Path) -> list[Any]:
     if isinstance(persons, dict):
         persons = persons.get("persons")
     if not isinstance(persons, list):
-        fail(f"{file} must hold a JSON list of persons (or an object with 'persons')")
+        raise UnreadableFile(
+            f"the list of persons {file} must hold a JSON list of persons "
+            "(or an object with 'persons')"
+        )
     return persons
 
 
@@ -935,12 +1017,12 @@ def exchange_propose(
 ) -> None:
     """Propose this side's list: the persons it holds and will hand over."""
     if kind not in KINDS_OF_EXCHANGE:
-        fail(f"--kind must be prisoners or remains, not {kind!r}")
+        usage(f"--kind must be prisoners or remains, not {kind!r}")
     view = _exchange_view(exchange_id, missing_ok=True)
     if view is not None and _me() in view["lists"]:
-        fail(f"this side already proposed a list for {exchange_id}; use `parley exchange amend`")
+        usage(f"this side already proposed a list for {exchange_id}; use `parley exchange amend`")
     if view is not None and view["kind"] not in (None, kind):
-        fail(f"{exchange_id} is an exchange of {view['kind']}, not {kind}")
+        usage(f"{exchange_id} is an exchange of {view['kind']}, not {kind}")
     data: dict[str, Any] = {
         "exchange_id": exchange_id,
         "revision": 1,
@@ -950,7 +1032,7 @@ def exchange_propose(
         data["note"] = note
     members = _channel_members(channel)
     sys.stdout.write(
-        _send_to_channel(channel, members, KINDS_OF_EXCHANGE[kind], data, precedence.upper()) + "\n"
+        _send_to_channel(channel, members, KINDS_OF_EXCHANGE[kind], data, precedence) + "\n"
     )
 
 
@@ -965,7 +1047,7 @@ def exchange_amend(
     view = _exchange_view(exchange_id)
     assert view is not None
     if _me() not in view["lists"]:
-        fail(f"this side has no list in {exchange_id} yet; use `parley exchange propose`")
+        usage(f"this side has no list in {exchange_id} yet; use `parley exchange propose`")
     data: dict[str, Any] = {
         "exchange_id": exchange_id,
         "revision": view["next_revision"],
@@ -975,7 +1057,7 @@ def exchange_amend(
         data["note"] = note
     form = KINDS_OF_EXCHANGE[view["kind"]]
     sys.stdout.write(
-        _send_to_channel(view["channel"], view["members"], form, data, precedence.upper()) + "\n"
+        _send_to_channel(view["channel"], view["members"], form, data, precedence) + "\n"
     )
 
 
@@ -992,9 +1074,9 @@ def exchange_agree(
     view = _exchange_view(exchange_id)
     assert view is not None
     if view["agreement"] is None:
-        fail(f"{exchange_id} has no list yet: nothing to agree")
+        usage(f"{exchange_id} has no list yet: nothing to agree")
     if manifest is not None and manifest != view["manifest"]:
-        fail(
+        usage(
             f"the manifest of {exchange_id} is now {view['manifest']}, not {manifest}: "
             "a list was amended; review it and agree again"
         )
@@ -1027,28 +1109,28 @@ def exchange_status(
     view = _exchange_view(exchange_id)
     assert view is not None
     if not view["agreed"]:
-        fail(f"the manifest of {exchange_id} is not agreed by every member yet")
+        usage(f"the manifest of {exchange_id} is not agreed by every member yet")
     if file is not None:
         updates = _read_json(file, "the status updates")
         if not isinstance(updates, list):
-            fail(f"{file} must hold a JSON list of updates")
+            raise UnreadableFile(f"the status updates {file} must hold a JSON list of updates")
     elif party and ref and status:
         updates = [{"party": party, "ref": ref, "status": status}]
         if note:
             updates[0]["note"] = note
     else:
-        fail("give --party, --ref and --status, or --file")
+        usage("give --party, --ref and --status, or --file")
     me = _me()
     for update in updates:
         if not isinstance(update, dict):
-            fail("each update is an object {party, ref, status, note?}")
+            usage("each update is an object {party, ref, status, note?}")
         listed = view["lists"].get(update.get("party"), {"persons": []})["persons"]
         if update.get("ref") not in {p.get("ref") for p in listed}:
-            fail(f"{update.get('party')}'s list has no person {update.get('ref')}")
+            usage(f"{update.get('party')}'s list has no person {update.get('ref')}")
         if update.get("status") not in STATUSES:
-            fail(f"status must be one of {', '.join(STATUSES)}, not {update.get('status')!r}")
+            usage(f"status must be one of {', '.join(STATUSES)}, not {update.get('status')!r}")
         if update["party"] == me and update["status"] == "received":
-            fail("this side cannot report a person on its own list as received")
+            usage("this side cannot report a person on its own list as received")
     data = {"exchange_id": exchange_id, "manifest": view["manifest"], "updates": updates}
     sys.stdout.write(
         _send_to_channel(view["channel"], view["members"], "EXCHANGE_STATUS", data, precedence)
@@ -1301,12 +1383,18 @@ def demo(
     run_demo(as_json=json_, directory=directory)
 
 
+def _wants_json(args: list[str]) -> bool:
+    """Whether the command asked for JSON output (``bench --json FILE`` names a file)."""
+    return "--json" in args and "bench" not in args
+
+
 def main() -> None:
     try:
         app()
     except ParleyError as exc:
-        err.print(f"[bold red]error:[/] {exc.diagnostics()}", highlight=False)
-        sys.exit(2 if isinstance(exc, UsageError) else 1)
+        report(error_body(exc), as_json=_wants_json(sys.argv[1:]))
+    except Failure as exc:
+        report(exc.body, as_json=_wants_json(sys.argv[1:]))
 
 
 if __name__ == "__main__":

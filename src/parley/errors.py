@@ -13,6 +13,7 @@ Hierarchy::
     │   ├── NotPermitted                the operator's role does not allow the action
     │   ├── UnknownPeer                 no pinned card for that party
     │   ├── FingerprintMismatch         the card does not match the fingerprint read aloud
+    │   ├── UnreadableFile              a file our own operator named cannot be read or parsed
     │   └── KeyFileError                the private key file cannot be used
     │       ├── WrongPassphrase
     │       └── DamagedKeyFile
@@ -45,11 +46,16 @@ Hierarchy::
 
 ``VerificationError`` stands apart because auditors use it on records that
 may be our own: a failed proof says the record is wrong, not who wrote it.
+
+What an operator reads (``diagnostics``) says who broke the rule and the rule,
+never a class name; the class name lives on as a machine code (``code``) in
+``error_body``, the JSON form the operator API answers and ``--json`` prints.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 __all__ = [
     "BodyTooLarge",
@@ -84,10 +90,20 @@ __all__ = [
     "UnknownPeer",
     "UnknownSender",
     "UnknownVersion",
+    "UnreadableFile",
     "UsageError",
     "VerificationError",
     "WrongPassphrase",
+    "diagnostic_line",
+    "error_body",
 ]
+
+#: How an operator is told who broke the rule, before the rule itself.
+CULPRIT_PREFIX = {
+    "us": "",
+    "peer": "rejected input from the other party: ",
+    "record": "verification failed: ",
+}
 
 
 class ParleyError(Exception):
@@ -103,13 +119,27 @@ class ParleyError(Exception):
         return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
     def diagnostics(self) -> str:
-        """A short explanation suitable for the CLI or the console."""
-        who = {
-            "us": "Local error",
-            "peer": "Rejected input from the other party",
-            "record": "Verification failed",
-        }[self.culprit]
-        return f"{who} ({type(self).__name__}): {self}"
+        """One line for an operator: who broke the rule (unless it is our side), and the rule."""
+        return diagnostic_line(error_body(self))
+
+
+def error_body(exc: ParleyError) -> dict[str, Any]:
+    """An error as data: the operator API's error answer, and what ``--json`` prints.
+
+    ``usage`` is true for a bad argument from our own caller (the CLI exits 2).
+    """
+    return {
+        "error": exc.code,
+        "culprit": exc.culprit,
+        "usage": isinstance(exc, UsageError),
+        "message": str(exc),
+    }
+
+
+def diagnostic_line(body: dict[str, Any]) -> str:
+    """The one line an operator reads for an ``error_body`` (from here or from the API)."""
+    prefix = CULPRIT_PREFIX.get(str(body.get("culprit")), "")
+    return prefix + str(body.get("message") or body.get("error") or "unknown error")
 
 
 class LocalError(ParleyError):
@@ -137,6 +167,14 @@ class UnknownPeer(LocalError):
 
 class FingerprintMismatch(LocalError):
     pass
+
+
+class UnreadableFile(LocalError):
+    """A file our own operator named (a card, form data, a list) cannot be read or parsed.
+
+    Even a card file that came from a peer: it was handed over by hand, and the
+    operator is the one who can go and fetch it again.
+    """
 
 
 class KeyFileError(LocalError):

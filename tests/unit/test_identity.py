@@ -211,6 +211,10 @@ def test_pinned_refuses_the_wrong_fingerprint(us_eucom: Identity, ru_gs: Identit
     with pytest.raises(FingerprintMismatch, match="do not trust this card") as info:
         us_eucom.card.pinned(ru_gs.card.fingerprint)
     assert isinstance(info.value, LocalError)
+    # The card's real fingerprint is not shown (an operator could copy it and retry).
+    assert "does not match the fingerprint read aloud" in str(info.value)
+    for group in us_eucom.card.fingerprint.split():
+        assert group not in str(info.value)
     # One digit off is enough.
     digits = us_eucom.card.fingerprint.replace(" ", "")
     off_by_one = digits[:-1] + str((int(digits[-1]) + 1) % 10)

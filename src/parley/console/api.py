@@ -22,17 +22,22 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from parley.config import console_hosts, require_loopback_console
-from parley.console.web import error_status
+from parley.console.web import api_error
 from parley.errors import ParleyError, UsageError
 from parley.service.console_guard import ConsoleGuard
 from parley.service.operations import Operations, build_body
@@ -83,6 +88,17 @@ class UserRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     role: str
     password: str = Field(min_length=1, max_length=1024)
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """A request body's validation errors in one sentence: ``precedence: Input should be …``."""
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "the request"
+        given = f" (not {error['input']!r})" if isinstance(error.get("input"), str) else ""
+        parts.append(f"{where}: {error.get('msg', 'invalid')}{given}")
+    return "; ".join(parts) or "the request is not valid"
 
 
 def _actor(
@@ -143,7 +159,37 @@ def create_console_app(
 
     @app.exception_handler(ParleyError)
     async def parley_error(request: Request, exc: ParleyError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=error_status(exc))
+        return api_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if not request.url.path.startswith("/api/"):
+            return await request_validation_exception_handler(request, exc)
+        return JSONResponse(
+            {
+                "error": "invalid_request",
+                "culprit": "us",
+                "usage": True,
+                "message": validation_message(exc.errors()),
+            },
+            status_code=400,
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if not request.url.path.startswith("/api/"):
+            return await http_exception_handler(request, exc)
+        detail: dict[str, Any] = exc.detail if isinstance(exc.detail, dict) else {}
+        return JSONResponse(
+            {
+                "error": str(detail.get("error", f"http_{exc.status_code}")),
+                "culprit": "us",
+                "usage": False,
+                "message": str(detail.get("message", exc.detail)),
+            },
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.get("/api/v1/status")
     async def status(ops: Ops) -> dict[str, Any]:

@@ -34,14 +34,14 @@ from urllib.parse import urlsplit
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from parley.console import i18n
 from parley.console.sessions import COOKIE, Session, SessionStore
-from parley.errors import LocalError, NotPermitted, ParleyError
+from parley.errors import LocalError, NotPermitted, ParleyError, error_body
 from parley.service.operations import Operations
 from parley.service.policy import Actor, Decision
 from parley.service.terminal import Terminal
@@ -197,6 +197,12 @@ def error_status(exc: ParleyError) -> int:
     if isinstance(exc, NotPermitted):
         return 403
     return 400 if isinstance(exc, LocalError) else 422
+
+
+def api_error(exc: ParleyError) -> JSONResponse:
+    """A ParleyError as the operator API answers it: its ``error_body`` (what the CLI
+    prints, the same as when it finds the error itself) with ``error_status``."""
+    return JSONResponse(error_body(exc), status_code=error_status(exc))
 
 
 def when(value: str | datetime | None) -> str:
@@ -390,11 +396,7 @@ def install_console(app: FastAPI, terminal: Terminal) -> None:
     @app.exception_handler(ParleyError)
     async def parley_error(request: Request, exc: ParleyError) -> Response:
         if request.url.path.startswith("/api/"):
-            from fastapi.responses import JSONResponse
-
-            return JSONResponse(
-                {"error": exc.code, "message": str(exc)}, status_code=error_status(exc)
-            )
+            return api_error(exc)
         session = _sessions(request).get(request.cookies.get(COOKIE), terminal.clock())
         page = Page(request, session) if session is not None else None
         if isinstance(exc, NotPermitted):

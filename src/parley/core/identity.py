@@ -142,9 +142,12 @@ class IdentityCard:
         """Return self if ``fingerprint`` (read aloud by the peer) matches."""
         expected = normalize_fingerprint(fingerprint)
         if expected != self.fingerprint:
+            # The card's own fingerprint is not shown: a tired operator could copy it
+            # and retry, pinning whatever card an attacker slipped in.
             raise FingerprintMismatch(
-                f"the card of {self.party} has fingerprint {self.fingerprint}, "
-                f"not {expected}; do not trust this card"
+                f"the card of {self.party} does not match the fingerprint read aloud; "
+                "do not trust this card: check the fingerprint again with the other party, "
+                "over another channel"
             )
         return self
 
