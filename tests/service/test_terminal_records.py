@@ -122,7 +122,7 @@ def test_a_failed_commit_leaves_memory_as_the_database_says(
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(us, "_store_sent", broken)
+    monkeypatch.setattr(us._messaging, "_store_sent", broken)
     with pytest.raises(OSError, match="disk full"):
         us.send(["RU-GS"], kind="text", body={"text": "lost?"}, operator="o")
     monkeypatch.undo()

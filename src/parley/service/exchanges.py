@@ -22,7 +22,8 @@ from parley.core.exchange import (
     exchanges_from,
 )
 from parley.errors import UsageError
-from parley.service.terminal import Records, _iso
+from parley.service.kernel import iso as _iso
+from parley.service.terminal import Records
 from parley.store import models as m
 from parley.store.db import reading
 

@@ -1,0 +1,290 @@
+"""What every part of a terminal's application layer shares.
+
+A ``Kernel`` holds the terminal's identity, database engine, clock, lock and
+protocol state (its ``Party``, rebuilt from the database by ``reload``). The
+parts of the application layer (``messaging``, ``receiving``, ``receipts``,
+``witness``, ``outbox``, ``channels``, ``links``, ``alarms``, ``deadlines``,
+``peers``) each hold the one kernel of their terminal; ``Terminal`` composes
+them.
+
+Every operation that changes the protocol state writes the transcript entries
+it produced, and the indexes over them, in one transaction (``commit``); if
+that transaction fails the in-memory state is rebuilt from the database, so
+memory is never ahead of the disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar, overload
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from parley.config import Config, DataDir
+from parley.core.envelope import Limits
+from parley.core.identity import Identity, IdentityCard
+from parley.core.party import Party
+from parley.errors import VerificationError
+from parley.forms import default_registry
+from parley.service import tls
+from parley.service.ledger import StoreLedger
+from parley.service.resume import resume_state
+from parley.store import models as m
+from parley.store.db import reading
+
+__all__ = [
+    "HUMAN_KINDS",
+    "PRECEDENCE_RANK",
+    "SHOWN_KINDS",
+    "URGENT",
+    "Forward",
+    "Kernel",
+    "iso",
+    "utc",
+    "utc_now",
+]
+
+PRECEDENCE_RANK = {"FLASH": 0, "IMMEDIATE": 1, "PRIORITY": 2, "ROUTINE": 3}
+HUMAN_KINDS = ("text", "form")
+SHOWN_KINDS = ("text", "form", "service")
+URGENT = ("FLASH", "IMMEDIATE")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes: every stored time is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    value = utc(value)
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+class Kernel:
+    """One terminal's identity, database, clock, lock and protocol state."""
+
+    def __init__(
+        self,
+        data: DataDir,
+        config: Config,
+        identity: Identity,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.data = data
+        self.config = config
+        self.identity = identity
+        self.engine = engine
+        self.clock = clock
+        self.me = identity.party
+        self.limits = Limits(clock_skew=timedelta(seconds=config.max_clock_skew))
+        self.lock = threading.RLock()
+        self.tls_certificate = tls.certificate_for(identity)
+        self.forms = default_registry()
+        self.party = Party(identity, clock=clock, limits=self.limits, forms=self.forms)
+        self.peer_certificates: dict[str, bytes] = {}
+        #: (channel, sender) -> highest contiguous sequence, for catch-up requests.
+        self.gaps: dict[tuple[str, str], int] = {}
+        #: When each gap was first seen (time.monotonic()).
+        self.gap_seen: dict[tuple[str, str], float] = {}
+        #: Messages received per sender since start (the worker witnesses logs that grew).
+        self.activity: dict[str, int] = {}
+        #: Called (outside the lock) whenever there is new work for the delivery worker.
+        self.on_outbox: Callable[[], None] = lambda: None
+        #: Called with each alarm raised (the server runs the alarm command).
+        self.on_alarm: Callable[[dict[str, Any]], None] = lambda alarm: None
+        #: Work joined to this thread's next transaction (``joined``).
+        self._joined = threading.local()
+        self._stored_channels: set[str] = set()
+        self.reload()
+
+    def reload(self) -> None:
+        """Rebuild the protocol state from the database.
+
+        The transcript is resumed from the stored leaf hashes and must hash
+        to the last checkpoint this terminal signed; the records of single
+        messages stay in the database (``StoreLedger``) and are read when
+        needed. ``parley verify`` re-checks every signature.
+        """
+        ledger = StoreLedger(self.engine, self.me, self.load_entry)
+        party = Party(
+            self.identity,
+            clock=self.clock,
+            limits=self.limits,
+            ledger=ledger,
+            entry_loader=self.load_entry,
+            forms=self.forms,
+        )
+        certs: dict[str, bytes] = {}
+        with reading(self.engine) as conn:
+            for row in conn.execute(select(m.peers)):
+                card = IdentityCard.from_bytes(row.card)
+                party.add_peer(card, row.fingerprint)
+                certs[row.party] = row.tls_certificate
+            state = resume_state(conn, self.engine, self.me)
+            cosignatures = conn.execute(
+                select(m.cosignatures).order_by(
+                    m.cosignatures.c.size.desc(), m.cosignatures.c.id.desc()
+                )
+            ).all()
+        # Outside the connection: the leaves are read in batches of their own.
+        party.resume(state)
+        done: set[tuple[str, str]] = set()
+        for row in cosignatures:
+            key = (row.direction, row.party)
+            if key in done or row.party not in party.peers:
+                continue
+            done.add(key)
+            if row.direction == "of-us":
+                party.restore_cosignature(row.party, row.note)
+            else:
+                party.restore_witnessed(row.party, row.note)
+        self.party = party
+        self.ledger = ledger
+        self.peer_certificates = certs
+        self._stored_channels = set()
+        self._logged_through = party.transcript.size
+
+    def load_entry(self, index: int) -> bytes:
+        with reading(self.engine) as conn:
+            entry = conn.execute(
+                select(m.log_entries.c.entry).where(m.log_entries.c.idx == index)
+            ).scalar()
+        if entry is None:
+            raise VerificationError(f"log entry {index} is missing from the store")
+        return bytes(entry)
+
+    @contextmanager
+    def joined(self, work: Callable[[Connection], None]) -> Iterator[Callable[[], bool]]:
+        """Run ``work`` in the next transaction this thread commits, after its own writes.
+
+        The operations layer writes the action log (and a held FLASH's
+        state) this way, in the same transaction as the action it records:
+        both are on disk, or neither. Yields a function saying whether
+        ``work`` ran.
+        """
+        ran = [False]
+
+        def once(conn: Connection) -> None:
+            work(conn)
+            ran[0] = True
+
+        pending = self._pending()
+        pending.append(once)
+        try:
+            yield lambda: ran[0]
+        finally:
+            if once in pending:
+                pending.remove(once)
+
+    def _pending(self) -> list[Callable[[Connection], None]]:
+        pending: list[Callable[[Connection], None]] | None = getattr(self._joined, "work", None)
+        if pending is None:
+            pending = self._joined.work = []
+        return pending
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction, with the work joined to it (``joined``) done last."""
+        with self.engine.begin() as conn:
+            yield conn
+            pending = self._pending()
+            while pending:
+                pending.pop(0)(conn)
+
+    def commit(self, work: Callable[[Connection], Any]) -> Any:
+        """Run ``work`` in one transaction; on failure rebuild memory from the disk."""
+        try:
+            with self.transaction() as conn:
+                result = work(conn)
+        except BaseException:
+            self.reload()
+            raise
+        self.ledger.committed()
+        if self._logged_through == self.party.transcript.size:
+            self.party.transcript.evict()  # the store holds every entry now
+        return result
+
+    def log_new_entries(self, conn: Connection, start: int) -> None:
+        """Write the transcript entries from ``start`` on, and the latest checkpoint."""
+        transcript = self.party.transcript
+        tree = transcript.tree
+        now = self.clock()
+        rows = [
+            {"idx": i, "entry": transcript.entry(i), "stored_at": now, "leaf": tree.leaf(i)}
+            for i in range(start, transcript.size)
+        ]
+        if rows:
+            conn.execute(insert(m.log_entries), rows)
+        self._logged_through = transcript.size
+        latest = self.party.latest_checkpoint
+        if latest is not None and latest.size > 0:
+            exists = conn.execute(
+                select(m.checkpoints.c.size).where(m.checkpoints.c.size == latest.size)
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(m.checkpoints).values(size=latest.size, note=latest.note, issued_at=now)
+                )
+
+    def ensure_channel(
+        self, conn: Connection, name: str, members: Iterable[str], now: datetime
+    ) -> None:
+        """Store a channel the first time a message on it is sent or received."""
+        # Channels known to be stored are remembered: a failed commit reloads the set.
+        if name in self._stored_channels:
+            return
+        if conn.execute(select(m.channels.c.name).where(m.channels.c.name == name)).first():
+            self._stored_channels.add(name)
+            return
+        self._stored_channels.add(name)
+        members = sorted(set(members))
+        conn.execute(
+            insert(m.channels).values(
+                name=name,
+                members=",".join(members),
+                kind="bilateral" if len(members) == 2 and name == ".".join(members) else "named",
+                proposed_by=None,
+                created_at=now,
+            )
+        )
+
+
+T = TypeVar("T")
+
+
+class Forward(Generic[T]):
+    """An attribute of a façade that is the same attribute of its kernel.
+
+    The kernel replaces some of them (``party`` on every reload) and front
+    ends set others (``on_outbox``): reading and writing through the façade
+    always reach the kernel's current value.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Forward[T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+
+    def __get__(self, obj: object | None, owner: type) -> T | Forward[T]:
+        if obj is None:
+            return self
+        value: T = getattr(obj.kernel, self.name)  # type: ignore[attr-defined]
+        return value
+
+    def __set__(self, obj: object, value: T) -> None:
+        setattr(obj.kernel, self.name, value)  # type: ignore[attr-defined]

@@ -1,0 +1,238 @@
+"""Receiving: verifying, logging and indexing envelopes from peers, and catching up.
+
+Received envelopes are logged and committed before their receipt leaves the
+terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import structlog
+from sqlalchemy import Connection, insert
+
+from parley import merkle
+from parley.core.canonical import canonical_bytes, parse_canonical, require_object
+from parley.core.checkpoint import verify_checkpoint
+from parley.core.encoding import b64decode, b64encode
+from parley.core.envelope import read_envelope
+from parley.core.party import AckReceived, GapDetected, MessageReceived
+from parley.core.transcript import EntryType, entry_bytes
+from parley.errors import RemoteError, SchemaViolation, UnknownPeer
+from parley.service.channels import apply_service
+from parley.service.kernel import HUMAN_KINDS, Kernel
+from parley.store import models as m
+
+if TYPE_CHECKING:
+    from parley.service.alarms import Alarms
+
+__all__ = ["Receiving"]
+
+log = structlog.get_logger("parley.terminal")
+
+
+class Receiving:
+    """Receive envelopes (one commit per batch) and catch up on gaps in a peer's stream."""
+
+    def __init__(self, kernel: Kernel, alarms: Alarms) -> None:
+        self.kernel = kernel
+        self.alarms = alarms
+
+    def receive_envelope(self, raw: bytes, *, tls_party: str | None = None) -> bytes:
+        """Verify, log and commit one envelope, then return its signed receipt."""
+        result = self.receive_batch([raw], tls_party=tls_party)[0]
+        if isinstance(result, RemoteError):
+            raise result
+        return result
+
+    def receive_batch(
+        self, raws: Sequence[bytes], *, tls_party: str | None = None
+    ) -> list[bytes | RemoteError]:
+        """Receive envelopes under one checkpoint signature and one commit.
+
+        Each item yields its signed receipt, or the ``RemoteError`` that
+        rejected it (a rejected envelope leaves no trace). Receipts are
+        returned only after the commit.
+        """
+        with self.kernel.lock:
+            start = self.kernel.party.transcript.size
+            results = self.kernel.party.receive_envelopes(raws)
+            now = self.kernel.clock()
+            answers: list[bytes | RemoteError] = []
+            received: list[MessageReceived] = []
+            acked: list[AckReceived] = []
+            for result in results:
+                if isinstance(result, RemoteError):
+                    answers.append(result)
+                    continue
+                answers.append(result.receipt)
+                for event in result.events:
+                    if isinstance(event, MessageReceived):
+                        header = event.envelope.header
+                        if tls_party is not None and header.sender != tls_party:
+                            # Relaying another party's envelope is allowed (store and
+                            # forward); it is noted in the log.
+                            log.info("relayed_envelope", sender=header.sender, via=tls_party)
+                        received.append(event)
+                    elif isinstance(event, AckReceived):
+                        acked.append(event)
+                    elif isinstance(event, GapDetected):
+                        key = (event.channel, event.sender)
+                        held, _ = self.kernel.party.held_through(*key)
+                        self.kernel.gaps[key] = held
+                        self.kernel.gap_seen.setdefault(key, time.monotonic())
+            for key in list(self.kernel.gaps):
+                if not self.kernel.party.held_through(*key)[1]:
+                    del self.kernel.gaps[key]
+                    self.kernel.gap_seen.pop(key, None)
+
+            def work(conn: Connection) -> None:
+                self.kernel.log_new_entries(conn, start)
+                self._store_received(conn, received, now)
+                for ack in acked:
+                    conn.execute(
+                        insert(m.acks).values(
+                            envelope_id=ack.envelope_id,
+                            party=ack.by,
+                            operator=ack.operator,
+                            ack_envelope_id=ack.ack_envelope_id,
+                            at=now,
+                        )
+                    )
+
+            if received or acked or self.kernel.party.transcript.size != start:
+                self.kernel.commit(work)
+        for event in received:
+            sender = event.envelope.header.sender
+            self.kernel.activity[sender] = self.kernel.activity.get(sender, 0) + 1
+        if received:
+            self.kernel.on_outbox()  # wakes the worker: the sender's log grew, witness it
+        for event in received:
+            if event.rejection is not None:
+                h = event.envelope.header
+                self.alarms.raise_alarm(
+                    "content_refused",
+                    "warning",
+                    h.id,
+                    f"{h.precedence} message {h.id} from {h.sender} was refused and answered "
+                    f"with a negative receipt ({event.rejection.code}): {event.rejection.reason}",
+                )
+        for event in received:
+            h = event.envelope.header
+            log.info(
+                "message_received",
+                id=h.id,
+                sender=h.sender,
+                channel=h.channel,
+                seq=h.seq,
+                kind=h.kind,
+                precedence=h.precedence,
+            )
+        return answers
+
+    def _store_received(
+        self, conn: Connection, events: Sequence[MessageReceived], now: datetime
+    ) -> None:
+        rows = []
+        for event in events:
+            header = event.envelope.header
+            content = event.envelope.content
+            human = header.kind in HUMAN_KINDS
+            rows.append(
+                {
+                    "envelope_id": header.id,
+                    "log_index": event.log_index,
+                    "direction": "in",
+                    "channel": header.channel,
+                    "sender": header.sender,
+                    "recipients": ",".join(header.recipients),
+                    "seq": header.seq,
+                    "kind": header.kind,
+                    "precedence": header.precedence,
+                    "exercise": header.exercise,
+                    "created_at": header.created_at,
+                    "stored_at": now,
+                    "operator": content.operator,
+                    "lang": content.lang,
+                    "body": canonical_bytes(content.body).decode(),
+                    "ack_due": now + self.kernel.config.ack_deadline(header.precedence)
+                    if human and event.rejection is None
+                    else None,
+                    "acked_at": None,
+                    "acked_by": None,
+                    "overdue": False,
+                    "rejection_code": event.rejection.code if event.rejection else None,
+                    "rejection_reason": event.rejection.reason if event.rejection else None,
+                }
+            )
+            self.kernel.ensure_channel(
+                conn, header.channel, [header.sender, *header.recipients], now
+            )
+        if rows:
+            conn.execute(insert(m.messages), rows)
+        for event in events:
+            if event.envelope.header.kind == "service":
+                header = event.envelope.header
+                apply_service(conn, header.channel, header.sender, event.envelope.content.body, now)
+
+    # Catch-up -------------------------------------------------------------------
+
+    def catch_up(self, channel: str, after_seq: int, *, for_party: str, limit: int = 256) -> bytes:
+        """The envelopes this terminal sent on ``channel`` after ``after_seq``, with proofs."""
+        with self.kernel.lock:
+            envelopes = self.kernel.party.envelopes_since(channel, after_seq, for_party=for_party)[
+                :limit
+            ]
+            checkpoint = self.kernel.party.checkpoint()
+            items = []
+            for raw in envelopes:
+                header = read_envelope(raw, self.kernel.party.card_of, self.kernel.limits)
+                index = self.kernel.party.sent(header.id).log_index
+                proof = self.kernel.party.transcript.tree.inclusion_proof(index, checkpoint.size)
+                items.append(
+                    {
+                        "envelope": b64encode(raw),
+                        "log_index": index,
+                        "inclusion": [b64encode(h) for h in proof],
+                    }
+                )
+        return canonical_bytes(
+            {"checkpoint": checkpoint.note, "envelopes": items, "type": "parley.catch-up/v1"}
+        )
+
+    def apply_catch_up(self, peer: str, data: bytes) -> list[bytes | RemoteError]:
+        """Check a catch-up answer from ``peer`` (proofs included) and receive its envelopes."""
+        obj = require_object(
+            parse_canonical(data, max_size=64 * 1024 * 1024, what="catch-up"), "catch-up"
+        )
+        card = self.kernel.party.card_of(peer)
+        if card is None:
+            raise UnknownPeer(f"{peer} is not a pinned peer")
+        note = obj.get("checkpoint")
+        items = obj.get("envelopes")
+        if not isinstance(note, str) or not isinstance(items, list):
+            raise SchemaViolation("a catch-up answer holds a checkpoint and a list of envelopes")
+        checkpoint = verify_checkpoint(note, card)
+        raws = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise SchemaViolation("catch-up entries are objects")
+            raw = b64decode(item.get("envelope"), "catch-up envelope")
+            index = item.get("log_index")
+            proof = item.get("inclusion")
+            if not isinstance(index, int) or not isinstance(proof, list):
+                raise SchemaViolation("catch-up entries carry log_index and inclusion")
+            merkle.verify_inclusion(
+                merkle.leaf_hash(entry_bytes(EntryType.ENVELOPE, raw)),
+                index,
+                checkpoint.size,
+                [b64decode(h, "inclusion hash") for h in proof],
+                checkpoint.root,
+            )
+            raws.append(raw)
+        if not raws:
+            return []
+        return self.receive_batch(raws, tls_party=peer)

@@ -1,0 +1,118 @@
+"""Resuming a terminal: the counters and leaves its protocol state starts from.
+
+The protocol core's ``Party`` resumes from a ``ResumeState``; here it is read
+from the message index and the stored log (``Kernel.reload``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from sqlalchemy import Connection, Engine, and_, func, select
+
+from parley import merkle
+from parley.core.party import ResumeState
+from parley.errors import VerificationError
+from parley.store import models as m
+from parley.store.db import reading
+
+__all__ = ["resume_state", "stored_leaves"]
+
+
+def stored_leaves(engine: Engine, batch: int = 50_000) -> Iterator[bytes]:
+    """Every log entry's leaf hash, in order (hashing entries stored without one)."""
+    cols = m.log_entries.c
+    expected = 0
+    while True:
+        with reading(engine) as conn:
+            rows = conn.execute(
+                select(cols.idx, cols.leaf)
+                .where(cols.idx >= expected)
+                .order_by(cols.idx)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return
+            missing = [r.idx for r in rows if r.leaf is None]
+            entries = (
+                {
+                    idx: bytes(entry)
+                    for idx, entry in conn.execute(
+                        select(cols.idx, cols.entry).where(cols.idx.in_(missing))
+                    ).all()
+                }
+                if missing
+                else {}
+            )
+        for row in rows:
+            if row.idx != expected:
+                raise VerificationError(
+                    f"log entry {expected} is missing from the store (the next is {row.idx})"
+                )
+            leaf = row.leaf if row.leaf is not None else merkle.leaf_hash(entries[row.idx])
+            yield bytes(leaf)
+            expected += 1
+
+
+def resume_state(conn: Connection, engine: Engine, me: str) -> ResumeState:
+    """The counters a Party resumes from, read from the message index."""
+    msg = m.messages.c
+    last_sent = {
+        r.channel: r.seq
+        for r in conn.execute(
+            select(msg.channel, func.max(msg.seq).label("seq"))
+            .where(msg.direction == "out")
+            .group_by(msg.channel)
+        )
+    }
+    inbound: dict[tuple[str, str], tuple[int, Sequence[int]]] = {}
+    streams = conn.execute(
+        select(msg.channel, msg.sender, func.count().label("n"), func.max(msg.seq).label("top"))
+        .where(msg.direction == "in")
+        .group_by(msg.channel, msg.sender)
+    ).all()
+    for s in streams:
+        if s.n == s.top:  # 1..top, no gap: the usual case
+            inbound[(s.channel, s.sender)] = (s.top, ())
+            continue
+        seqs = sorted(
+            conn.execute(
+                select(msg.seq).where(
+                    and_(msg.direction == "in", msg.channel == s.channel, msg.sender == s.sender)
+                )
+            ).scalars()
+        )
+        contiguous = 0
+        for seq in seqs:
+            if seq != contiguous + 1:
+                break
+            contiguous = seq
+        inbound[(s.channel, s.sender)] = (contiguous, [q for q in seqs if q > contiguous])
+    receipted = {
+        (r.channel, r.receiver): r.through
+        for r in conn.execute(
+            select(
+                msg.channel,
+                m.receipts.c.receiver,
+                func.max(m.receipts.c.through_seq).label("through"),
+            )
+            .join(m.messages, msg.envelope_id == m.receipts.c.envelope_id)
+            .where(msg.direction == "out")
+            .group_by(msg.channel, m.receipts.c.receiver)
+        )
+    }
+    channels = {
+        r.name: r.members.split(",")
+        for r in conn.execute(select(m.channels.c.name, m.channels.c.members))
+    }
+    latest = conn.execute(
+        select(m.checkpoints.c.note).order_by(m.checkpoints.c.size.desc()).limit(1)
+    ).scalar()
+    return ResumeState(
+        leaves=stored_leaves(engine),
+        latest_checkpoint=latest,
+        channels=channels,
+        last_sent=last_sent,
+        inbound=inbound,
+        receipted_through=receipted,
+    )
