@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlalchemy import and_, select, update
 
+from parley.service.alarms import Alarms
 from parley.service.kernel import Kernel
 from parley.store import models as m
 from parley.store.db import reading
-
-if TYPE_CHECKING:
-    from parley.service.alarms import Alarms
 
 __all__ = ["Deadlines"]
 

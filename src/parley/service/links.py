@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from sqlalchemy import and_, delete, insert, select, update
 
+from parley.service.alarms import Alarms
 from parley.service.kernel import Kernel
 from parley.store import models as m
-
-if TYPE_CHECKING:
-    from parley.service.alarms import Alarms
 
 __all__ = ["Links"]
 

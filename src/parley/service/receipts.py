@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from parley.core.receipts import Receipt
 from parley.errors import Equivocation, ParleyError, RemoteError, SchemaViolation, VerificationError
+from parley.service.alarms import Alarms
 from parley.service.kernel import Kernel
 from parley.store import models as m
-
-if TYPE_CHECKING:
-    from parley.service.alarms import Alarms
 
 __all__ = ["Receipts"]
 

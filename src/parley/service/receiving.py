@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import Connection, insert
@@ -22,12 +21,10 @@ from parley.core.envelope import read_envelope
 from parley.core.party import AckReceived, GapDetected, MessageReceived
 from parley.core.transcript import EntryType, entry_bytes
 from parley.errors import RemoteError, SchemaViolation, UnknownPeer
+from parley.service.alarms import Alarms
 from parley.service.channels import apply_service
 from parley.service.kernel import HUMAN_KINDS, Kernel
 from parley.store import models as m
-
-if TYPE_CHECKING:
-    from parley.service.alarms import Alarms
 
 __all__ = ["Receiving"]
 

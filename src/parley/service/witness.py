@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import insert
 
 from parley.errors import CheckpointRejected, Equivocation, SchemaViolation
+from parley.service.alarms import Alarms
 from parley.service.kernel import Kernel
 from parley.store import models as m
-
-if TYPE_CHECKING:
-    from parley.service.alarms import Alarms
 
 __all__ = ["Witnessing"]
 
