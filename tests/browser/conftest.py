@@ -119,6 +119,17 @@ class BrowserErrors:
         return list(self.seen)
 
 
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here drives Chromium against running terminals: ``browser`` and ``subprocess``."""
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.subprocess)
+
+
 @pytest.fixture
 def browser_errors() -> BrowserErrors:
     return BrowserErrors()

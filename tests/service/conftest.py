@@ -2,7 +2,9 @@
 
 Every test that takes ``network`` runs twice: once with SQLite files and once
 with PostgreSQL databases (created fresh on ``PARLEY_TEST_POSTGRES``, by
-default the server on 127.0.0.1:5432, and dropped afterwards).
+default the server on 127.0.0.1:5432, and dropped afterwards); the PostgreSQL
+run carries the ``postgres`` marker. A module whose tests start terminals with
+``network`` is marked ``subprocess``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ MEDIATOR = ("AE-MEDIATOR", "Mediator")
 NetworkFactory = Callable[..., dict[str, TerminalProcess]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -14,6 +14,9 @@ from parley.service.terminal import Draft, Terminal
 from parley.store import models as m
 from parley.testing.network import PASSPHRASE, make_network
 
+# Each test also runs the audit across a pool of worker processes.
+pytestmark = pytest.mark.subprocess
+
 PARTIES = [("US-EUCOM", "US European Command"), ("RU-GS", "General Staff")]
 
 

@@ -24,6 +24,9 @@ from parley.bench.run import Output, Settings, finish, run
 from parley.bench.terminals import OperatorClient
 from parley.testing.network import TerminalProcess
 
+# `parley bench` starts real terminals and runs for minutes.
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
 REQUIRED = (
     "latency_ms",
     "floor_ms",

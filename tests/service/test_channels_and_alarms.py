@@ -12,6 +12,9 @@ from parley.config import DataDir
 from parley.testing.network import TerminalProcess, wait_until
 from tests.service.conftest import MEDIATOR, RU, UA, NetworkFactory
 
+# Real `parley serve` processes on loopback.
+pytestmark = pytest.mark.subprocess
+
 
 def _receipted_by(terminal: TerminalProcess, message_id: str, parties: set[str]) -> bool:
     return parties <= set(terminal.api("GET", f"/messages/{message_id}")["receipts"])

@@ -55,6 +55,9 @@ from parley.testing.network import TerminalProcess, make_network, postgres_datab
 from tests.service.conftest import POSTGRES_ADMIN, RU, UA, US
 from tests.service.test_faults import Proxies, database, stop_and_verify
 
+# Three `parley serve` processes, one on PostgreSQL, for minutes.
+pytestmark = [pytest.mark.subprocess, pytest.mark.postgres, pytest.mark.slow]
+
 US_ID, RU_ID, UA_ID = US[0], RU[0], UA[0]
 PARTIES = (US, RU, UA)
 POSTGRES_PARTY = UA_ID

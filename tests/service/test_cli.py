@@ -19,6 +19,9 @@ from parley.store.db import engine_for
 from parley.testing.network import PASSPHRASE, TerminalProcess, wait_until
 from tests.service.conftest import NetworkFactory
 
+# Runs the `parley` CLI (and `parley serve`) as processes.
+pytestmark = pytest.mark.subprocess
+
 FINGERPRINT = re.compile(r"^(\d{5} ){11}\d{5}$")
 
 

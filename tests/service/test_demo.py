@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+
+# Runs `parley demo`, which starts four `parley serve` processes.
+pytestmark = pytest.mark.subprocess
 
 
 def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) -> None:

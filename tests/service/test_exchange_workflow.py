@@ -18,7 +18,8 @@ import pytest
 from parley.testing.network import TerminalProcess, wait_until
 from tests.service.conftest import MEDIATOR, RU, UA, NetworkFactory
 
-pytestmark = pytest.mark.timeout(600)
+# Real `parley serve` processes on loopback.
+pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(600)]
 
 EXCHANGE = "PX-2026-11-A"
 CHANNEL = "EXCHANGE-PX"

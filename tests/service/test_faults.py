@@ -35,6 +35,9 @@ from parley.testing.faultproxy import FaultProxy
 from parley.testing.network import PASSPHRASE, TerminalProcess, wait_until
 from tests.service.conftest import RU, US, NetworkFactory
 
+# Real `parley serve` processes on loopback.
+pytestmark = pytest.mark.subprocess
+
 US_ID, RU_ID = US[0], RU[0]
 
 Links = Callable[[str, str, TerminalProcess], list[tuple[str, str]]]

@@ -22,7 +22,8 @@ from parley.forms.render import transliterate_name
 from parley.testing.network import wait_until
 from tests.service.conftest import NetworkFactory
 
-pytestmark = pytest.mark.timeout(600)
+# Real `parley serve` processes on loopback.
+pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(600)]
 
 EXAMPLES = Path(__file__).parent.parent / "data" / "forms"
 

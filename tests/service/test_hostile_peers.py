@@ -59,7 +59,8 @@ from parley.testing.network import (
 )
 from tests.service.conftest import POSTGRES_ADMIN, RU, US, NetworkFactory
 
-pytestmark = pytest.mark.timeout(180)
+# Real `parley serve` processes on loopback.
+pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(180)]
 
 TIMEOUT = httpx.Timeout(10.0)
 """Every request of these tests is bounded; none may hang."""
@@ -231,7 +232,9 @@ class Target:
         assert body["error"] == code, body
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def target(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:

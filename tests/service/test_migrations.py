@@ -21,7 +21,7 @@ from parley.testing.network import postgres_database
 from tests.service.conftest import POSTGRES_ADMIN
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         made = engine_for(sqlite_url(tmp_path / "parley.db"))

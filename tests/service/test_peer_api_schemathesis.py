@@ -73,7 +73,8 @@ from parley.store.db import normalize_url
 from parley.testing.network import PASSPHRASE, TerminalProcess, wait_until
 from tests.service.conftest import NetworkFactory
 
-pytestmark = pytest.mark.timeout(300)
+# Real `parley serve` processes on loopback.
+pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(300)]
 
 EXAMPLES = 60
 """Examples per operation and per generation mode (positive and negative)."""

@@ -78,7 +78,8 @@ from parley.testing.network import (
 )
 from tests.service.conftest import POSTGRES_ADMIN, RU, US, NetworkFactory
 
-pytestmark = pytest.mark.timeout(300)
+# Real `parley serve` processes on loopback.
+pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(300)]
 
 US_ID, RU_ID = US[0], RU[0]
 CHANNEL = bilateral_channel(US_ID, RU_ID)
@@ -459,7 +460,9 @@ def open_scene(
     return Scene(backend, ru, us, bundle.card, bundle.tls_certificate, console, db, peer)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def scene(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scene]:

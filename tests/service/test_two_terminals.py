@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from parley.testing.network import wait_until
 from tests.service.conftest import NetworkFactory
+
+# Real `parley serve` processes on loopback.
+pytestmark = pytest.mark.subprocess
 
 
 def test_flash_message_is_receipted_acknowledged_and_verified(network: NetworkFactory) -> None:

@@ -67,6 +67,7 @@ def _forbidden(modules: set[str]) -> list[str]:
     )
 
 
+@pytest.mark.subprocess  # a fresh interpreter
 def test_importing_the_core_loads_no_io_module() -> None:
     imported, modules = _import_in_fresh_interpreter()
     # Every core module was really imported (the walk found them all).
@@ -87,6 +88,7 @@ def test_importing_the_core_loads_no_io_module() -> None:
     assert _forbidden(modules) == []
 
 
+@pytest.mark.subprocess  # a fresh interpreter
 def test_the_import_check_would_see_an_io_module() -> None:
     # The control: the same check, with one impure import added.
     _, modules = _import_in_fresh_interpreter("socket", "urllib.request")
