@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv system-deps test lint typecheck unit demo bench bench-core clean
+.PHONY: venv system-deps check fast test lint typecheck unit demo bench bench-core clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,23 @@ typecheck: $(STAMP)
 system-deps:
 	scripts/install-system-deps
 
+# Both cores: pytest-xdist workers, each test file on one worker (a file's
+# shared terminals start once). Ports and PostgreSQL databases are per worker.
+XDIST := -n 2 --dist loadfile
+
+# The fast tests: neither slow, nor starting processes, nor on PostgreSQL, nor
+# in the browser (markers in pyproject.toml), with a fifth of the generated examples.
+FAST := not (slow or subprocess or postgres or browser)
+
 unit: $(STAMP) system-deps
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(XDIST)
+
+fast: $(STAMP)
+	PARLEY_FUZZ_SCALE=0.2 $(VENV)/bin/pytest $(XDIST) -q -m "$(FAST)"
+
+# The inner loop (about 2 minutes): lint, types and the fast tests, side by side.
+check: $(STAMP)
+	$(MAKE) --no-print-directory -j3 lint typecheck fast
 
 test: lint typecheck unit
 

@@ -31,10 +31,17 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from parley.core.identity import Identity, IdentityCard
+from tests.scale import scaled
 
 # Speed belongs in benchmarks, not in tests: no per-example deadline, so a
 # loaded CI machine cannot turn a correct property into a flaky failure.
-settings.register_profile("parley", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Examples per property: 100 (Hypothesis's default) times PARLEY_FUZZ_SCALE (tests/scale.py).
+settings.register_profile(
+    "parley",
+    max_examples=scaled(100),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile("parley")
 
 NOW = datetime(2026, 2, 5, 12, 0, tzinfo=UTC)

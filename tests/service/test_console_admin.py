@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 from babel.messages.pofile import read_po
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -33,6 +34,7 @@ from parley.core.checkpoint import verify_checkpoint
 from parley.core.identity import IdentityCard
 from parley.errors import SchemaViolation
 from parley.forms import default_registry
+from parley.service import users
 from parley.service.exchanges import exchange_state
 from parley.service.terminal import Terminal
 from parley.service.users import add_user
@@ -115,7 +117,11 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    # Argon2id with the least cost: these accounts guard nothing (as the test keys' scrypt).
+    monkeypatch.setattr(
+        users, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
     terminals = make_network(tmp_path, PARTIES)
     ru = Terminal.open(terminals["RU-GS"].data, PASSPHRASE)
     ua = Terminal.open(terminals["UA-GS"].data, PASSPHRASE)

@@ -7,11 +7,12 @@ from hypothesis import strategies as st
 
 from parley.core.party import DuplicateReceived, GapDetected, MessageReceived, Party
 from parley.testing import PartyPair
+from tests.scale import scaled
 
 _PAIR = PartyPair.create()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.integers(min_value=0, max_value=11), min_size=1, max_size=40),
 )

@@ -47,6 +47,7 @@ from parley.errors import (
     UnknownVersion,
     UsageError,
 )
+from tests.scale import scaled
 
 CHANNEL = "HOTLINE"
 Lookup = Callable[[str], IdentityCard | None]
@@ -589,7 +590,9 @@ def test_resign_helper_alone_changes_nothing(
 # --------------------------------------------------------------------------
 # Hostile input never escapes as anything but RemoteError
 
-_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_FUZZ = settings(
+    max_examples=scaled(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _only_remote_errors(data: bytes, me: Identity, lookup: Lookup, now: datetime) -> None:

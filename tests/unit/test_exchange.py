@@ -30,6 +30,7 @@ from parley.core.exchange import (
     status_data,
 )
 from parley.errors import UsageError
+from tests.scale import scaled
 
 RU, UA, MED = "RU-GS", "UA-GS", "MEDIATOR"
 MEMBERS = frozenset({RU, UA, MED})
@@ -719,7 +720,7 @@ def _random_step(data: st.DataObject, ch: Channel) -> None:
         ch.send(sender, form, junk)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.booleans(), st.booleans())
 def test_random_message_sequences_never_raise_and_counts_add_up(
     data: st.DataObject, named_mediator: bool, settle: bool

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping
@@ -90,6 +89,7 @@ from parley.forms.render import (
     render_text,
 )
 from parley.testing import ManualClock, PartyPair
+from tests.scale import scaled
 from tests.unit.test_fuzz_parsers import _swap_type as swap_type
 
 US = "US-EUCOM"
@@ -99,17 +99,16 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "forms"
 COMMON_PREFIX = COMMON_ID + "#/$defs/"
 BODY_KEYS = frozenset({"name", "version", "definition", "data"})
 
-SCALE = int(os.environ.get("PARLEY_FUZZ_SCALE", "1"))
-"""Set ``PARLEY_FUZZ_SCALE=20`` for a long fuzzing run (20 times the examples)."""
+# ``PARLEY_FUZZ_SCALE`` scales every count (tests/scale.py): 20 for a long fuzzing run.
 PURE = settings(
-    max_examples=100 * SCALE,
+    max_examples=scaled(100),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 """Pure checks: bounded so that the whole module runs in well under a minute."""
-PER_FORM = settings(PURE, max_examples=30 * SCALE)
+PER_FORM = settings(PURE, max_examples=scaled(30))
 """Tests run once per shipped form (13 of them)."""
-PROTOCOL = settings(PURE, max_examples=50 * SCALE)
+PROTOCOL = settings(PURE, max_examples=scaled(50))
 """Seals, opens and receipts (ML-DSA, HPKE) once or twice per example."""
 
 REGISTRY = default_registry()

@@ -38,7 +38,6 @@ import copy
 import functools
 import hashlib
 import json
-import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,6 +84,7 @@ from parley.service import tls
 from parley.service.peer_api import frame, split_frames
 from parley.service.terminal import CardBundle
 from parley.testing import ManualClock, PartyPair
+from tests.scale import scaled
 
 US = "US-EUCOM"
 RU = "RU-GS"
@@ -93,15 +93,14 @@ CHANNELS = (CHANNEL, "RU-GS.UA-GS", "TALKS", "RU-GS")
 """The channel of the conversation, and the ones the fuzzers name instead."""
 T = TypeVar("T")
 
-SCALE = int(os.environ.get("PARLEY_FUZZ_SCALE", "1"))
-"""Set ``PARLEY_FUZZ_SCALE=20`` for a long fuzzing run (20 times the examples)."""
+# ``PARLEY_FUZZ_SCALE`` scales every count (tests/scale.py): 20 for a long fuzzing run.
 FUZZ = settings(
-    max_examples=250 * SCALE,
+    max_examples=scaled(250),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 """Per test: bounded so that the whole module runs in well under a minute."""
-DEEP = settings(FUZZ, max_examples=150 * SCALE)
+DEEP = settings(FUZZ, max_examples=scaled(150))
 """For the tests that sign (ML-DSA) or seal (HPKE) once per example."""
 
 

@@ -37,6 +37,7 @@ from parley.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests.scale import scaled
 
 # --------------------------------------------------------------------------
 # Independent reference, straight from the RFC text.
@@ -383,7 +384,7 @@ def test_log_root_is_cached_and_follows_appends() -> None:
 # Properties: every honest proof verifies; every tampered one fails.
 
 PROPERTY_SETTINGS = settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=scaled(100), deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 

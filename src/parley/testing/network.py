@@ -41,10 +41,41 @@ PASSPHRASE = "loopback-test-passphrase"  # noqa: S105 - guards test keys only
 TEST_SCRYPT_N = 2**10
 
 
+#: Ports handed out under pytest-xdist: 10000-32767, below Linux's ephemeral
+#: range (32768-60999), split evenly between the workers.
+_WORKER_PORTS = (10_000, 32_768)
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port that is free now, for a terminal started later.
+
+    Under pytest-xdist (``PYTEST_XDIST_WORKER``) each worker takes ports from
+    its own slice of ``_WORKER_PORTS`` in turn, from a random start, so two
+    workers never hand out the same port and a worker does not hand one out
+    twice; otherwise the kernel picks one from the ephemeral range.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker[2:]) % count
+    size = (_WORKER_PORTS[1] - _WORKER_PORTS[0]) // count
+    low = _WORKER_PORTS[0] + index * size
+    if not _next_port:
+        _next_port.append(secrets.randbelow(size))
+    for _ in range(size):
+        port = low + _next_port[0] % size
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {low}-{low + size - 1} for {worker}")
 
 
 def wait_until(
