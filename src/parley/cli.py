@@ -34,7 +34,8 @@ from parley.errors import (
     diagnostic_line,
     error_body,
 )
-from parley.service.terminal import CardBundle, Records, Terminal
+from parley.service.reads import Records
+from parley.service.terminal import CardBundle, Terminal
 
 __all__ = ["app", "main"]
 
@@ -284,7 +285,7 @@ def backend(*, needs_keys: bool) -> Iterator[tuple[ApiBackend | None, Records | 
             if not schema_is_current(engine):
                 fail("the database schema is not current; run `parley serve` once to migrate")
             try:
-                yield None, Records(engine, config.party)
+                yield None, Records(engine, config.party, own_card=_own_bundle().card)
             finally:
                 engine.dispose()
     finally:
@@ -534,6 +535,17 @@ def inbox(
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("Id", "Prec.", "From", "Channel", "Received", "Ack", "Content")
         for r in rows:
+            if r.get("verified") is False:
+                table.add_row(
+                    r["id"],
+                    "",
+                    "",
+                    "",
+                    (r["stored_at"] or "")[:19],
+                    "",
+                    f"[bold red]DOES NOT VERIFY[/]: {escape(r['problem'])}",
+                )
+                continue
             ack = r.get("acknowledged_by") or ("due " + (r["ack_due"] or "")[11:16])
             table.add_row(
                 r["id"],
@@ -571,6 +583,17 @@ def show(
             item = local.show(envelope_id)
 
     def render(r: dict[str, Any]) -> None:
+        if r.get("verified") is False:
+            out.print(
+                f"Message {r['id']}, log entry {r['log_index']}: "
+                f"[bold red]DOES NOT VERIFY[/]: {escape(r['problem'])}",
+                highlight=False,
+            )
+            out.print(
+                "Its stored index no longer matches the signed record, so nothing it claims is "
+                "shown. Run `parley verify` for the full audit."
+            )
+            return
         out.print(
             f"[bold]{r['precedence']}[/] {r['kind']} {r['id']}"
             + (" [yellow]EXERCISE[/]" if r["exercise"] else "")
@@ -613,6 +636,8 @@ def show(
                 out.print(line)
 
     emit(item, json_, render)
+    if item.get("verified") is False:
+        raise typer.Exit(1)
 
 
 def _check_lang(lang: str) -> str:

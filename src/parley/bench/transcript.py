@@ -111,7 +111,17 @@ class _Role:
             self.sent += 1
             text = TEXT.format(n=self.sent)
             out = self.party.send_text([RECEIVER[0]], text, operator="duty officer")
-            sent.append((out.envelope_id, out.channel, out.seq, out.log_index, text))
+            sent.append(
+                (
+                    out.envelope_id,
+                    out.channel,
+                    out.seq,
+                    out.log_index,
+                    text,
+                    out.content,
+                    out.created_at,
+                )
+            )
         first, entries = self._take()
         return first, entries, sent
 
@@ -323,7 +333,7 @@ class _Writer:
                         "via": None,
                     },
                 )
-        for envelope_id, channel, seq, log_index, text in sent:
+        for envelope_id, channel, seq, log_index, text, content, created_at in sent:
             self._add(
                 "messages",
                 {
@@ -337,11 +347,12 @@ class _Writer:
                     "kind": "text",
                     "precedence": "ROUTINE",
                     "exercise": False,
-                    "created_at": now,
+                    "created_at": created_at,
                     "stored_at": now,
                     "operator": "duty officer",
                     "lang": "en",
                     "body": canonical_bytes({"text": text}).decode(),
+                    "content": content,
                     "ack_due": now + self.ack_deadline,
                     "acked_at": None,
                     "acked_by": None,

@@ -187,6 +187,9 @@ class Outgoing:
     precedence: str
     raw: bytes
     log_index: int
+    #: The sealed inner content, exactly as the envelope's content digest commits to it.
+    content: bytes = field(default=b"", repr=False)
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +362,7 @@ class Party:
             self._check_outgoing_form(body.get("form"), now)
         seq = self._next_seq.get(channel, 1)
         envelope_id = uuid7(now, self._rand)
+        content = Content(lang=lang, operator=operator, body=body, salt=self._rand(16))
         raw = seal_envelope(
             self.identity,
             cards,
@@ -368,7 +372,7 @@ class Party:
             created_at=now,
             precedence=precedence,
             kind=kind,
-            content=Content(lang=lang, operator=operator, body=body, salt=self._rand(16)),
+            content=content,
             exercise=exercise,
         )
         if len(raw) > self.limits.max_body_bytes:
@@ -390,7 +394,17 @@ class Party:
                 hashlib.sha256(raw).hexdigest(),
             )
         )
-        return Outgoing(envelope_id, channel, seq, recipients, precedence, raw, index)
+        return Outgoing(
+            envelope_id,
+            channel,
+            seq,
+            recipients,
+            precedence,
+            raw,
+            index,
+            content=content.to_bytes(),
+            created_at=now,
+        )
 
     def _check_outgoing_form(self, form: JSONValue, now: datetime) -> None:
         """Refuse to send what the receiver would refuse, or a notice given too late."""

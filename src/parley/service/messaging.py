@@ -160,11 +160,12 @@ class Messaging:
                     "kind": draft.kind,
                     "precedence": out.precedence,
                     "exercise": draft.exercise,
-                    "created_at": now,
+                    "created_at": out.created_at or now,
                     "stored_at": now,
                     "operator": draft.operator,
                     "lang": draft.lang,
                     "body": canonical_bytes(draft.body).decode(),
+                    "content": out.content,
                     "ack_due": now + self.kernel.config.ack_deadline(out.precedence)
                     if draft.kind in HUMAN_KINDS
                     else None,

@@ -155,6 +155,7 @@ class Receiving:
                     "operator": content.operator,
                     "lang": content.lang,
                     "body": canonical_bytes(content.body).decode(),
+                    "content": content.to_bytes(),
                     "ack_due": now + self.kernel.config.ack_deadline(header.precedence)
                     if human and event.rejection is None
                     else None,

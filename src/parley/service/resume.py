@@ -6,52 +6,15 @@ from the message index and the stored log (``Kernel.reload``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import Connection, Engine, and_, func, select
 
-from parley import merkle
 from parley.core.party import ResumeState
-from parley.errors import VerificationError
+from parley.service.reads import checked_leaves
 from parley.store import models as m
-from parley.store.db import reading
 
-__all__ = ["resume_state", "stored_leaves"]
-
-
-def stored_leaves(engine: Engine, batch: int = 50_000) -> Iterator[bytes]:
-    """Every log entry's leaf hash, in order (hashing entries stored without one)."""
-    cols = m.log_entries.c
-    expected = 0
-    while True:
-        with reading(engine) as conn:
-            rows = conn.execute(
-                select(cols.idx, cols.leaf)
-                .where(cols.idx >= expected)
-                .order_by(cols.idx)
-                .limit(batch)
-            ).all()
-            if not rows:
-                return
-            missing = [r.idx for r in rows if r.leaf is None]
-            entries = (
-                {
-                    idx: bytes(entry)
-                    for idx, entry in conn.execute(
-                        select(cols.idx, cols.entry).where(cols.idx.in_(missing))
-                    ).all()
-                }
-                if missing
-                else {}
-            )
-        for row in rows:
-            if row.idx != expected:
-                raise VerificationError(
-                    f"log entry {expected} is missing from the store (the next is {row.idx})"
-                )
-            leaf = row.leaf if row.leaf is not None else merkle.leaf_hash(entries[row.idx])
-            yield bytes(leaf)
-            expected += 1
+__all__ = ["resume_state"]
 
 
 def resume_state(conn: Connection, engine: Engine, me: str) -> ResumeState:
@@ -109,7 +72,7 @@ def resume_state(conn: Connection, engine: Engine, me: str) -> ResumeState:
         select(m.checkpoints.c.note).order_by(m.checkpoints.c.size.desc()).limit(1)
     ).scalar()
     return ResumeState(
-        leaves=stored_leaves(engine),
+        leaves=checked_leaves(engine),
         latest_checkpoint=latest,
         channels=channels,
         last_sent=last_sent,

@@ -27,7 +27,6 @@ them from worker threads.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,17 +34,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Connection, Engine
 
 from parley.config import Config, DataDir
-from parley.core.canonical import JSONValue, parse_canonical, require_object
-from parley.core.dsse import parse_dsse
+from parley.core.canonical import JSONValue
 from parley.core.envelope import Limits
 from parley.core.forms import FormRegistry
 from parley.core.identity import Identity, IdentityCard
 from parley.core.party import Party
-from parley.core.translation import CERTIFIED_TRANSLATION_TYPE
-from parley.errors import ParleyError, RemoteError, UsageError
+from parley.errors import ParleyError, RemoteError
 from parley.keyfile import load_identity
 from parley.service.alarms import Alarms
 from parley.service.channels import Channels
@@ -53,23 +50,21 @@ from parley.service.deadlines import Deadlines
 from parley.service.kernel import (
     HUMAN_KINDS,
     PRECEDENCE_RANK,
-    SHOWN_KINDS,
     Forward,
     Kernel,
     utc_now,
 )
-from parley.service.kernel import iso as _iso
 from parley.service.ledger import StoreLedger
 from parley.service.links import Links
 from parley.service.messaging import Draft, Messaging
 from parley.service.outbox import Outbox
 from parley.service.peers import CardBundle, Peers
+from parley.service.reads import Records, fill_contents
 from parley.service.receipts import Receipts
 from parley.service.receiving import Receiving
 from parley.service.translations import Translations
 from parley.service.witness import Witnessing
-from parley.store import models as m
-from parley.store.db import engine_for, migrate, reading, schema_is_current
+from parley.store.db import engine_for, migrate, schema_is_current
 
 __all__ = [
     "HUMAN_KINDS",
@@ -80,233 +75,6 @@ __all__ = [
     "Terminal",
     "utc_now",
 ]
-
-
-def _statement_text(statement: bytes) -> str:
-    """The text of a stored certified translation (verified when it was made)."""
-    dsse = parse_dsse(
-        statement,
-        payload_type=CERTIFIED_TRANSLATION_TYPE,
-        max_size=len(statement),
-        what="certified translation",
-    )
-    payload = require_object(parse_canonical(dsse.payload, what="translation"), "translation")
-    return str(payload["text"])
-
-
-class Records:
-    """Read-only views of a terminal's database (no private keys needed)."""
-
-    def __init__(self, engine: Engine, me: str) -> None:
-        self.engine = engine
-        self._me = me
-
-    @property
-    def me(self) -> str:
-        return self._me
-
-    # Reading --------------------------------------------------------------------
-
-    def _message_dict(self, row: Any, conn: Connection, *, full: bool) -> dict[str, Any]:
-        recipients = row.recipients.split(",")
-        item: dict[str, Any] = {
-            "id": row.envelope_id,
-            "direction": row.direction,
-            "channel": row.channel,
-            "sender": row.sender,
-            "recipients": recipients,
-            "seq": row.seq,
-            "kind": row.kind,
-            "precedence": row.precedence,
-            "exercise": row.exercise,
-            "created_at": _iso(row.created_at),
-            "stored_at": _iso(row.stored_at),
-            "operator": row.operator,
-            "lang": row.lang,
-            "body": json.loads(row.body),
-            "log_index": row.log_index,
-            "ack_due": _iso(row.ack_due),
-        }
-        if row.kind == "text":
-            item["translations"] = self._translations(conn, row.envelope_id)
-        if row.direction == "in":
-            item["acknowledged_at"] = _iso(row.acked_at)
-            item["acknowledged_by"] = row.acked_by
-            item["rejection"] = (
-                {"code": row.rejection_code, "reason": row.rejection_reason}
-                if row.rejection_code
-                else None
-            )
-            return item
-        receipts = conn.execute(
-            select(m.receipts).where(m.receipts.c.envelope_id == row.envelope_id)
-        ).all()
-        acks = conn.execute(select(m.acks).where(m.acks.c.envelope_id == row.envelope_id)).all()
-        outbox = conn.execute(
-            select(m.outbox).where(m.outbox.c.envelope_id == row.envelope_id)
-        ).all()
-        item["receipts"] = {r.receiver: _iso(r.stored_at) for r in receipts}
-        item["rejections"] = {
-            r.receiver: {"code": r.rejection_code, "reason": r.rejection_reason}
-            for r in receipts
-            if r.rejection_code
-        }
-        item["acks"] = {a.party: {"operator": a.operator, "at": _iso(a.at)} for a in acks}
-        item["delivery"] = {
-            o.peer: {
-                "state": o.state,
-                "attempts": o.attempts,
-                "link": o.link,
-                "last_error": o.last_error,
-            }
-            for o in outbox
-        }
-        return item
-
-    def _translations(self, conn: Connection, envelope_id: str) -> list[dict[str, Any]]:
-        rows = conn.execute(
-            select(m.translations)
-            .where(m.translations.c.envelope_id == envelope_id)
-            .order_by(m.translations.c.created_at)
-        ).all()
-        checks = conn.execute(
-            select(m.translation_countersignatures).where(
-                m.translation_countersignatures.c.translation.in_([r.digest for r in rows])
-            )
-        ).all()
-        result = []
-        for r in rows:
-            result.append(
-                {
-                    "digest": r.digest,
-                    "target_lang": r.target_lang,
-                    "operator": r.operator,
-                    "text": _statement_text(bytes(r.statement)),
-                    "at": _iso(r.created_at),
-                    "countersignatures": [
-                        {"operator": c.operator, "at": _iso(c.created_at)}
-                        for c in checks
-                        if c.translation == r.digest
-                    ],
-                }
-            )
-        return result
-
-    def messages(
-        self, direction: str, *, limit: int = 200, all_kinds: bool = False
-    ) -> list[dict[str, Any]]:
-        kinds = ("text", "form", "service", "ack", "test") if all_kinds else SHOWN_KINDS
-        with reading(self.engine) as conn:
-            rows = conn.execute(
-                select(m.messages)
-                .where(and_(m.messages.c.direction == direction, m.messages.c.kind.in_(kinds)))
-                .order_by(m.messages.c.log_index.desc())
-                .limit(limit)
-            ).all()
-            items = [self._message_dict(row, conn, full=False) for row in rows]
-        items.sort(key=lambda i: (PRECEDENCE_RANK.get(i["precedence"], 9),))
-        return items
-
-    def show(self, envelope_id: str) -> dict[str, Any]:
-        with reading(self.engine) as conn:
-            row = conn.execute(
-                select(m.messages).where(m.messages.c.envelope_id == envelope_id)
-            ).first()
-            if row is None:
-                raise UsageError(f"no message {envelope_id} on this terminal")
-            return self._message_dict(row, conn, full=True)
-
-    def links(self) -> list[dict[str, Any]]:
-        with reading(self.engine) as conn:
-            rows = conn.execute(select(m.links).order_by(m.links.c.peer, m.links.c.name)).all()
-        return [
-            {
-                "peer": r.peer,
-                "name": r.name,
-                "url": r.url,
-                "state": r.state,
-                "rtt_ms": r.rtt_ms,
-                "last_success": _iso(r.last_success),
-                "last_test": _iso(r.last_test),
-                "last_error": r.last_error,
-                "failures": r.failures,
-            }
-            for r in rows
-        ]
-
-    def alarms(self, *, include_cleared: bool = True, limit: int = 500) -> list[dict[str, Any]]:
-        with reading(self.engine) as conn:
-            query = select(m.alarms).order_by(m.alarms.c.id.desc()).limit(limit)
-            if not include_cleared:
-                query = query.where(m.alarms.c.cleared_at.is_(None))
-            rows = conn.execute(query).all()
-        return [
-            {
-                "id": r.id,
-                "at": _iso(r.at),
-                "kind": r.kind,
-                "severity": r.severity,
-                "subject": r.subject,
-                "message": r.message,
-                "cleared_at": _iso(r.cleared_at),
-            }
-            for r in rows
-        ]
-
-    def security_events(self, limit: int = 500) -> list[dict[str, Any]]:
-        with reading(self.engine) as conn:
-            rows = conn.execute(
-                select(m.security_events).order_by(m.security_events.c.id.desc()).limit(limit)
-            ).all()
-        return [
-            {
-                "id": r.id,
-                "at": _iso(r.at),
-                "endpoint": r.endpoint,
-                "remote": r.remote,
-                "tls_party": r.tls_party,
-                "code": r.code,
-                "message": r.message,
-            }
-            for r in rows
-        ]
-
-    def peers(self) -> list[dict[str, Any]]:
-        with reading(self.engine) as conn:
-            links = conn.execute(select(m.links).order_by(m.links.c.peer, m.links.c.name)).all()
-            rows = conn.execute(select(m.peers).order_by(m.peers.c.party)).all()
-        return [
-            {
-                "party": row.party,
-                "name": IdentityCard.from_bytes(row.card).name,
-                "fingerprint": row.fingerprint,
-                "links": [
-                    {"name": link.name, "url": link.url} for link in links if link.peer == row.party
-                ],
-            }
-            for row in rows
-        ]
-
-    def channels(self) -> list[dict[str, Any]]:
-        with reading(self.engine) as conn:
-            rows = conn.execute(select(m.channels).order_by(m.channels.c.name)).all()
-            agreements = conn.execute(select(m.channel_agreements)).all()
-        result = []
-        for row in rows:
-            members = row.members.split(",")
-            agreed = sorted(a.party for a in agreements if a.channel == row.name)
-            active = row.kind == "bilateral" or set(agreed) >= set(members)
-            result.append(
-                {
-                    "name": row.name,
-                    "members": members,
-                    "kind": row.kind,
-                    "proposed_by": row.proposed_by,
-                    "agreed": agreed,
-                    "state": "active" if active else "proposed",
-                }
-            )
-        return result
 
 
 class Terminal(Records):
@@ -339,7 +107,9 @@ class Terminal(Records):
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.kernel = kernel = Kernel(data, config, identity, engine, clock=clock)
-        super().__init__(engine, identity.party)
+        super().__init__(
+            engine, identity.party, own_card=identity.card, tree=lambda: self.party.transcript.tree
+        )
         self._alarms = alarms = Alarms(kernel)
         self._peers = Peers(kernel)
         self._messaging = messaging = Messaging(kernel)
@@ -366,6 +136,7 @@ class Terminal(Records):
         engine = engine_for(config.database)
         if not schema_is_current(engine):
             migrate(engine)
+            fill_contents(engine, identity)  # rows kept before messages.content existed
         return cls(data, config, identity, engine, clock=clock)
 
     @contextmanager

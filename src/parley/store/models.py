@@ -91,6 +91,10 @@ messages = Table(
     Column("operator", Text, nullable=False),
     Column("lang", String(35), nullable=False),  # a BCP 47 tag, as long as the core allows
     Column("body", Text, nullable=False),  # canonical JSON of the decrypted content body
+    # The decrypted inner content (canonical JSON with its salt) exactly as the
+    # envelope's content_digest commits to it; NULL only before the terminal
+    # filled it in after migration 0007. Readers check it, never trust it.
+    Column("content", LargeBinary),
     Column("ack_due", Time),
     Column("acked_at", Time),
     Column("acked_by", Text),
