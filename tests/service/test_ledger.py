@@ -97,5 +97,6 @@ def test_a_changed_store_is_refused_at_start(
         conn.execute(
             update(m.log_entries).where(m.log_entries.c.idx == 2).values(leaf=b"\x00" * 32)
         )
-    with pytest.raises(VerificationError, match="does not hash to this terminal's own checkpoint"):
+    # The entry no longer hashes to its (changed) stored leaf: named before any checkpoint.
+    with pytest.raises(VerificationError, match="log entry 2 no longer hashes to its stored leaf"):
         Terminal.open(tmp_path / "us-eucom", PASSPHRASE)
