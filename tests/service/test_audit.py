@@ -88,7 +88,10 @@ def test_an_index_row_that_lies_about_its_envelope_is_found(
         )
     one, many = _both(ru, monkeypatch)
     assert one.failures == many.failures
-    assert one.failures == [f"message {row['id']}: its index row differs from the signed envelope"]
+    assert one.failures == [
+        f"messages row {row['id']} (log entry {row['log_index']}): "
+        "column precedence differs from the signed envelope"
+    ]
 
 
 def test_a_missing_entry_stops_the_walk_and_is_named(

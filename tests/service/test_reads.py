@@ -18,6 +18,7 @@ from parley.core.envelope import read_envelope
 from parley.core.identity import IdentityCard
 from parley.errors import VerificationError
 from parley.service import reads
+from parley.service.audit import audit
 from parley.service.reads import Records
 from parley.service.terminal import Terminal
 from parley.store import models as m
@@ -76,6 +77,9 @@ def stopped(tmp_path: Path) -> Stopped:
             index = us.show(envelope_id)["log_index"]
             ru.receive_envelope(us.party.transcript.entry(index)[1:])
         sent = ru.send(["US-EUCOM"], kind="text", body={"text": "understood"}, operator="Maj. P")
+        raw = ru.party.transcript.entry(ru.show(sent["id"])["log_index"])[1:]
+        receipts = us.receive_batch([raw], tls_party="RU-GS")
+        ru.receive_receipts([r for r in receipts if isinstance(r, bytes)], peer="US-EUCOM")
         return Stopped(terminals["RU-GS"].data, ids[1], sent["id"], ru.identity.card)
     finally:
         us.engine.dispose()
@@ -245,3 +249,62 @@ def test_a_signature_is_checked_once_and_remembered_by_leaf_hash(
         again = records.messages("in")
         assert len(calls) == 3
         assert first == again
+
+
+def _audited(stopped: Stopped) -> list[str]:
+    engine = engine_for(DataDir(stopped.path).load_config().database)
+    try:
+        return audit(engine, stopped.card).failures
+    finally:
+        engine.dispose()
+
+
+def test_verify_passes_an_untouched_record(stopped: Stopped) -> None:
+    assert _audited(stopped) == []
+
+
+@pytest.mark.parametrize(("column", "value", "named"), TAMPERED)
+def test_verify_names_a_changed_message_column(
+    stopped: Stopped, column: str, value: Any, named: str
+) -> None:
+    stopped.change(stopped.received, **{column: value})
+    failures = _audited(stopped)
+    assert failures, "the change went unnoticed"
+    assert failures[0].startswith(f"messages row {stopped.received}"), failures
+    assert f"column {named} differs" in failures[0], failures
+
+
+def test_verify_names_a_changed_time_and_content(stopped: Stopped) -> None:
+    engine = engine_for(DataDir(stopped.path).load_config().database)
+    with engine.begin() as conn:
+        stored = conn.execute(
+            select(m.messages.c.created_at).where(m.messages.c.envelope_id == stopped.sent)
+        ).scalar_one()
+    engine.dispose()
+    stopped.change(stopped.sent, created_at=stored + timedelta(days=1))
+    failures = _audited(stopped)
+    assert failures == [
+        f"messages row {stopped.sent} (log entry {failures[0].split('log entry ')[1][:1]}): "
+        "column created_at differs from the signed envelope"
+    ]
+    stopped.change(stopped.sent, created_at=stored, content=b"{}")
+    failures = _audited(stopped)
+    assert len(failures) == 1
+    assert "column content: does not match the content digest" in failures[0]
+
+
+def test_verify_names_a_changed_receipt_row(stopped: Stopped) -> None:
+    engine = engine_for(DataDir(stopped.path).load_config().database)
+    try:
+        with engine.begin() as conn:
+            changed = conn.execute(
+                update(m.receipts)
+                .where(m.receipts.c.envelope_id == stopped.sent)
+                .values(through_seq=7)
+            ).rowcount
+    finally:
+        engine.dispose()
+    assert changed == 1
+    assert _audited(stopped) == [
+        f"receipts row {stopped.sent}/US-EUCOM: column through_seq differs from the signed receipt"
+    ]

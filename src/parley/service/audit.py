@@ -13,7 +13,16 @@ Checked, in order:
 5. every cosignature: peers' on this terminal's checkpoints (both
    signatures, and the root matching this transcript), and this terminal's
    on peers' checkpoints;
-6. the message index: each row names the envelope stored at its log index.
+6. the message index: each row names the envelope stored at its log index,
+   and every column it shows (channel, sender, recipients, seq, kind,
+   precedence, exercise flag, time, direction) equals the signed envelope;
+   its stored inner content hashes to the signed ``content_digest`` and its
+   operator, language and body equal that content;
+7. every receipt row against the signed receipt logged at its index, every
+   acknowledgement row against the acknowledgement envelope it names, and
+   every cosignature row against its note.
+
+The first row that differs is named by table, envelope id and column.
 
 A single changed byte in a log entry breaks its signature or its leaf hash
 and therefore the checkpoints over it; the audit names the entry.
@@ -21,11 +30,13 @@ and therefore the checkpoints over it; the audit names the entry.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -37,6 +48,13 @@ from parley.core.identity import IdentityCard
 from parley.core.receipts import read_receipt
 from parley.core.transcript import EntryType, split_entry
 from parley.errors import ParleyError, VerificationError
+from parley.service.reads import (
+    SignedFacts,
+    content_columns_problem,
+    content_problem,
+    row_problem,
+    signed_facts,
+)
 from parley.store import models as m
 from parley.store.db import engine_for, reading
 
@@ -77,17 +95,6 @@ _CHUNK = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class _EnvelopeFacts:
-    id: str
-    channel: str
-    sender: str
-    seq: int
-    kind: str
-    precedence: str
-    recipients: int
-
-
-@dataclass(frozen=True, slots=True)
 class _ReceiptFacts:
     envelope_id: str
     sender: str
@@ -99,7 +106,7 @@ class _ReceiptFacts:
 
 
 #: (index, leaf hash, what the entry says, or why it failed)
-_Checked = tuple[int, bytes, _EnvelopeFacts | _ReceiptFacts | None, str | None]
+_Checked = tuple[int, bytes, SignedFacts | _ReceiptFacts | None, str | None]
 
 
 def _check_entry(
@@ -111,9 +118,9 @@ def _check_entry(
         kind, raw = split_entry(entry)
         if kind is EntryType.ENVELOPE:
             h = read_envelope(raw, lookup, _LIMITS)
-            facts: _EnvelopeFacts | _ReceiptFacts = _EnvelopeFacts(
-                h.id, h.channel, h.sender, h.seq, h.kind, h.precedence, len(h.recipients)
-            )
+            signer = lookup(h.sender)
+            assert signer is not None  # read_envelope found it
+            facts: SignedFacts | _ReceiptFacts = signed_facts(h, signer)
         else:
             r = read_receipt(raw, lookup)
             facts = _ReceiptFacts(
@@ -205,7 +212,7 @@ def audit(
     #: Envelopes this terminal sent whose receipts are not all in yet:
     #: envelope id -> (leaf hash, receipts still expected).
     awaiting: dict[str, tuple[bytes, int]] = {}
-    index = _MessageIndex(engine, fail)
+    index = _MessageIndex(engine, own.party, fail)
 
     for idx, leaf, facts, error in _checked_entries(engine, own, cards, total):
         if idx != tree.size:
@@ -218,17 +225,19 @@ def audit(
         if error is not None:
             fail(error)
             index.at(idx, None)
-        elif isinstance(facts, _EnvelopeFacts):
+        elif isinstance(facts, SignedFacts):
             report.envelopes += 1
             index.at(idx, facts)
             if facts.sender == own.party:
-                awaiting[facts.id] = (leaf, facts.recipients)
+                awaiting[facts.id] = (leaf, len(facts.recipients))
         elif isinstance(facts, _ReceiptFacts):
             report.receipts += 1
             index.at(idx, None)
             if facts.sender == own.party and facts.receiver != own.party:
                 _check_held_receipt(idx, facts, awaiting, engine, fail)
     index.finish()
+    _check_receipt_rows(engine, cards, fail)
+    _check_ack_rows(engine, fail)
 
     with reading(engine) as conn:
         for row in conn.execute(select(m.checkpoints).order_by(m.checkpoints.c.size)):
@@ -252,9 +261,18 @@ def audit(
                 fail(f"cosignature by/of unknown party {row.party}")
                 continue
             try:
+                if row.direction not in ("of-us", "by-us"):
+                    fail(f"cosignatures row {row.id}: column direction is not of-us or by-us")
+                    continue
                 if row.direction == "of-us":
                     checkpoint = verify_checkpoint(row.note, own)
                     verify_cosignature(checkpoint, row.note, witness)
+                    if checkpoint.size != row.size:
+                        fail(
+                            f"cosignatures row {row.id}: column size differs from the cosigned "
+                            "checkpoint"
+                        )
+                        continue
                     if checkpoint.size > tree.size or (
                         tree.root_at(checkpoint.size) != checkpoint.root
                     ):
@@ -265,6 +283,11 @@ def audit(
                 else:
                     checkpoint = verify_checkpoint(row.note, witness)
                     verify_cosignature(checkpoint, row.note, own)
+                    if checkpoint.size != row.size:
+                        fail(
+                            f"cosignatures row {row.id}: column size differs from the cosigned "
+                            "checkpoint"
+                        )
             except ParleyError as exc:
                 fail(f"cosignature {row.direction} {row.party} at size {row.size}: {exc}")
     report.messages = index.rows
@@ -321,57 +344,52 @@ def _sent_leaf(engine: Engine, envelope_id: str, before: int) -> bytes | None:
 class _MessageIndex:
     """The message index checked against the log, merged in log order."""
 
-    def __init__(self, engine: Engine, fail: Callable[[str], None]) -> None:
+    def __init__(self, engine: Engine, own: str, fail: Callable[[str], None]) -> None:
         self._rows = _message_rows(engine)
+        self._own = own
         self._fail = fail
         self._next: Any = next(self._rows, None)
         self.rows = 0
 
-    def at(self, idx: int, facts: _EnvelopeFacts | None) -> None:
+    def at(self, idx: int, facts: SignedFacts | None) -> None:
         while self._next is not None and self._next.log_index <= idx:
             row = self._next
             self.rows += 1
-            if row.log_index < idx or facts is None or facts.id != row.envelope_id:
-                self._fail(
-                    f"message {row.envelope_id}: not the envelope at log entry {row.log_index}"
-                )
-            elif (facts.channel, facts.sender, facts.seq, facts.kind, facts.precedence) != (
-                row.channel,
-                row.sender,
-                row.seq,
-                row.kind,
-                row.precedence,
-            ):
-                self._fail(
-                    f"message {row.envelope_id}: its index row differs from the signed envelope"
-                )
+            where = f"messages row {row.envelope_id} (log entry {row.log_index})"
+            if row.log_index < idx or facts is None:
+                self._fail(f"{where}: not the envelope at log entry {row.log_index}")
+            else:
+                column = row_problem(row, facts, self._own)
+                if column is not None:
+                    self._fail(f"{where}: column {column} differs from the signed envelope")
+                else:
+                    stored = None if row.content is None else bytes(row.content)
+                    content, problem = content_problem(stored, facts)
+                    if content is None:
+                        self._fail(f"{where}: column {problem}")
+                    else:
+                        column = content_columns_problem(row, content)
+                        if column is not None:
+                            self._fail(f"{where}: column {column} differs from the signed content")
             self._next = next(self._rows, None)
 
     def finish(self) -> None:
         while self._next is not None:
             self.rows += 1
             self._fail(
-                f"message {self._next.envelope_id}: not the envelope at log entry "
+                f"messages row {self._next.envelope_id}: not the envelope at log entry "
                 f"{self._next.log_index}"
             )
             self._next = next(self._rows, None)
 
 
-def _message_rows(engine: Engine, batch: int = 5000) -> Iterator[Any]:
+def _message_rows(engine: Engine, batch: int = 2000) -> Iterator[Any]:
     last = -1
     cols = m.messages.c
     while True:
         with reading(engine) as conn:
             rows = conn.execute(
-                select(
-                    cols.envelope_id,
-                    cols.log_index,
-                    cols.channel,
-                    cols.sender,
-                    cols.seq,
-                    cols.kind,
-                    cols.precedence,
-                )
+                select(m.messages)
                 .where(cols.log_index > last)
                 .order_by(cols.log_index)
                 .limit(batch)
@@ -380,6 +398,107 @@ def _message_rows(engine: Engine, batch: int = 5000) -> Iterator[Any]:
             return
         yield from rows
         last = rows[-1].log_index
+
+
+def _check_receipt_rows(
+    engine: Engine, cards: dict[str, IdentityCard], fail: Callable[[str], None]
+) -> None:
+    """Each receipts row says what the signed receipt logged at its index says."""
+    r = m.receipts.c
+    msg = m.messages.c
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(
+                m.receipts,
+                m.log_entries.c.entry,
+                msg.channel.label("m_channel"),
+                msg.seq.label("m_seq"),
+                msg.direction.label("m_direction"),
+            )
+            .outerjoin(m.log_entries, m.log_entries.c.idx == r.log_index)
+            .outerjoin(m.messages, msg.envelope_id == r.envelope_id)
+            .order_by(r.log_index, r.envelope_id, r.receiver)
+        ).all()
+    for row in rows:
+        where = f"receipts row {row.envelope_id}/{row.receiver}"
+        if row.m_direction != "out":
+            fail(f"{where}: column envelope_id names no message this terminal sent")
+            continue
+        if row.log_index is None:
+            continue  # kept from a receipt checked but not logged (a later copy)
+        if row.entry is None:
+            fail(f"{where}: column log_index names no log entry")
+            continue
+        try:
+            kind, raw = split_entry(bytes(row.entry))
+            if kind is not EntryType.RECEIPT:
+                fail(f"{where}: column log_index names an entry that is not a receipt")
+                continue
+            receipt = read_receipt(raw, cards.get)
+        except ParleyError as exc:
+            fail(f"{where}: log entry {row.log_index}: {exc}")
+            continue
+        rejection = receipt.rejection
+        issued = row.issued_at if row.issued_at.tzinfo else row.issued_at.replace(tzinfo=UTC)
+        covered = receipt.envelope_id == row.envelope_id or (
+            receipt.channel == row.m_channel and row.m_seq <= receipt.through_seq
+        )
+        for column, same in (
+            ("receiver", receipt.receiver == row.receiver),
+            ("envelope_id", covered),
+            ("issued_at", issued == receipt.issued_at),
+            ("through_seq", receipt.through_seq == row.through_seq),
+            ("rejection_code", (rejection.code if rejection else None) == row.rejection_code),
+            (
+                "rejection_reason",
+                (rejection.reason if rejection else None) == row.rejection_reason,
+            ),
+        ):
+            if not same:
+                fail(f"{where}: column {column} differs from the signed receipt")
+                break
+
+
+def _check_ack_rows(engine: Engine, fail: Callable[[str], None]) -> None:
+    """Each acks row says what the acknowledgement envelope it names says.
+
+    The acknowledgement's own row was checked against its envelope and its
+    content digest above; here its content is compared with the acks row.
+    """
+    a = m.acks.c
+    msg = m.messages.c
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(
+                m.acks,
+                msg.sender.label("m_sender"),
+                msg.kind.label("m_kind"),
+                msg.direction.label("m_direction"),
+                msg.content.label("m_content"),
+            )
+            .outerjoin(m.messages, msg.envelope_id == a.ack_envelope_id)
+            .order_by(a.envelope_id, a.party)
+        ).all()
+    for row in rows:
+        where = f"acks row {row.envelope_id}/{row.party}"
+        if row.m_kind != "ack" or row.m_direction != "in" or row.m_content is None:
+            fail(f"{where}: column ack_envelope_id names no acknowledgement received")
+            continue
+        try:
+            content = json.loads(bytes(row.m_content))
+            acked = content["body"]["ack"]["envelope_id"]
+            operator = content["operator"]
+        except (ValueError, KeyError, TypeError):
+            fail(f"{where}: the acknowledgement's content cannot be read")
+            continue
+        for column, same in (
+            ("party", row.party == row.m_sender),
+            ("envelope_id", row.envelope_id == acked),
+            ("operator", row.operator == operator),
+        ):
+            if not same:
+                fail(f"{where}: column {column} differs from the signed acknowledgement")
+                break
 
 
 def stored_entries(
