@@ -522,9 +522,50 @@ def test_a_changed_byte_in_the_log_entry_breaks_the_evidence(pair: Pair) -> None
     assert evidence.signature.state == "bad"
     assert evidence.inclusion.state == "bad"
     assert [c.state for c in evidence.cosigned] == ["bad"]
+    # The page shows no part of a message whose entry no longer hashes to the verified log.
     page = pair.console(pair.ru, "duty").get(f"/messages/{mid}").text
-    (tag,) = find_testid(page, "evidence-signature")
-    assert 'data-state="bad"' in tag
+    (tag,) = find_testid(page, "message")
+    assert 'data-verified="false"' in tag
+    assert f"log entry {index} does not hash to the verified log" in page
+    assert "do not tamper" not in page
+
+
+def test_the_evidence_says_what_it_proves_about_the_text_shown(pair: Pair) -> None:
+    mid = text_to_ru(pair, "the bridge is open", "PRIORITY")
+    witness(pair.ru, by=pair.us)
+    page = pair.console(pair.ru, "aud").get(f"/messages/{mid}").text
+    (statement,) = re.findall(r'data-testid="evidence-statement">(.*?)</p>', page, re.S)
+    statement = " ".join(statement.split())
+    fingerprint = pair.us.identity.card.fingerprint
+    index = pair.ru.show(mid)["log_index"]
+    assert f"The text above is the content of envelope {mid}" in statement
+    assert f"{US} signed with the key of its pinned card (fingerprint {fingerprint})" in statement
+    assert f"checked against it. It is entry {index} of this terminal" in statement
+    assert f"entries this terminal signed. {US} cosigned that log" in statement
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("body", '{"text":"the bridge is closed"}'), ("precedence", "FLASH"), ("operator", "x")],
+)
+def test_a_changed_row_is_shown_as_not_verifying_never_with_the_changed_value(
+    pair: Pair, column: str, value: str
+) -> None:
+    mid = text_to_ru(pair, "the bridge is open", "PRIORITY")
+    with pair.ru.engine.begin() as conn:
+        conn.execute(
+            update(m.messages).where(m.messages.c.envelope_id == mid).values({column: value})
+        )
+    client = pair.console(pair.ru, "duty")
+    page = client.get(f"/messages/{mid}").text
+    assert f"Does not verify: {column} differs from the signed" in page
+    assert "the bridge is" not in page
+    rows = client.get("/fragments/inbox").text
+    (tag,) = [t for t in find_testid(rows, "inbox-row") if mid in t]
+    assert 'data-verified="false"' in tag
+    assert f"Does not verify: {column} differs" in rows
+    assert "the bridge is" not in rows
+    assert mid not in client.get("/fragments/flash").text
 
 
 # Composing ----------------------------------------------------------------------------

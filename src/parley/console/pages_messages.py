@@ -36,7 +36,7 @@ from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import and_, select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
@@ -44,7 +44,6 @@ from parley import merkle
 from parley.console import i18n
 from parley.console.i18n import gettext
 from parley.console.web import N_, CurrentPage, Page, render, when
-from parley.console.web import iso_utc as _iso
 from parley.core.canonical import JSONValue, canonical_bytes
 from parley.core.checkpoint import Checkpoint, verify_checkpoint, verify_cosignature
 from parley.core.envelope import PRECEDENCES, read_envelope
@@ -134,40 +133,44 @@ def summary(registry: FormRegistry, kind: str, body: Mapping[str, Any], lang: st
 
 
 # --------------------------------------------------------------------------
-# Listings (one query per table, not per message: they are polled every second)
+# Listings: through the read model (parley.service.reads), which checks every
+# row against its signed envelope; a row that does not verify is listed as such.
 
 
-def _listed(engine: Engine, direction: str) -> list[Any]:
-    cols = m.messages.c
-    with reading(engine) as conn:
-        rows = conn.execute(
-            select(m.messages)
-            .where(and_(cols.direction == direction, cols.kind.in_(SHOWN_KINDS)))
-            .order_by(cols.log_index.desc())
-            .limit(LISTED)
-        ).all()
-    return sorted(rows, key=lambda r: (RANK.get(r.precedence, 9), -r.log_index))
+def _unverified_row(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": item["id"],
+        "problem": item["problem"],
+        "precedence": "",
+        "stored": when(item["stored_at"]),
+    }
 
 
 def inbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
     rows = []
-    for r in _listed(terminal.engine, "in"):
-        human = r.kind in HUMAN_KINDS
+    for item in terminal.messages("in", limit=LISTED):
+        if not item["verified"]:
+            rows.append(_unverified_row(item))
+            continue
+        human = item["kind"] in HUMAN_KINDS
+        acked = item["acknowledged_at"] is not None
+        rejection = item["rejection"]
         rows.append(
             {
-                "id": r.envelope_id,
-                "precedence": r.precedence,
-                "sender": r.sender,
-                "channel": r.channel,
-                "kind": r.kind,
-                "exercise": r.exercise,
-                "received": when(r.stored_at),
-                "summary": summary(terminal.forms, r.kind, json.loads(r.body), lang),
-                "unacked": human and r.acked_at is None,
-                "ack_due": _iso(r.ack_due) if human and r.acked_at is None else None,
-                "acked_by": r.acked_by,
-                "acked_at": when(r.acked_at) if r.acked_at else None,
-                "refused": (r.rejection_code, r.rejection_reason) if r.rejection_code else None,
+                "id": item["id"],
+                "problem": None,
+                "precedence": item["precedence"],
+                "sender": item["sender"],
+                "channel": item["channel"],
+                "kind": item["kind"],
+                "exercise": item["exercise"],
+                "received": when(item["stored_at"]),
+                "summary": summary(terminal.forms, item["kind"], item["body"], lang),
+                "unacked": human and not acked,
+                "ack_due": item["ack_due"] if human and not acked else None,
+                "acked_by": item["acknowledged_by"],
+                "acked_at": when(item["acknowledged_at"]) if acked else None,
+                "refused": (rejection["code"], rejection["reason"]) if rejection else None,
             }
         )
     return rows
@@ -224,54 +227,36 @@ def recipient_states(
 
 
 def outbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
-    rows = _listed(terminal.engine, "out")
-    ids = [r.envelope_id for r in rows]
-    receipts: dict[str, dict[str, Any]] = {i: {} for i in ids}
-    rejections: dict[str, dict[str, Any]] = {i: {} for i in ids}
-    acks: dict[str, dict[str, Any]] = {i: {} for i in ids}
-    delivery: dict[str, dict[str, Any]] = {i: {} for i in ids}
-    if ids:
-        with reading(terminal.engine) as conn:
-            for rc in conn.execute(select(m.receipts).where(m.receipts.c.envelope_id.in_(ids))):
-                receipts[rc.envelope_id][rc.receiver] = _iso(rc.stored_at)
-                if rc.rejection_code:
-                    rejections[rc.envelope_id][rc.receiver] = {
-                        "code": rc.rejection_code,
-                        "reason": rc.rejection_reason,
-                    }
-            for a in conn.execute(select(m.acks).where(m.acks.c.envelope_id.in_(ids))):
-                acks[a.envelope_id][a.party] = {"operator": a.operator, "at": _iso(a.at)}
-            for o in conn.execute(select(m.outbox).where(m.outbox.c.envelope_id.in_(ids))):
-                delivery[o.envelope_id][o.peer] = {
-                    "state": o.state,
-                    "attempts": o.attempts,
-                    "last_error": o.last_error,
-                }
     result = []
-    for r in rows:
-        recipients = r.recipients.split(",")
+    for item in terminal.messages("out", limit=LISTED):
+        if not item["verified"]:
+            result.append(_unverified_row(item))
+            continue
         states = recipient_states(
-            recipients,
-            receipts[r.envelope_id],
-            acks[r.envelope_id],
-            rejections[r.envelope_id],
-            delivery[r.envelope_id],
+            item["recipients"],
+            item["receipts"],
+            item["acks"],
+            item["rejections"],
+            item["delivery"],
         )
-        waiting = r.kind in HUMAN_KINDS and any(s.state in ("pending", "receipted") for s in states)
+        waiting = item["kind"] in HUMAN_KINDS and any(
+            s.state in ("pending", "receipted") for s in states
+        )
         result.append(
             {
-                "id": r.envelope_id,
-                "precedence": r.precedence,
-                "recipients": recipients,
-                "channel": r.channel,
-                "kind": r.kind,
-                "exercise": r.exercise,
-                "sent": when(r.stored_at),
-                "operator": r.operator,
-                "summary": summary(terminal.forms, r.kind, json.loads(r.body), lang),
+                "id": item["id"],
+                "problem": None,
+                "precedence": item["precedence"],
+                "recipients": item["recipients"],
+                "channel": item["channel"],
+                "kind": item["kind"],
+                "exercise": item["exercise"],
+                "sent": when(item["stored_at"]),
+                "operator": item["operator"],
+                "summary": summary(terminal.forms, item["kind"], item["body"], lang),
                 "states": states,
                 "refused": any(s.state == "refused" for s in states),
-                "ack_due": _iso(r.ack_due) if waiting else None,
+                "ack_due": item["ack_due"] if waiting else None,
             }
         )
     return result
@@ -304,33 +289,44 @@ def held_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
 
 
 def flash_alerts(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
-    """Every received FLASH a human has not acknowledged yet, oldest first."""
+    """Every received FLASH a human has not acknowledged yet, oldest first.
+
+    The index finds the candidates; each is shown only as its signed envelope says.
+    """
     cols = m.messages.c
     with reading(terminal.engine) as conn:
-        rows = conn.execute(
-            select(m.messages)
-            .where(
-                and_(
-                    cols.direction == "in",
-                    cols.precedence == "FLASH",
-                    cols.kind.in_(HUMAN_KINDS),
-                    cols.acked_at.is_(None),
+        ids = list(
+            conn.execute(
+                select(cols.envelope_id)
+                .where(
+                    and_(
+                        cols.direction == "in",
+                        cols.precedence == "FLASH",
+                        cols.kind.in_(HUMAN_KINDS),
+                        cols.acked_at.is_(None),
+                    )
                 )
-            )
-            .order_by(cols.log_index)
-        ).all()
-    return [
-        {
-            "id": r.envelope_id,
-            "sender": r.sender,
-            "received": when(r.stored_at),
-            "exercise": r.exercise,
-            "summary": summary(terminal.forms, r.kind, json.loads(r.body), lang),
-            "ack_due": _iso(r.ack_due),
-            "refused": bool(r.rejection_code),
-        }
-        for r in rows
-    ]
+                .order_by(cols.log_index)
+            ).scalars()
+        )
+    checked = terminal.messages_by_id(ids)
+    alerts = []
+    for envelope_id in ids:
+        item = checked.get(envelope_id)
+        if item is None or not item["verified"] or item["precedence"] != "FLASH":
+            continue  # listed in the inbox as not verifying
+        alerts.append(
+            {
+                "id": envelope_id,
+                "sender": item["sender"],
+                "received": when(item["stored_at"]),
+                "exercise": item["exercise"],
+                "summary": summary(terminal.forms, item["kind"], item["body"], lang),
+                "ack_due": item["ack_due"],
+                "refused": item["rejection"] is not None,
+            }
+        )
+    return alerts
 
 
 # --------------------------------------------------------------------------
@@ -1100,6 +1096,8 @@ def _message_view(terminal: Terminal, envelope_id: str, lang: str) -> dict[str, 
     except UsageError:
         return None
     view: dict[str, Any] = {"m": message, "rendered": None, "render_problem": None}
+    if not message["verified"]:
+        return view  # shown as not verifying: nothing the row claims
     body = message["body"]
     view["signed_json"] = canonical_bytes(body).decode()
     view["summary"] = summary(terminal.forms, message["kind"], body, lang)
@@ -1147,6 +1145,8 @@ async def message_page(page: CurrentPage, envelope_id: str) -> HTMLResponse:
         response.status_code = 404
         return response
     m_ = view["m"]
+    if not m_["verified"]:
+        return render(page, page.request, "unverified.html", m=m_)
     can_ack = (
         page.may("acknowledge")
         and m_["direction"] == "in"
