@@ -4,14 +4,21 @@ Every command takes ``--data DIR`` (or ``PARLEY_DATA``; default
 ``./parley-data``). Commands that need the private keys ask for the
 passphrase, or read it from ``--passphrase-file`` or ``PARLEY_PASSPHRASE``.
 
-``send``, ``inbox``, ``show``, ``ack``, ``links``, ``alarms``, ``peer`` and
-``channel`` talk to the running terminal (``parley serve``) through its
-operator API when it runs, and work on the database directly when it does
-not (messages sent then wait in the outbox until the terminal is served).
+``send``, ``inbox``, ``show``, ``ack``, ``links``, ``alarms``, ``peer``,
+``channel``, ``held``, ``translation``, ``exchange`` and ``user`` talk to the
+running terminal (``parley serve``) through its operator API when it runs,
+and work on the database directly when it does not (messages sent then wait
+in the outbox until the terminal is served). Either way they act for one
+operator, checked by the terminal's one policy and recorded in its action
+log: an operator account (``--user NAME`` or ``PARLEY_USER``, the password
+from ``PARLEY_PASSWORD`` or a prompt), or the local administrator
+(``--local-admin``: whoever can read the data directory's console token,
+equal to root).
 """
 
 from __future__ import annotations
 
+import base64
 import getpass
 import json
 import os
@@ -34,6 +41,8 @@ from parley.errors import (
     diagnostic_line,
     error_body,
 )
+from parley.service.operations import Operations
+from parley.service.policy import LOCAL_ADMIN, Actor
 from parley.service.reads import Records
 from parley.service.terminal import CardBundle, Terminal
 
@@ -44,9 +53,13 @@ app = typer.Typer(
     help=(
         "Parley terminal: signed, end-to-end encrypted, receipted and witnessed messages "
         "between parties that do not trust each other.\n\n"
-        "send, inbox, show, ack, links, alarms, peer and channel talk to the running "
-        "terminal (parley serve) when it runs, and work on its database directly when it "
-        "does not; messages sent then wait in the outbox until the terminal is served."
+        "send, inbox, show, ack, links, alarms, peer, channel, held, translation, exchange "
+        "and user talk to the running terminal (parley serve) when it runs, and work on its "
+        "database directly when it does not; messages sent then wait in the outbox until the "
+        "terminal is served.\n\n"
+        "They act for an operator account (--user NAME, password from PARLEY_PASSWORD or a "
+        "prompt) within its role, or for the local administrator (--local-admin: the console "
+        "token in the data directory, equal to root)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -74,6 +87,13 @@ translation_app = typer.Typer(
     )
 )
 app.add_typer(translation_app, name="translation")
+held_app = typer.Typer(
+    help=(
+        "FLASH messages written by duty officers, held until a supervisor releases "
+        "(sends) or rejects them."
+    )
+)
+app.add_typer(held_app, name="held")
 
 LANG_HELP = "The language to read in: en, ru or uk (default: PARLEY_LANG, else en)."
 Lang = Annotated[str, typer.Option("--lang", envvar="PARLEY_LANG", help=LANG_HELP)]
@@ -87,6 +107,10 @@ class State:
     data: DataDir = DataDir(Path("parley-data"))
     passphrase_file: Path | None = None
     operator: str = "operator"
+    user: str | None = None
+    local_admin: bool = False
+    #: Who acts on the local database (set by ``backend``).
+    actor: Actor | None = None
 
 
 state = State()
@@ -115,13 +139,40 @@ def _global(
         typer.Option(
             "--operator",
             envvar="PARLEY_OPERATOR",
-            help="The operator name recorded with what you send (default: your login name).",
+            help=(
+                "With --local-admin: the name recorded with what you do (default: your login name)."
+            ),
         ),
     ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            envvar="PARLEY_USER",
+            help=(
+                "Act as this operator account, within its role; the password comes from "
+                "PARLEY_PASSWORD or a prompt."
+            ),
+        ),
+    ] = None,
+    local_admin: Annotated[
+        bool,
+        typer.Option(
+            "--local-admin",
+            envvar="PARLEY_LOCAL_ADMIN",
+            help=(
+                "Act as the local administrator (the console token in the data directory): "
+                "every action is allowed, as for root. For setting up and emergencies."
+            ),
+        ),
+    ] = False,
 ) -> None:
     state.data = DataDir(data)
     state.passphrase_file = passphrase_file
     state.operator = operator or _login_name()
+    state.user = user or None
+    state.local_admin = local_admin
+    state.actor = None
     from parley.logs import configure_logging
 
     # Commands log to DIR/parley.log only; stdout carries their results.
@@ -214,13 +265,43 @@ def emit(value: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 # A backend: the running terminal's API, or the database directly ------------
 
 
+NO_OPERATOR = (
+    "say who acts: --user NAME (an operator account; password from PARLEY_PASSWORD or a "
+    "prompt), or --local-admin (the console token, equal to root)"
+)
+
+
+def _password() -> str:
+    password = os.environ.get("PARLEY_PASSWORD")
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        fail(f"no password for {state.user}: set PARLEY_PASSWORD or run in a terminal")
+    return str(typer.prompt(f"Password for {state.user}", hide_input=True))
+
+
 class ApiBackend:
-    def __init__(self, url: str, token: str, operator: str) -> None:
+    """The running terminal's operator API, as an operator account or the local administrator."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.client = httpx.Client(
-            base_url=url,
-            headers={"authorization": f"Bearer {token}", "x-parley-operator": operator},
-            timeout=60,
+            base_url=url, headers={**headers, "x-parley-via": "cli"}, timeout=60
         )
+
+    @classmethod
+    def for_operator(cls, url: str) -> ApiBackend:
+        if state.user is not None:
+            credentials = base64.b64encode(f"{state.user}:{_password()}".encode()).decode()
+            return cls(url, {"authorization": f"Basic {credentials}"})
+        if state.local_admin:
+            return cls(
+                url,
+                {
+                    "authorization": f"Bearer {state.data.read_token()}",
+                    "x-parley-operator": state.operator,
+                },
+            )
+        fail(NO_OPERATOR, 2)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -255,14 +336,42 @@ def api_error(response: httpx.Response) -> dict[str, Any]:
     }
 
 
+def _local_actor(engine: Any) -> Actor:
+    """Who acts on the database directly: an authenticated account, or the local administrator."""
+    from parley.service.terminal import utc_now
+    from parley.service.users import AuthenticationFailed, authenticate
+
+    if state.user is not None:
+        try:
+            account = authenticate(engine, state.user, _password(), now=utc_now())
+        except AuthenticationFailed:
+            fail("wrong name or password, or the account is locked")
+        return Actor(account.name, account.role, "cli")
+    if state.local_admin:
+        return Actor(state.operator, LOCAL_ADMIN, "cli")
+    fail(NO_OPERATOR, 2)
+
+
+def ops(local: Records | None) -> Operations:
+    """The operations of whoever acts (``backend`` authenticated them) on the local terminal."""
+    assert isinstance(local, Terminal)
+    assert state.actor is not None
+    return Operations(local, state.actor)
+
+
 @contextmanager
 def backend(*, needs_keys: bool) -> Iterator[tuple[ApiBackend | None, Records | None]]:
-    """The running terminal's API if it runs; else the records (and keys if needed)."""
+    """The running terminal's API if it runs; else the records (and keys if needed).
+
+    Either way for the operator named by ``--user`` or ``--local-admin``.
+    """
     from parley.service.lock import ServeLock
     from parley.store.db import engine_for, schema_is_current
 
     data = state.data
     data.require()
+    if state.user is None and not state.local_admin:
+        fail(NO_OPERATOR, 2)
     lock = ServeLock(data)
     if not lock.acquire():
         info_file = data.path / "serve.json"
@@ -270,12 +379,13 @@ def backend(*, needs_keys: bool) -> Iterator[tuple[ApiBackend | None, Records | 
             info = json.loads(info_file.read_text())
         except (OSError, ValueError):
             fail("the terminal is starting or stopping; try again in a moment")
-        yield ApiBackend(info["console_url"], data.read_token(), state.operator), None
+        yield ApiBackend.for_operator(info["console_url"]), None
         return
     try:
         if needs_keys:
             terminal = Terminal.open(data.path, passphrase())
             try:
+                state.actor = _local_actor(terminal.engine)
                 yield None, terminal
             finally:
                 terminal.engine.dispose()
@@ -285,6 +395,7 @@ def backend(*, needs_keys: bool) -> Iterator[tuple[ApiBackend | None, Records | 
             if not schema_is_current(engine):
                 fail("the database schema is not current; run `parley serve` once to migrate")
             try:
+                state.actor = _local_actor(engine)
                 yield None, Records(engine, config.party, own_card=_own_bundle().card)
             finally:
                 engine.dispose()
@@ -392,8 +503,7 @@ def peer_add(
                 {"card": json.loads(raw), "fingerprint": fingerprint, "links": links},
             )
         else:
-            assert isinstance(local, Terminal)
-            local.add_peer(bundle, fingerprint, links)
+            ops(local).add_peer(bundle, fingerprint, links)
     err.print(f"Pinned {pinned.party} ({pinned.name}) with {len(links)} link(s).")
 
 
@@ -450,9 +560,14 @@ def send(
             help="The language the text is written in (a BCP 47 tag: en, ru, uk…).",
         ),
     ] = "en",
-    json_: Annotated[bool, typer.Option("--json", help="Print {'id': …} as JSON.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print {'id': …} (or {'held': N}) as JSON.")
+    ] = False,
 ) -> None:
     """Queue a message (durable before this returns) and print its id.
+
+    A duty officer's FLASH is held for a supervisor (``parley held release``)
+    and prints the held message's number instead.
 
     A form is checked here against its definition before it is sent, and
     again by each receiver; a notice that needs advance notice (such as a
@@ -478,35 +593,41 @@ def send(
             "lang": lang,
         }
     )
-    if json_:
-        out.print_json(json.dumps({"id": result["id"]}))
-    else:
-        sys.stdout.write(result["id"] + "\n")
+    _print_sent(result, json_)
 
 
 def _submit(request: dict[str, Any]) -> dict[str, Any]:
-    """Send one message (a ``POST /messages`` request) through the API or the database."""
+    """Send one message (a ``POST /messages`` request) through the API or the database.
+
+    A duty officer's FLASH is held for a supervisor: the result is ``{"held": N}``.
+    """
     from parley.service.operations import build_body
 
     request = {**request, "precedence": _precedence(request["precedence"])}
-    kind, body = build_body(
+    build_body(
         request.get("text"), request.get("form"), request.get("data"), request.get("form_version")
     )
     with backend(needs_keys=True) as (api, local):
         if api is not None:
             result: dict[str, Any] = api.call("POST", "/messages", request)
             return result
-        assert isinstance(local, Terminal)
-        return local.send(
-            request["to"],
-            kind=kind,
-            body=body,
-            operator=state.operator,
-            channel=request.get("channel"),
-            precedence=request["precedence"],
-            exercise=request.get("exercise", False),
-            lang=request.get("lang", "en"),
-        )
+        return ops(local).send_request(request)
+
+
+def _print_sent(result: dict[str, Any], as_json: bool = False) -> None:
+    if "held" in result:
+        if as_json:
+            out.print_json(json.dumps({"held": result["held"]}))
+        else:
+            err.print(
+                f"FLASH held for a supervisor's release (held message {result['held']}).",
+                highlight=False,
+            )
+        return
+    if as_json:
+        out.print_json(json.dumps({"id": result["id"]}))
+    else:
+        sys.stdout.write(result["id"] + "\n")
 
 
 def _summary(body: dict[str, Any]) -> str:
@@ -726,14 +847,28 @@ def ack(envelope_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         if api is not None:
             result = api.call("POST", f"/messages/{envelope_id}/ack")
         else:
-            assert isinstance(local, Terminal)
-            result = local.acknowledge(envelope_id, operator=state.operator)
+            result = ops(local).acknowledge(envelope_id)
     sys.stdout.write(result["id"] + "\n")
 
 
 @app.command()
-def links(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+def links(
+    json_: Annotated[bool, typer.Option("--json")] = False,
+    test: Annotated[
+        bool,
+        typer.Option(
+            "--test", help="Test every link now (the running terminal; a supervisor or admin)."
+        ),
+    ] = False,
+) -> None:
     """Each link's state (up, degraded, down), round-trip time and last success."""
+    if test:
+        with backend(needs_keys=False) as (api, _):
+            if api is None:
+                fail("links are tested by the running terminal: start it with `parley serve`")
+            queued = api.call("POST", "/links/test")
+        err.print(f"Testing {queued['queued']} link(s); see `parley links`.")
+        return
     with backend(needs_keys=False) as (api, local):
         items = api.call("GET", "/links") if api else local.links()  # type: ignore[union-attr]
 
@@ -759,8 +894,22 @@ def links(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command()
-def alarms(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Alarms raised by this terminal, newest first."""
+def alarms(
+    json_: Annotated[bool, typer.Option("--json")] = False,
+    clear: Annotated[
+        int | None,
+        typer.Option("--clear", metavar="ID", help="Clear this alarm (a supervisor)."),
+    ] = None,
+) -> None:
+    """Alarms raised by this terminal, newest first; or clear one (--clear ID)."""
+    if clear is not None:
+        with backend(needs_keys=True) as (api, local):
+            if api is not None:
+                api.call("POST", f"/alarms/{clear}/clear")
+            elif ops(local).clear_alarm(clear) is None:
+                fail(f"there is no uncleared alarm {clear}")
+        err.print(f"Cleared alarm {clear}.")
+        return
     with backend(needs_keys=False) as (api, local):
         items = api.call("GET", "/alarms") if api else local.alarms()  # type: ignore[union-attr]
 
@@ -791,8 +940,7 @@ def channel_create(
         if api is not None:
             result = api.call("POST", "/channels", {"name": name, "members": member_list})
         else:
-            assert isinstance(local, Terminal)
-            result = local.create_channel(name, member_list, operator=state.operator)
+            result = ops(local).create_channel(name, member_list)
     err.print(f"Proposed channel {name} to {', '.join(result['members'])}")
 
 
@@ -803,8 +951,7 @@ def channel_agree(name: str) -> None:
         if api is not None:
             api.call("POST", f"/channels/{name}/agree")
         else:
-            assert isinstance(local, Terminal)
-            local.agree_channel(name, operator=state.operator)
+            ops(local).agree_channel(name)
     err.print(f"Agreed to channel {name}")
 
 
@@ -928,10 +1075,7 @@ def translation_add(
                 "POST", f"/messages/{envelope_id}/translations", {"lang": lang, "text": text}
             )
         else:
-            assert isinstance(local, Terminal)
-            result = local.certify_translation(
-                envelope_id, target_lang=lang, text=text, operator=state.operator
-            )
+            result = ops(local).certify_translation(envelope_id, lang=lang, text=text)
     sys.stdout.write(result["digest"] + "\n")
 
 
@@ -944,8 +1088,7 @@ def translation_countersign(
         if api is not None:
             api.call("POST", f"/translations/{digest}/countersign")
         else:
-            assert isinstance(local, Terminal)
-            local.countersign_translation(digest, operator=state.operator)
+            ops(local).countersign_translation(digest)
     sys.stdout.write(f"countersigned {digest}\n")
 
 
@@ -1023,6 +1166,8 @@ def _send_to_channel(
             "data": data,
         }
     )
+    if "held" in result:
+        return f"held {result['held']} (a FLASH waiting for a supervisor's release)"
     return str(result["id"])
 
 
@@ -1253,10 +1398,8 @@ def user_add(
         str, typer.Option(help="duty_officer, supervisor, auditor or admin.")
     ] = "duty_officer",
 ) -> None:
-    """Create an operator account; the password comes from a prompt or PARLEY_USER_PASSWORD."""
-    from parley.service.users import add_user
-    from parley.store.db import engine_for
-
+    """Create an operator account (an administrator's action); the new account's password
+    comes from a prompt or PARLEY_USER_PASSWORD."""
     password = os.environ.get("PARLEY_USER_PASSWORD")
     if not password:
         if not sys.stdin.isatty():
@@ -1264,29 +1407,30 @@ def user_add(
         password = str(
             typer.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
         )
-    config = state.data.load_config()
-    engine = engine_for(config.database)
-    try:
-        from parley.service.terminal import utc_now
-
-        add_user(engine, name, role, password, now=utc_now())
-    finally:
-        engine.dispose()
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            api.call("POST", "/users", {"name": name, "role": role, "password": password})
+        else:
+            ops(local).add_user(name, role, password)
     err.print(f"Created operator {name} ({role}).")
 
 
 @user_app.command("list")
 def user_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Operator accounts and their roles."""
+    """Operator accounts and their roles (an administrator's view)."""
     from parley.service.terminal import utc_now
     from parley.service.users import list_users
-    from parley.store.db import engine_for
 
-    engine = engine_for(state.data.load_config().database)
-    try:
-        users = list_users(engine, now=utc_now())
-    finally:
-        engine.dispose()
+    with backend(needs_keys=False) as (api, local):
+        if api is not None:
+            users = api.call("GET", "/users")
+        else:
+            assert local is not None
+            assert state.actor is not None
+            from parley.service.policy import require
+
+            require(state.actor, "manage_operators")
+            users = list_users(local.engine, now=utc_now())
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("Name", "Role", "Locked until")
@@ -1299,16 +1443,99 @@ def user_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @user_app.command("unlock")
 def user_unlock(name: str) -> None:
-    """Lift an account's lockout after repeated failed logins."""
-    from parley.service.users import unlock_user
-    from parley.store.db import engine_for
-
-    engine = engine_for(state.data.load_config().database)
-    try:
-        unlock_user(engine, name)
-    finally:
-        engine.dispose()
+    """Lift an account's lockout after repeated failed logins (an administrator's action)."""
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            api.call("POST", f"/users/{name}/unlock")
+        else:
+            ops(local).unlock_user(name)
     err.print(f"Unlocked operator {name}.")
+
+
+# Held FLASH -----------------------------------------------------------------
+
+
+@held_app.command("list")
+def held_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """FLASH messages written by duty officers, waiting for a supervisor, oldest first."""
+    with backend(needs_keys=True) as (api, local):
+        rows = api.call("GET", "/held") if api is not None else ops(local).held_messages()
+
+    def render(items: list[dict[str, Any]]) -> None:
+        table = Table("Held", "Written by", "At", "To", "Channel", "Kind")
+        for r in items:
+            table.add_row(
+                str(r["id"]),
+                r["operator"],
+                (r["created_at"] or "")[:19],
+                ", ".join(r["to"]),
+                r["channel"] or "",
+                r["kind"] or "",
+            )
+        out.print(table)
+
+    emit(rows, json_, render)
+
+
+@held_app.command("release")
+def held_release(held_id: Annotated[int, typer.Argument(metavar="HELD")]) -> None:
+    """Send a held FLASH (a supervisor); prints the message's id."""
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            result = api.call("POST", f"/held/{held_id}/release")
+        else:
+            result = ops(local).release(held_id)
+    sys.stdout.write(result["id"] + "\n")
+
+
+@held_app.command("reject")
+def held_reject(held_id: Annotated[int, typer.Argument(metavar="HELD")]) -> None:
+    """Withdraw a held FLASH unsent (a supervisor, or the officer who wrote it)."""
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            api.call("POST", f"/held/{held_id}/reject")
+        else:
+            ops(local).reject(held_id)
+    err.print(f"Withdrew held message {held_id}.")
+
+
+@app.command()
+def export(
+    out_file: Annotated[
+        Path, typer.Option("--out", help="Write the evidence bundle (JSON) to this file.")
+    ],
+) -> None:
+    """Export the evidence bundle (a supervisor or an auditor), as the console's export."""
+    from parley.console.pages_admin import evidence_bundle
+
+    with backend(needs_keys=True) as (api, local):
+        try:
+            with out_file.open("wb") as sink:
+                if api is not None:
+                    with api.client.stream("GET", "/api/v1/evidence") as response:
+                        if response.status_code >= 400:
+                            response.read()
+                            detail = response.json()
+                            fail(str(detail.get("message", detail)))
+                        for chunk in response.iter_bytes():
+                            sink.write(chunk)
+                else:
+                    operations = ops(local)
+                    operations.require("export_evidence")
+                    terminal = operations.terminal
+                    size, chunks = evidence_bundle(
+                        terminal.engine,
+                        terminal.identity.card.signed_bytes,
+                        party=terminal.me,
+                        operator=operations.actor.name,
+                        now=terminal.clock(),
+                    )
+                    for chunk in chunks:
+                        sink.write(chunk)
+                    operations.note_export(size)
+        except OSError as exc:
+            fail(f"cannot write {out_file}: {exc}")
+    err.print(f"Wrote the evidence bundle to {out_file}.")
 
 
 @app.command()

@@ -28,7 +28,7 @@ FINGERPRINT = re.compile(r"^(\d{5} ){11}\d{5}$")
 def parley(
     data: Path, *args: str, passphrase: str = PASSPHRASE
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PARLEY_PASSPHRASE=passphrase)
+    env = dict(os.environ, PARLEY_PASSPHRASE=passphrase, PARLEY_LOCAL_ADMIN="1")
     return subprocess.run(
         [sys.executable, "-m", "parley.cli", "--data", str(data), *args],
         env=env,
@@ -216,3 +216,86 @@ def test_init_rejects_a_bad_party_id(tmp_path: Path, field: str) -> None:
     assert result.returncode != 0
     assert "party id" in result.stderr
     assert not (tmp_path / "x" / "identity.key").exists()
+
+
+def _as(terminal: TerminalProcess, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``parley`` on ``terminal`` as whoever ``env`` names (not the local administrator)."""
+    return subprocess.run(
+        [sys.executable, "-m", "parley.cli", "--data", str(terminal.data), *args],
+        env={**terminal.env, "PARLEY_LOCAL_ADMIN": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _actions(terminal: TerminalProcess) -> list[tuple[str, str, str, str]]:
+    engine = engine_for(DataDir(terminal.data).load_config().database)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(m.operator_actions).order_by(m.operator_actions.c.id))
+            return [(r.operator, r.role, r.via, r.action) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_the_cli_acts_as_a_named_operator_with_or_without_serve(network: NetworkFactory) -> None:
+    us = network(start=False)["US-EUCOM"]
+    password = "a long operator password"
+    for name, role in (("duty", "duty_officer"), ("sup", "supervisor"), ("aud", "auditor")):
+        made = _as(
+            us, "--local-admin", "user", "add", name, "--role", role, PARLEY_USER_PASSWORD=password
+        )
+        assert made.returncode == 0, made.stderr
+    flash = ("send", "--to", "RU-GS", "--precedence", "FLASH", "--text", "Launch", "--json")
+
+    nobody = _as(us, *flash)
+    assert nobody.returncode == 2
+    assert "--user NAME" in nobody.stderr
+    assert "--local-admin" in nobody.stderr
+
+    wrong = _as(us, *flash, PARLEY_USER="duty", PARLEY_PASSWORD="not the password")
+    assert wrong.returncode != 0
+    assert "wrong name or password" in wrong.stderr
+
+    held = _as(us, *flash, PARLEY_USER="duty", PARLEY_PASSWORD=password)  # no serve: the database
+    assert held.returncode == 0, held.stderr
+    assert json.loads(held.stdout) == {"held": 1}
+    refused = _as(us, *flash, PARLEY_USER="aud", PARLEY_PASSWORD=password)
+    assert refused.returncode != 0
+    assert "an auditor cannot send" in refused.stderr
+
+    us.start()
+    again = _as(us, *flash, PARLEY_USER="duty", PARLEY_PASSWORD=password)  # through the API
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"held": 2}
+    not_yours = _as(us, "held", "release", "2", PARLEY_USER="duty", PARLEY_PASSWORD=password)
+    assert not_yours.returncode != 0
+    assert "only a supervisor releases a held FLASH" in not_yours.stderr
+    released = _as(us, "held", "release", "2", PARLEY_USER="sup", PARLEY_PASSWORD=password)
+    assert released.returncode == 0, released.stderr
+    message_id = released.stdout.strip()
+    shown = json.loads(_as(us, "--local-admin", "show", message_id, "--json").stdout)
+    assert shown["precedence"] == "FLASH"
+    assert shown["operator"] == "duty"
+    assert us.stop() == 0
+
+    released_offline = _as(us, "held", "release", "1", PARLEY_USER="sup", PARLEY_PASSWORD=password)
+    assert released_offline.returncode == 0, released_offline.stderr
+    logged = [a for a in _actions(us) if a[3] in ("user_add", "hold", "release")]
+    assert logged == [
+        (_login(), "local_admin", "cli", "user_add"),
+        (_login(), "local_admin", "cli", "user_add"),
+        (_login(), "local_admin", "cli", "user_add"),
+        ("duty", "duty_officer", "cli", "hold"),
+        ("duty", "duty_officer", "cli", "hold"),
+        ("sup", "supervisor", "cli", "release"),
+        ("sup", "supervisor", "cli", "release"),
+    ]
+
+
+def _login() -> str:
+    import getpass
+
+    return getpass.getuser()

@@ -12,6 +12,8 @@ Every request names who makes it, in one of two ways:
   administrator**, whoever can read the data directory, equal to root. Its
   name for the action log travels in ``X-Parley-Operator``.
 
+The CLI adds ``X-Parley-Via: cli`` so the action log names the front end used.
+
 Every route goes through the operations layer (``parley.service.operations``):
 the terminal's one policy decides (a refusal is ``403``; a duty officer's
 FLASH is answered ``202`` and held for a supervisor) and every change is
@@ -32,7 +34,7 @@ from fastapi.exception_handlers import (
     request_validation_exception_handler,
 )
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -105,10 +107,12 @@ def _actor(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_parley_operator: Annotated[str | None, Header()] = None,
+    x_parley_via: Annotated[str | None, Header()] = None,
 ) -> Operations:
     """Authenticate the caller: an operator account (``Basic``) or the local
     administrator (``Bearer`` console token); their operations on this terminal."""
     terminal: Terminal = request.app.state.terminal
+    via = "cli" if x_parley_via == "cli" else "api"  # the action log's front end
     scheme, _, credentials = (authorization or "").partition(" ")
     if scheme.lower() == "basic":
         try:
@@ -119,12 +123,12 @@ def _actor(
             raise HTTPException(
                 401, {"error": "unauthorized", "message": "wrong name or password, or locked"}
             ) from None
-        return Operations(terminal, Actor(account.name, account.role, "api"))
+        return Operations(terminal, Actor(account.name, account.role, via))
     token: str = request.app.state.token
     supplied = credentials.strip() if scheme.lower() == "bearer" else ""
     if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
         raise HTTPException(401, {"error": "unauthorized", "message": "bad or missing token"})
-    return Operations(terminal, Actor((x_parley_operator or "operator")[:64], LOCAL_ADMIN, "api"))
+    return Operations(terminal, Actor((x_parley_operator or "operator")[:64], LOCAL_ADMIN, via))
 
 
 Ops = Annotated[Operations, Depends(_actor)]
@@ -365,6 +369,24 @@ def create_console_app(
     @app.post("/api/v1/users/{name}/unlock")
     async def unlock_user(ops: Ops, name: str) -> dict[str, Any]:
         return await run_in_threadpool(ops.unlock_user, name)
+
+    @app.get("/api/v1/evidence", response_model=None)
+    async def evidence(ops: Ops) -> StreamingResponse:
+        """The evidence bundle (as the console's export): a supervisor's or an auditor's."""
+        from parley.console.pages_admin import evidence_bundle
+
+        await run_in_threadpool(ops.require, "export_evidence")
+        size, chunks = await run_in_threadpool(
+            lambda: evidence_bundle(
+                terminal.engine,
+                terminal.identity.card.signed_bytes,
+                party=terminal.me,
+                operator=ops.actor.name,
+                now=terminal.clock(),
+            )
+        )
+        await run_in_threadpool(ops.note_export, size)
+        return StreamingResponse(chunks, media_type="application/json")
 
     @app.post("/api/v1/verify")
     async def verify(ops: Ops) -> dict[str, Any]:

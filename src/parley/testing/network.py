@@ -138,6 +138,8 @@ class TerminalProcess:
         env = dict(os.environ)
         env["PARLEY_PASSPHRASE"] = PASSPHRASE
         env["PARLEY_DATA"] = str(self.data)
+        # The test networks' CLI acts as each terminal's local administrator.
+        env["PARLEY_LOCAL_ADMIN"] = "1"
         return env
 
     def start(self, *, wait: bool = True) -> None:
