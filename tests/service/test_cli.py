@@ -252,19 +252,21 @@ def test_the_cli_acts_as_a_named_operator_with_or_without_serve(network: Network
 
     nobody = _as(us, *flash)
     assert nobody.returncode == 2
-    assert "--user NAME" in nobody.stderr
-    assert "--local-admin" in nobody.stderr
+    assert json.loads(nobody.stdout)["usage"] is True  # --json: the error on stdout
+    assert "--user NAME" in json.loads(nobody.stdout)["message"]
+    assert "--local-admin" in json.loads(nobody.stdout)["message"]
 
     wrong = _as(us, *flash, PARLEY_USER="duty", PARLEY_PASSWORD="not the password")
     assert wrong.returncode != 0
-    assert "wrong name or password" in wrong.stderr
+    assert "wrong name or password" in json.loads(wrong.stdout)["message"]
 
     held = _as(us, *flash, PARLEY_USER="duty", PARLEY_PASSWORD=password)  # no serve: the database
     assert held.returncode == 0, held.stderr
     assert json.loads(held.stdout) == {"held": 1}
     refused = _as(us, *flash, PARLEY_USER="aud", PARLEY_PASSWORD=password)
     assert refused.returncode != 0
-    assert "an auditor cannot send" in refused.stderr
+    assert json.loads(refused.stdout)["error"] == "not_permitted"
+    assert "an auditor cannot send" in json.loads(refused.stdout)["message"]
 
     us.start()
     again = _as(us, *flash, PARLEY_USER="duty", PARLEY_PASSWORD=password)  # through the API

@@ -193,6 +193,7 @@ _KILLED_RELEASE = textwrap.dedent(
 
 
 @pytest.mark.subprocess  # the release is killed in a process of its own
+@pytest.mark.subprocess
 def test_a_release_killed_between_its_steps_is_not_sent_twice(us: Terminal) -> None:
     held = ops(us, "duty", "duty_officer").send(
         [RU], kind="text", body={"text": "Launch detected"}, precedence="FLASH"
