@@ -1510,29 +1510,29 @@ def export(
 
     with backend(needs_keys=True) as (api, local):
         try:
-            with out_file.open("wb") as sink:
-                if api is not None:
-                    with api.client.stream("GET", "/api/v1/evidence") as response:
-                        if response.status_code >= 400:
-                            response.read()
-                            detail = response.json()
-                            fail(str(detail.get("message", detail)))
+            if api is not None:
+                with api.client.stream("GET", "/api/v1/evidence") as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise Failure(api_error(response))
+                    with out_file.open("wb") as sink:  # only once the export is allowed
                         for chunk in response.iter_bytes():
                             sink.write(chunk)
-                else:
-                    operations = ops(local)
-                    operations.require("export_evidence")
-                    terminal = operations.terminal
-                    size, chunks = evidence_bundle(
-                        terminal.engine,
-                        terminal.identity.card.signed_bytes,
-                        party=terminal.me,
-                        operator=operations.actor.name,
-                        now=terminal.clock(),
-                    )
+            else:
+                operations = ops(local)
+                operations.require("export_evidence")
+                terminal = operations.terminal
+                size, chunks = evidence_bundle(
+                    terminal.engine,
+                    terminal.identity.card.signed_bytes,
+                    party=terminal.me,
+                    operator=operations.actor.name,
+                    now=terminal.clock(),
+                )
+                with out_file.open("wb") as sink:
                     for chunk in chunks:
                         sink.write(chunk)
-                    operations.note_export(size)
+                operations.note_export(size)
         except OSError as exc:
             fail(f"cannot write {out_file}: {exc}")
     err.print(f"Wrote the evidence bundle to {out_file}.")

@@ -501,6 +501,8 @@ def test_every_front_end_gives_the_same_outcome(
     else:
         outcome = _cli_outcome(world, operator, step.cli)
     assert outcome == expected, f"{operator} {action} through the {front_end}"
+    if action == "export evidence" and front_end == "cli":
+        assert Path(step.cli[-1]).exists() == (outcome == A)  # no file for a refusal
     if outcome == R:
         assert _held_count(world) == held_before
     if outcome != R and action not in READ_ONLY:
