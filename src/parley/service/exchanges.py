@@ -22,8 +22,7 @@ from parley.core.exchange import (
     exchanges_from,
 )
 from parley.errors import UsageError
-from parley.service.kernel import iso as _iso
-from parley.service.terminal import Records
+from parley.service.reads import Records
 from parley.store import models as m
 from parley.store.db import reading
 
@@ -33,24 +32,32 @@ EXCHANGE_FORM_NAMES = frozenset({*EXCHANGE_FORMS, AGREEMENT_FORM, STATUS_FORM})
 
 
 def _messages(records: Records, exchange_id: str | None) -> list[tuple[str, FormMessage]]:
-    """(channel, message) for every stored exchange form, in log order."""
-    query = select(
-        m.messages.c.envelope_id,
-        m.messages.c.channel,
-        m.messages.c.sender,
-        m.messages.c.created_at,
-        m.messages.c.body,
-    ).where(and_(m.messages.c.kind == "form", m.messages.c.rejection_code.is_(None)))
+    """(channel, message) for every stored exchange form, in log order.
+
+    The index finds the candidates; each is read through the checked read
+    model, so what is used is what its sender signed (a row that does not
+    verify is left out here and shown as such in the inbox and outbox).
+    """
+    query = select(m.messages.c.envelope_id).where(
+        and_(m.messages.c.kind == "form", m.messages.c.rejection_code.is_(None))
+    )
     if exchange_id is not None:
         # The body is canonical JSON, so the id appears exactly like this; checked again below.
         needle = json.dumps(
             {"exchange_id": exchange_id}, ensure_ascii=False, separators=(",", ":")
         )[1:-1]
         query = query.where(m.messages.c.body.contains(needle, autoescape=True))
-    found: list[tuple[str, FormMessage]] = []
     with reading(records.engine) as conn:
-        for row in conn.execute(query.order_by(m.messages.c.log_index)):
-            form = json.loads(row.body).get("form", {})
+        ids = list(conn.execute(query.order_by(m.messages.c.log_index)).scalars())
+    found: list[tuple[str, FormMessage]] = []
+    for lo in range(0, len(ids), 500):
+        chunk = ids[lo : lo + 500]
+        checked = records.messages_by_id(chunk)
+        for envelope_id in chunk:
+            item = checked.get(envelope_id)
+            if item is None or not item["verified"] or item["kind"] != "form":
+                continue
+            form = item["body"].get("form", {})
             data = form.get("data")
             if form.get("name") not in EXCHANGE_FORM_NAMES or not isinstance(data, dict):
                 continue
@@ -58,11 +65,11 @@ def _messages(records: Records, exchange_id: str | None) -> list[tuple[str, Form
                 continue
             found.append(
                 (
-                    row.channel,
+                    item["channel"],
                     FormMessage(
-                        envelope_id=row.envelope_id,
-                        sender=row.sender,
-                        created_at=_iso(row.created_at) or "",
+                        envelope_id=envelope_id,
+                        sender=item["sender"],
+                        created_at=item["created_at"] or "",
                         form=form["name"],
                         data=data,
                     ),
