@@ -301,3 +301,36 @@ def _login() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+def test_show_and_verify_name_a_changed_column_without_showing_its_value(
+    network: NetworkFactory,
+) -> None:
+    terminals = network(start=False)
+    us = terminals["US-EUCOM"]
+    sent = us.cli(
+        "send", "--to", "RU-GS", "--precedence", "ROUTINE", "--text", "Hold the bridge", "--json"
+    )
+    message_id = json.loads(sent.stdout)["id"]
+    assert "Hold the bridge" in us.cli("show", message_id).stdout
+    engine = engine_for(DataDir(us.data).load_config().database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(m.messages)
+                .where(m.messages.c.envelope_id == message_id)
+                .values(body=json.dumps({"text": "Blow the bridge"}))
+            )
+    finally:
+        engine.dispose()
+    shown = us.cli("show", message_id, check=False)
+    assert shown.returncode == 1
+    assert "DOES NOT VERIFY: body differs from the signed content" in shown.stdout
+    assert "bridge" not in shown.stdout
+    as_json = json.loads(us.cli("show", message_id, "--json", check=False).stdout)
+    assert (as_json["verified"], as_json["body"]) == (False, None)
+    audit = us.cli("verify", "--json", check=False)
+    assert audit.returncode == 1
+    (failure,) = json.loads(audit.stdout)["failures"]
+    assert failure.startswith(f"messages row {message_id} ")
+    assert failure.endswith("column body differs from the signed content")
