@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from parley.service.loopguard import watch
 from parley.testing.network import TerminalProcess, make_network, postgres_database
 
 POSTGRES_ADMIN = os.environ.get("PARLEY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -62,3 +63,19 @@ def network(backend: str, tmp_path: Path) -> Iterator[NetworkFactory]:
         finally:
             for terminal in made:
                 terminal.kill()
+    blocked = [line for terminal in made for line in terminal.loop_violations()]
+    assert not blocked, "parley serve made database calls on its event loop:\n" + "\n".join(
+        dict.fromkeys(blocked)
+    )
+
+
+@pytest.fixture
+def no_db_on_loop() -> Iterator[list[str]]:
+    """Fail the test if any database call ran on an event loop's thread (in this process)."""
+    found: list[str] = []
+    unwatch = watch(found.append)
+    try:
+        yield found
+    finally:
+        unwatch()
+    assert not found, "database calls on the event loop:\n" + "\n".join(dict.fromkeys(found))

@@ -160,6 +160,7 @@ def api(tmp_path: Path) -> Iterator[TestClient]:
     terminal.engine.dispose()
 
 
+@pytest.mark.usefixtures("no_db_on_loop")
 def test_the_api_answers_a_mistake_with_an_error_body(api: TestClient) -> None:
     invalid = api.post("/api/v1/messages", json={"to": [US], "precedence": "URGENT", "text": "x"})
     assert invalid.status_code == 400

@@ -41,6 +41,8 @@ from parley.service.users import add_user
 from parley.store import models as m
 from parley.testing.network import PASSPHRASE, make_network
 
+pytestmark = pytest.mark.usefixtures("no_db_on_loop")
+
 PARTIES = [("RU-GS", "General Staff (RU)"), ("UA-GS", "General Staff (UA)")]
 PASSWORD = "correct horse battery staple"
 ROLES = {

@@ -29,6 +29,8 @@ from parley.service.users import MAX_FAILED_LOGINS, add_user
 from parley.store import models as m
 from parley.testing.network import PASSPHRASE, TEST_SCRYPT_N, make_network
 
+pytestmark = pytest.mark.usefixtures("no_db_on_loop")
+
 PASSWORD = "console-listener-test"
 TOKEN = "listener-token-" + "z" * 20
 

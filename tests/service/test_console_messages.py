@@ -40,6 +40,8 @@ from parley.service.users import add_user
 from parley.store import models as m
 from parley.testing.network import PASSPHRASE, make_network
 
+pytestmark = pytest.mark.usefixtures("no_db_on_loop")
+
 US, RU = "US-EUCOM", "RU-GS"
 PASSWORD = "console-messages-test"
 #: Accounts made on both terminals: name -> role.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from parley.service.users import MAX_FAILED_LOGINS
 from parley.store import models as m
 from tests.service.test_console_admin import PASSWORD, World, world
+
+pytestmark = pytest.mark.usefixtures("no_db_on_loop")
 
 __all__ = ["world"]  # the fixture, shared with the other console pages' tests
 

@@ -1010,12 +1010,17 @@ def _compose_context(page: Page, composed: Composed) -> dict[str, Any]:
     }
 
 
-def _render_compose(page: Page, template: str, composed: Composed, status: int = 200) -> Response:
-    restore = i18n.use(page.lang)
-    try:
-        context = _compose_context(page, composed)
-    finally:
-        restore()
+async def _render_compose(
+    page: Page, template: str, composed: Composed, status: int = 200
+) -> Response:
+    def context_in_lang() -> dict[str, Any]:
+        restore = i18n.use(page.lang)
+        try:
+            return _compose_context(page, composed)
+        finally:
+            restore()
+
+    context = await run_in_threadpool(context_in_lang)  # reads the channels
     response = render(page, page.request, template, **context)
     response.status_code = status
     return response
@@ -1178,7 +1183,7 @@ async def acknowledge(page: CurrentPage, envelope_id: str) -> RedirectResponse:
 @router.get("/compose", response_class=HTMLResponse)
 async def compose_page(page: CurrentPage) -> Response:
     page.require("compose")
-    return _render_compose(page, "compose.html", Composed(lang=page.lang))
+    return await _render_compose(page, "compose.html", Composed(lang=page.lang))
 
 
 async def _form_fields(page: Page, name: str, add_item: str | None) -> Response:
@@ -1200,7 +1205,7 @@ async def _form_fields(page: Page, name: str, add_item: str | None) -> Response:
             values,
             add_item,
         )
-    return _render_compose(page, "fragments/compose_fields.html", composed)
+    return await _render_compose(page, "fragments/compose_fields.html", composed)
 
 
 @router.get("/compose/form-fields", response_class=HTMLResponse)
@@ -1231,7 +1236,7 @@ async def compose_validate(page: CurrentPage) -> Response:
     form = await page.request.form()
     composed = _checked(page, form)
     composed.shown = set(_strings(form, "_shown"))
-    return _render_compose(page, "fragments/compose_errors.html", composed)
+    return await _render_compose(page, "fragments/compose_errors.html", composed)
 
 
 @router.post("/compose", response_model=None)
@@ -1239,7 +1244,7 @@ async def compose_send(page: CurrentPage) -> Response:
     page.require("compose")
     composed = _checked(page, await page.request.form())
     if composed.errors or composed.general:
-        return _render_compose(page, "compose.html", composed)
+        return await _render_compose(page, "compose.html", composed)
     ops = page.ops
     try:
         result = await run_in_threadpool(
@@ -1257,7 +1262,7 @@ async def compose_send(page: CurrentPage) -> Response:
         raise
     except ParleyError as exc:
         composed.general.append(str(exc))
-        return _render_compose(page, "compose.html", composed)
+        return await _render_compose(page, "compose.html", composed)
     if "held" in result:  # a duty officer's FLASH waits for a supervisor
         return RedirectResponse("/outbox", status_code=303)
     return RedirectResponse(f"/messages/{result['id']}", status_code=303)

@@ -287,7 +287,7 @@ async def login(
         )
         refused.status_code = 401
         return refused
-    lang = _stored_lang(terminal, account.name)
+    lang = await run_in_threadpool(_stored_lang, terminal, account.name)
     token, _ = _sessions(request).create(account.name, account.role, lang, now)
     await run_in_threadpool(
         record_action,

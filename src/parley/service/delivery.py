@@ -183,10 +183,11 @@ class DeliveryWorker:
             self._clients[peer] = client
         return client
 
-    def _links(self, peer: str) -> list[Link]:
+    async def _links(self, peer: str) -> list[Link]:
+        """The peer's links, best first (read in a worker thread: never on the event loop)."""
         links = [
             Link(item["peer"], item["name"], item["url"], item["state"], item["rtt_ms"])
-            for item in self.terminal.links()
+            for item in await run_in_threadpool(self.terminal.links)
             if item["peer"] == peer
         ]
         links.sort(key=lambda li: (STATE_RANK.get(li.state, 9), li.rtt_ms or 1e9))
@@ -258,7 +259,7 @@ class DeliveryWorker:
         if now - self._last_probe.get(peer, 0.0) < PROBE_EVERY:
             return
         self._last_probe[peer] = now
-        for link in self._links(peer):
+        for link in await self._links(peer):
             try:
                 await self._request(link, "GET", "/v1/health")
                 return  # _request brought the retries forward
@@ -400,7 +401,7 @@ class DeliveryWorker:
     async def _deliver_batch(self, peer: str, items: list[dict[str, Any]]) -> None:
         """Non-urgent messages in one request over the best link, failing over to the next."""
         errors: list[str] = []
-        for link in self._links(peer):
+        for link in await self._links(peer):
             try:
                 data = await self._request(
                     link,
@@ -459,7 +460,7 @@ class DeliveryWorker:
 
     async def _deliver(self, item: dict[str, Any]) -> bool:
         peer = item["peer"]
-        links = self._links(peer)
+        links = await self._links(peer)
         if item["via"]:
             links = [li for li in links if li.name == item["via"]]
         if not links:
@@ -514,12 +515,12 @@ class DeliveryWorker:
                 link.name,
                 ok=True,
                 test=True,
-                rtt_ms=self._links_rtt(link),
+                rtt_ms=await self._links_rtt(link),
             )
         log.debug("delivered", id=item["envelope_id"], peer=link.peer, link=link.name)
 
-    def _links_rtt(self, link: Link) -> float | None:
-        for item in self.terminal.links():
+    async def _links_rtt(self, link: Link) -> float | None:
+        for item in await run_in_threadpool(self.terminal.links):
             if item["peer"] == link.peer and item["name"] == link.name:
                 rtt = item["rtt_ms"]
                 return float(rtt) if rtt is not None else None
@@ -555,7 +556,7 @@ class DeliveryWorker:
 
     async def _any_link(self, peer: str, method: str, path: str, **kwargs: Any) -> bytes:
         errors = []
-        for link in self._links(peer):
+        for link in await self._links(peer):
             try:
                 return await self._request(link, method, path, **kwargs)
             except (LinkFailed, Rejected) as exc:

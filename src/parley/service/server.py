@@ -37,7 +37,7 @@ from parley.config import DataDir, console_hosts, parse_hostport, require_loopba
 from parley.console.api import create_console_app
 from parley.errors import UsageError
 from parley.logs import configure_logging
-from parley.service import tls
+from parley.service import loopguard, tls
 from parley.service.delivery import DeliveryWorker
 from parley.service.lock import ServeLock
 from parley.service.peer_api import create_peer_app
@@ -141,6 +141,12 @@ async def serve(terminal: Terminal, *, stop: asyncio.Event | None = None) -> Non
         command = terminal.config.alarm_command
         terminal.on_alarm = lambda alarm: _run_alarm_command(command, alarm)
 
+    unwatch = None
+    if os.environ.get("PARLEY_LOOP_GUARD"):
+        # A debugging aid (the tests that start terminals set it): name every
+        # database call that blocks the event loop.
+        unwatch = loopguard.watch(lambda what: log.error("database_call_on_event_loop", call=what))
+
     registry: dict[tuple[str, int], str] = {}
 
     def tls_party_of(request: Request) -> str | None:
@@ -219,6 +225,8 @@ async def serve(terminal: Terminal, *, stop: asyncio.Event | None = None) -> Non
         (data.path / "serve.json").unlink()
     for sock in (peer_sock, console_sock):
         sock.close()
+    if unwatch is not None:
+        unwatch()
     log.info("terminal_stopped", party=terminal.me)
 
 

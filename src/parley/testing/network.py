@@ -153,7 +153,9 @@ class TerminalProcess:
                 [sys.executable, "-m", "parley.cli", "--data", str(self.data), "serve"],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env={**self.env, **self.serve_env},
+                # PARLEY_LOOP_GUARD: log each database call made on the event loop
+                # (see loop_violations).
+                env={**self.env, "PARLEY_LOOP_GUARD": "1", **self.serve_env},
             )
         if wait:
             self.wait_ready()
@@ -174,6 +176,17 @@ class TerminalProcess:
 
     def output(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.log if p.exists())
+
+    def loop_violations(self) -> list[str]:
+        """The database calls ``parley serve`` made on its event loop (each blocks it)."""
+        found = []
+        for line in self.output().splitlines():
+            if "database_call_on_event_loop" in line:
+                try:
+                    found.append(str(json.loads(line).get("call", line)))
+                except ValueError:
+                    found.append(line)
+        return found
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit status."""
