@@ -757,18 +757,9 @@ def open_items(terminal: Terminal) -> dict[str, list[dict[str, Any]]]:
     out = m.outbox.c
     held = m.held_messages.c
     with reading(terminal.engine) as conn:
-        unacked = [
-            {
-                "id": r.envelope_id,
-                "sender": r.sender,
-                "channel": r.channel,
-                "precedence": r.precedence,
-                "kind": r.kind,
-                "received_at": _iso(r.stored_at),
-                "ack_due": _iso(r.ack_due),
-            }
-            for r in conn.execute(
-                select(m.messages)
+        candidates = list(
+            conn.execute(
+                select(msg.envelope_id)
                 .where(
                     and_(
                         msg.direction == "in",
@@ -779,8 +770,8 @@ def open_items(terminal: Terminal) -> dict[str, list[dict[str, Any]]]:
                 )
                 .order_by(msg.ack_due, msg.log_index)
                 .limit(OPEN_ITEMS_LIMIT)
-            )
-        ]
+            ).scalars()
+        )
         flash = []
         for r in conn.execute(
             select(m.held_messages)
@@ -827,6 +818,26 @@ def open_items(terminal: Terminal) -> dict[str, list[dict[str, Any]]]:
                 .limit(OPEN_ITEMS_LIMIT)
             )
         ]
+    # What the index found, as the signed envelopes say it (a row that does not
+    # verify is handed over as such, with none of what it claims).
+    checked = terminal.messages_by_id(candidates)
+    unacked = []
+    for envelope_id in candidates:
+        item = checked.get(envelope_id)
+        if item is None:
+            continue
+        unacked.append(
+            {
+                "id": envelope_id,
+                "sender": item["sender"] or "",
+                "channel": item["channel"] or "",
+                "precedence": item["precedence"] or "",
+                "kind": item["kind"] or "",
+                "received_at": item["stored_at"],
+                "ack_due": item["ack_due"],
+                **({} if item["verified"] else {"problem": item["problem"]}),
+            }
+        )
     unacked.sort(key=lambda i: PRECEDENCE_RANK.get(i["precedence"], 9))
     pending.sort(key=lambda i: PRECEDENCE_RANK.get(i["precedence"], 9))
     alarms = [
