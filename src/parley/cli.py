@@ -1542,7 +1542,10 @@ def export(
 def verify(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Audit this terminal's records: signatures, log against checkpoints, receipts, cosignatures.
 
-    Needs no passphrase. Exits 1 if anything fails, naming it.
+    Every column of the message index is compared with the envelope it indexes
+    (and the stored content with the signed content digest), every receipt,
+    acknowledgement and cosignature row with what was signed. Needs no
+    passphrase. Exits 1 if anything fails, naming the row and the column.
     """
     from rich.progress import Progress
 
