@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shlex
 import signal
 import sys
 import tempfile
@@ -190,8 +191,12 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
             for row in rows:
                 print(f"  {row['party']:12} console {row['console_url']}  peers {row['peer_url']}")
                 print(f"  {'':12} operator {row['username']} / {row['password']}")
-                print(f"  {'':12} CLI: parley --data {row['data_dir']} inbox")
-                print(f"  {'':12}      parley --data {row['data_dir']} show ID --lang ru\n")
+                cli = (
+                    f"PARLEY_PASSWORD={shlex.quote(row['password'])} parley "
+                    f"--data {shlex.quote(row['data_dir'])} --user {row['username']}"
+                )
+                print(f"  {'':12} CLI: {cli} inbox")
+                print(f"  {'':12}      {cli} show ID --lang ru\n")
             print("Stop with Ctrl-C.", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -93,6 +94,8 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
                 "parley.cli",
                 "--data",
                 ru["data_dir"],
+                "--user",
+                ru["username"],
                 "show",
                 forms[0]["id"],
                 "--lang",
@@ -102,6 +105,7 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
             text=True,
             timeout=60,
             check=True,
+            env={**os.environ, "PARLEY_PASSWORD": ru["password"]},
         ).stdout
         assert "Предложение о встрече" in shown
         proc.send_signal(signal.SIGINT)
