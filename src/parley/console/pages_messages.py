@@ -59,7 +59,7 @@ from parley.forms.translate import (
     available_translator,
     machine_translate,
 )
-from parley.service.operations import build_body
+from parley.service.operations import Operations, build_body
 from parley.service.terminal import Terminal
 from parley.store import models as m
 from parley.store.db import reading
@@ -262,30 +262,21 @@ def outbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
     return result
 
 
-def held_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
-    """FLASH messages composed by duty officers, waiting for a supervisor."""
-    with reading(terminal.engine) as conn:
-        rows = conn.execute(
-            select(m.held_messages)
-            .where(m.held_messages.c.state == "held")
-            .order_by(m.held_messages.c.id.desc())
-        ).all()
-    result = []
-    for r in rows:
-        request = json.loads(r.request)
-        result.append(
-            {
-                "id": r.id,
-                "operator": r.operator,
-                "created": when(r.created_at),
-                "precedence": request.get("precedence", "FLASH"),
-                "recipients": request.get("to", []),
-                "channel": request.get("channel"),
-                "exercise": bool(request.get("exercise")),
-                "summary": summary(terminal.forms, request["kind"], request["body"], lang),
-            }
-        )
-    return result
+def held_rows(ops: Operations, lang: str) -> list[dict[str, Any]]:
+    """FLASH messages composed by duty officers, waiting for a supervisor, newest first."""
+    return [
+        {
+            "id": item["id"],
+            "operator": item["operator"],
+            "created": when(item["created_at"]),
+            "precedence": item["precedence"] or "FLASH",
+            "recipients": item["to"],
+            "channel": item["channel"],
+            "exercise": item["exercise"],
+            "summary": summary(ops.terminal.forms, item["kind"], item["body"], lang),
+        }
+        for item in reversed(ops.held_messages())
+    ]
 
 
 def flash_alerts(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
@@ -1059,19 +1050,19 @@ async def inbox_fragment(page: CurrentPage) -> HTMLResponse:
     return render(page, page.request, "fragments/inbox_rows.html", rows=rows)
 
 
-def _outbox(terminal: Terminal, lang: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    return held_rows(terminal, lang), outbox_rows(terminal, lang)
+def _outbox(ops: Operations, lang: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return held_rows(ops, lang), outbox_rows(ops.terminal, lang)
 
 
 @router.get("/outbox", response_class=HTMLResponse)
 async def outbox(page: CurrentPage) -> HTMLResponse:
-    held, rows = await run_in_threadpool(_outbox, page.terminal, page.lang)
+    held, rows = await run_in_threadpool(_outbox, page.ops, page.lang)
     return render(page, page.request, "outbox.html", active="outbox", rows=rows, held=held)
 
 
 @router.get("/fragments/outbox", response_class=HTMLResponse)
 async def outbox_fragment(page: CurrentPage) -> HTMLResponse:
-    held, rows = await run_in_threadpool(_outbox, page.terminal, page.lang)
+    held, rows = await run_in_threadpool(_outbox, page.ops, page.lang)
     return render(page, page.request, "fragments/outbox_rows.html", rows=rows, held=held)
 
 

@@ -258,7 +258,9 @@ class Operations:
                     "to": request.get("to", []),
                     "channel": request.get("channel"),
                     "kind": request.get("kind"),
+                    "body": request.get("body"),
                     "precedence": request.get("precedence"),
+                    "exercise": bool(request.get("exercise")),
                 }
             )
         return result
