@@ -526,7 +526,7 @@ def peer_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def serve() -> None:
     """Run the terminal until stopped (SIGINT/SIGTERM finish in-flight work and exit 0)."""
-    from parley.service.server import run
+    from parley.server import run
 
     run(state.data.path, passphrase())
 

@@ -21,8 +21,8 @@ from sqlalchemy import select
 from parley.config import console_hosts, require_loopback_console
 from parley.console.api import create_console_app
 from parley.errors import UsageError
+from parley.server import serve
 from parley.service import users
-from parley.service.server import serve
 from parley.service.setup import init_terminal
 from parley.service.terminal import Terminal
 from parley.service.users import MAX_FAILED_LOGINS, add_user

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from parley.service.server import _bind
+from parley.server import _bind
 
 
 def test_accepted_connections_have_nagle_turned_off() -> None:
