@@ -45,8 +45,7 @@ from parley.errors import LocalError, NotPermitted, ParleyError, error_body
 from parley.service.operations import Operations
 from parley.service.policy import Actor, Decision
 from parley.service.terminal import Terminal
-from parley.service.users import AuthenticationFailed, authenticate
-from parley.store import models as m
+from parley.service.users import AuthenticationFailed, authenticate, stored_language
 
 __all__ = [
     "PERMISSIONS",
@@ -307,13 +306,8 @@ async def login(
 
 
 def _stored_lang(terminal: Terminal, name: str) -> str:
-    from sqlalchemy import select
-
-    from parley.store.db import reading
-
-    with reading(terminal.engine) as conn:
-        lang = conn.execute(select(m.users.c.lang).where(m.users.c.name == name)).scalar()
-    return str(lang) if lang in i18n.LANGS else "en"
+    lang = stored_language(terminal.engine, name)
+    return lang if lang in i18n.LANGS else "en"
 
 
 @router.post("/logout")

@@ -24,6 +24,7 @@ __all__ = [
     "add_user_in",
     "authenticate",
     "list_users",
+    "stored_language",
     "unlock_user",
     "unlock_user_in",
 ]
@@ -103,6 +104,13 @@ def list_users(engine: Engine, *, now: datetime | None = None) -> list[dict[str,
             }
         )
     return result
+
+
+def stored_language(engine: Engine, name: str) -> str | None:
+    """The console language an operator chose last (None if never chosen or no such account)."""
+    with reading(engine) as conn:
+        lang = conn.execute(select(m.users.c.lang).where(m.users.c.name == name)).scalar()
+    return None if lang is None else str(lang)
 
 
 def unlock_user(engine: Engine, name: str) -> None:
