@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -224,6 +225,9 @@ alarms = Table(
     Column("subject", Text, nullable=False),
     Column("message", Text, nullable=False),
     Column("cleared_at", Time),
+    # Repeated evidence of one incident updates one alarm: how often, and when last.
+    Column("count", Integer, nullable=False, default=1, server_default="1"),
+    Column("last_at", Time),
 )
 
 security_events = Table(
@@ -246,7 +250,48 @@ evidence = Table(
     Column("party", String(63), nullable=False),
     Column("message", Text, nullable=False),
     Column("evidence", Text, nullable=False),  # canonical JSON
+    # SHA-256 (hex) of the two checkpoint notes: each pair is kept once.
+    Column("pair", String(64)),
+    UniqueConstraint("party", "pair", name="evidence_once_per_pair"),
 )
+
+observed_checkpoints = Table(
+    "observed_checkpoints",
+    metadata,
+    # Every checkpoint of a peer's log seen in a receipt, offer or request,
+    # stored before it is relied on; verified once checked against its leaves.
+    Column("party", String(63), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("source", String(16), nullable=False),  # receipt, offer, request, cosigned
+    Column("seen_at", Time, nullable=False),
+    Column("verified", Boolean, nullable=False, default=False, server_default=false()),
+    PrimaryKeyConstraint("party", "size"),
+)
+
+witnessed_leaves = Table(
+    "witnessed_leaves",
+    metadata,
+    # The leaf hashes of each peer's log, as shown to this terminal when it witnessed.
+    Column("party", String(63), nullable=False),
+    Column("idx", BigInteger, nullable=False),
+    Column("leaf", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("party", "idx"),
+)
+
+issued_receipts = Table(
+    "issued_receipts",
+    metadata,
+    # Receipts this terminal signed for envelopes it received, kept for the
+    # sender's recovery (its log holds one of them).
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("envelope_id", String(36), nullable=False),
+    Column("sender", String(63), nullable=False),
+    Column("receipt", LargeBinary, nullable=False),
+    Column("issued_at", Time, nullable=False),
+)
+Index("issued_receipts_by_sender", issued_receipts.c.sender, issued_receipts.c.envelope_id)
 
 users = Table(
     "users",
