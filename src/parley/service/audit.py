@@ -22,6 +22,13 @@ Checked, in order:
    acknowledgement row against the acknowledgement envelope it names, and
    every cosignature row against its note.
 
+Every row that points into the log (``messages.log_index``,
+``receipts.log_index``, the acknowledgement an ``acks`` row names, the size
+of a checkpoint or cosignature) must point at an entry the log holds, and at
+the one it claims: a row pointing past the end (a log rolled back under its
+indexes) or at another entry fails. The end is the last entry of the
+contiguous log from 0.
+
 The first row that differs is named by table, envelope id and column.
 
 A single changed byte in a log entry breaks its signature or its leaf hash
@@ -224,7 +231,7 @@ def audit(
             progress(report.entries, total)
         if error is not None:
             fail(error)
-            index.at(idx, None)
+            index.at(idx, "does not verify")
         elif isinstance(facts, SignedFacts):
             report.envelopes += 1
             index.at(idx, facts)
@@ -232,64 +239,68 @@ def audit(
                 awaiting[facts.id] = (leaf, len(facts.recipients))
         elif isinstance(facts, _ReceiptFacts):
             report.receipts += 1
-            index.at(idx, None)
+            index.at(idx, "is not an envelope")
             if facts.sender == own.party and facts.receiver != own.party:
                 _check_held_receipt(idx, facts, awaiting, engine, fail)
-    index.finish()
-    _check_receipt_rows(engine, cards, fail)
-    _check_ack_rows(engine, fail)
+    index.finish(tree.size)
+    _check_receipt_rows(engine, cards, fail, tree.size)
+    _check_ack_rows(engine, fail, tree.size, index.failed)
 
     with reading(engine) as conn:
         for row in conn.execute(select(m.checkpoints).order_by(m.checkpoints.c.size)):
             report.checkpoints += 1
+            where = f"checkpoints row {row.size}"
             try:
                 checkpoint = verify_checkpoint(row.note, own)
             except ParleyError as exc:
-                fail(f"checkpoint {row.size}: {exc}")
+                fail(f"{where}: {exc}")
                 continue
-            if checkpoint.size != row.size or checkpoint.size > tree.size:
-                fail(f"checkpoint {row.size} names size {checkpoint.size}; the log has {tree.size}")
+            if checkpoint.size != row.size:
+                fail(
+                    f"{where}: column size differs from the signed checkpoint "
+                    f"(size {checkpoint.size})"
+                )
+            elif checkpoint.size > tree.size:
+                fail(
+                    f"{where}: size {checkpoint.size} is past the end of the log "
+                    f"({tree.size} entries)"
+                )
             elif tree.root_at(checkpoint.size) != checkpoint.root:
                 fail(
-                    f"checkpoint {checkpoint.size}: the stored log does not hash to the signed "
-                    "root (an entry before it was changed)"
+                    f"{where}: the stored log does not hash to the signed root at size "
+                    f"{checkpoint.size} (an entry before it was changed)"
                 )
-        for row in conn.execute(select(m.cosignatures)):
+        for row in conn.execute(select(m.cosignatures).order_by(m.cosignatures.c.id)):
             report.cosignatures += 1
+            where = f"cosignatures row {row.id} ({row.direction}, {row.party})"
             witness = cards.get(row.party)
             if witness is None:
-                fail(f"cosignature by/of unknown party {row.party}")
+                fail(f"{where}: column party names no pinned peer")
+                continue
+            if row.direction not in ("of-us", "by-us"):
+                fail(f"{where}: column direction is not of-us or by-us")
                 continue
             try:
-                if row.direction not in ("of-us", "by-us"):
-                    fail(f"cosignatures row {row.id}: column direction is not of-us or by-us")
-                    continue
                 if row.direction == "of-us":
                     checkpoint = verify_checkpoint(row.note, own)
                     verify_cosignature(checkpoint, row.note, witness)
-                    if checkpoint.size != row.size:
-                        fail(
-                            f"cosignatures row {row.id}: column size differs from the cosigned "
-                            "checkpoint"
-                        )
-                        continue
-                    if checkpoint.size > tree.size or (
-                        tree.root_at(checkpoint.size) != checkpoint.root
-                    ):
-                        fail(
-                            f"{row.party} cosigned checkpoint {checkpoint.size}, which the "
-                            "stored log does not match"
-                        )
                 else:
                     checkpoint = verify_checkpoint(row.note, witness)
                     verify_cosignature(checkpoint, row.note, own)
-                    if checkpoint.size != row.size:
-                        fail(
-                            f"cosignatures row {row.id}: column size differs from the cosigned "
-                            "checkpoint"
-                        )
             except ParleyError as exc:
-                fail(f"cosignature {row.direction} {row.party} at size {row.size}: {exc}")
+                fail(f"{where}: {exc}")
+                continue
+            if checkpoint.size != row.size:
+                fail(f"{where}: column size differs from the cosigned checkpoint")
+            elif row.direction == "by-us":
+                continue  # a peer's log: this terminal's log says nothing about it
+            elif checkpoint.size > tree.size:
+                fail(
+                    f"{where}: size {checkpoint.size} is past the end of the log "
+                    f"({tree.size} entries)"
+                )
+            elif tree.root_at(checkpoint.size) != checkpoint.root:
+                fail(f"{where}: the log's root at size {checkpoint.size} is not the cosigned root")
     report.messages = index.rows
     return report
 
@@ -350,35 +361,55 @@ class _MessageIndex:
         self._fail = fail
         self._next: Any = next(self._rows, None)
         self.rows = 0
+        #: envelope id -> log index of each row that did not verify (bounded by
+        #: ``max_failures`` in practice: each one is also a failure).
+        self.failed: dict[str, int] = {}
 
-    def at(self, idx: int, facts: SignedFacts | None) -> None:
+    def _row_fails(self, row: Any, text: str) -> None:
+        self.failed[row.envelope_id] = row.log_index
+        self._fail(text)
+
+    def at(self, idx: int, facts: SignedFacts | str) -> None:
+        """Check the rows pointing at entry ``idx``: its facts, or why it has none."""
         while self._next is not None and self._next.log_index <= idx:
             row = self._next
             self.rows += 1
+            pointer = f"messages row {row.envelope_id}: column log_index points at log entry"
             where = f"messages row {row.envelope_id} (log entry {row.log_index})"
-            if row.log_index < idx or facts is None:
-                self._fail(f"{where}: not the envelope at log entry {row.log_index}")
+            if row.log_index < idx:  # only a negative index is passed over
+                self._row_fails(row, f"{pointer} {row.log_index}, which does not exist")
+            elif isinstance(facts, str):
+                self._row_fails(row, f"{pointer} {idx}, which {facts}")
+            elif facts.id != row.envelope_id:
+                self._row_fails(row, f"{pointer} {idx}, which holds another envelope ({facts.id})")
             else:
-                column = row_problem(row, facts, self._own)
-                if column is not None:
-                    self._fail(f"{where}: column {column} differs from the signed envelope")
-                else:
-                    stored = None if row.content is None else bytes(row.content)
-                    content, problem = content_problem(stored, facts)
-                    if content is None:
-                        self._fail(f"{where}: column {problem}")
-                    else:
-                        column = content_columns_problem(row, content)
-                        if column is not None:
-                            self._fail(f"{where}: column {column} differs from the signed content")
+                problem = self._problem(row, facts)
+                if problem is not None:
+                    self._row_fails(row, f"{where}: column {problem}")
             self._next = next(self._rows, None)
 
-    def finish(self) -> None:
+    def _problem(self, row: Any, facts: SignedFacts) -> str | None:
+        column = row_problem(row, facts, self._own)
+        if column is not None:
+            return f"{column} differs from the signed envelope"
+        stored = None if row.content is None else bytes(row.content)
+        content, problem = content_problem(stored, facts)
+        if content is None:
+            return problem
+        column = content_columns_problem(row, content)
+        if column is not None:
+            return f"{column} differs from the signed content"
+        return None
+
+    def finish(self, size: int) -> None:
+        """The rows left point past the end of the log (``size`` entries)."""
         while self._next is not None:
+            row = self._next
             self.rows += 1
-            self._fail(
-                f"messages row {self._next.envelope_id}: not the envelope at log entry "
-                f"{self._next.log_index}"
+            self._row_fails(
+                row,
+                f"messages row {row.envelope_id}: column log_index points past the end of the "
+                f"log (log entry {row.log_index}; the log has {size} entries)",
             )
             self._next = next(self._rows, None)
 
@@ -401,9 +432,9 @@ def _message_rows(engine: Engine, batch: int = 2000) -> Iterator[Any]:
 
 
 def _check_receipt_rows(
-    engine: Engine, cards: dict[str, IdentityCard], fail: Callable[[str], None]
+    engine: Engine, cards: dict[str, IdentityCard], fail: Callable[[str], None], size: int
 ) -> None:
-    """Each receipts row says what the signed receipt logged at its index says."""
+    """Each receipts row points at the signed receipt for its envelope and says what it says."""
     r = m.receipts.c
     msg = m.messages.c
     with reading(engine) as conn:
@@ -411,8 +442,6 @@ def _check_receipt_rows(
             select(
                 m.receipts,
                 m.log_entries.c.entry,
-                msg.channel.label("m_channel"),
-                msg.seq.label("m_seq"),
                 msg.direction.label("m_direction"),
             )
             .outerjoin(m.log_entries, m.log_entries.c.idx == r.log_index)
@@ -426,26 +455,35 @@ def _check_receipt_rows(
             continue
         if row.log_index is None:
             continue  # kept from a receipt checked but not logged (a later copy)
+        pointer = f"{where}: column log_index points"
+        if row.log_index >= size:
+            fail(
+                f"{pointer} past the end of the log (log entry {row.log_index}; "
+                f"the log has {size} entries)"
+            )
+            continue
         if row.entry is None:
-            fail(f"{where}: column log_index names no log entry")
+            fail(f"{pointer} at log entry {row.log_index}, which does not exist")
             continue
         try:
             kind, raw = split_entry(bytes(row.entry))
             if kind is not EntryType.RECEIPT:
-                fail(f"{where}: column log_index names an entry that is not a receipt")
+                fail(f"{pointer} at log entry {row.log_index}, which is not a receipt")
                 continue
             receipt = read_receipt(raw, cards.get)
         except ParleyError as exc:
             fail(f"{where}: log entry {row.log_index}: {exc}")
             continue
+        if receipt.envelope_id != row.envelope_id:
+            fail(
+                f"{pointer} at log entry {row.log_index}, the receipt for another envelope "
+                f"({receipt.envelope_id})"
+            )
+            continue
         rejection = receipt.rejection
         issued = row.issued_at if row.issued_at.tzinfo else row.issued_at.replace(tzinfo=UTC)
-        covered = receipt.envelope_id == row.envelope_id or (
-            receipt.channel == row.m_channel and row.m_seq <= receipt.through_seq
-        )
         for column, same in (
             ("receiver", receipt.receiver == row.receiver),
-            ("envelope_id", covered),
             ("issued_at", issued == receipt.issued_at),
             ("through_seq", receipt.through_seq == row.through_seq),
             ("rejection_code", (rejection.code if rejection else None) == row.rejection_code),
@@ -459,11 +497,14 @@ def _check_receipt_rows(
                 break
 
 
-def _check_ack_rows(engine: Engine, fail: Callable[[str], None]) -> None:
+def _check_ack_rows(
+    engine: Engine, fail: Callable[[str], None], size: int, failed_messages: dict[str, int]
+) -> None:
     """Each acks row says what the acknowledgement envelope it names says.
 
     The acknowledgement's own row was checked against its envelope and its
-    content digest above; here its content is compared with the acks row.
+    content digest above (``failed_messages``: the rows that failed); here the
+    acks row fails with it, and its content is compared with the acks row.
     """
     a = m.acks.c
     msg = m.messages.c
@@ -475,6 +516,7 @@ def _check_ack_rows(engine: Engine, fail: Callable[[str], None]) -> None:
                 msg.kind.label("m_kind"),
                 msg.direction.label("m_direction"),
                 msg.content.label("m_content"),
+                msg.log_index.label("m_log_index"),
             )
             .outerjoin(m.messages, msg.envelope_id == a.ack_envelope_id)
             .order_by(a.envelope_id, a.party)
@@ -483,6 +525,18 @@ def _check_ack_rows(engine: Engine, fail: Callable[[str], None]) -> None:
         where = f"acks row {row.envelope_id}/{row.party}"
         if row.m_kind != "ack" or row.m_direction != "in" or row.m_content is None:
             fail(f"{where}: column ack_envelope_id names no acknowledgement received")
+            continue
+        if row.m_log_index >= size:
+            fail(
+                f"{where}: column ack_envelope_id names an acknowledgement whose log entry "
+                f"{row.m_log_index} is past the end of the log ({size} entries)"
+            )
+            continue
+        if row.ack_envelope_id in failed_messages:
+            fail(
+                f"{where}: column ack_envelope_id names an acknowledgement whose message row "
+                f"does not verify (log entry {row.m_log_index})"
+            )
             continue
         try:
             content = json.loads(bytes(row.m_content))
