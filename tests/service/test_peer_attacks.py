@@ -759,9 +759,14 @@ def _cosigned_once(s: Scene) -> Checkpoint:
 
 
 def _assert_refused_checkpoint(
-    s: Scene, before: Snapshot, cosigned: Checkpoint, forged_note: str, served: list[bytes]
+    s: Scene,
+    before: Snapshot,
+    cosigned: Checkpoint,
+    forged_note: str,
+    served: list[bytes],
+    kind: str = "equivocation",
 ) -> None:
-    """Evidence kept (both signed notes), an ``equivocation`` alarm, no cosignature given."""
+    """Evidence kept (both signed notes), an alarm of ``kind``, no cosignature given."""
     wait_until(lambda: served, timeout=30, what="RU-GS to ask for a checkpoint")
     wait_until(lambda: s.alarms_since(before), timeout=15, what="an alarm")
     with s.peer.lock:
@@ -771,9 +776,7 @@ def _assert_refused_checkpoint(
     assert s.checkpoint_of(evidence[0]["earlier"]) == (cosigned.size, cosigned.root)
     assert evidence[0]["later"] == forged_note
     alarms = s.alarms_since(before)
-    assert [(a["kind"], a["severity"], a["subject"]) for a in alarms] == [
-        ("equivocation", "critical", US_ID)
-    ]
+    assert [(a["kind"], a["severity"], a["subject"]) for a in alarms] == [(kind, "critical", US_ID)]
     after = s.snapshot()
     assert after.log_size == before.log_size + 2  # only the envelope that triggered the round
     # Still serving, and still witnessing US-EUCOM's real log.
@@ -805,7 +808,7 @@ def test_a_checkpoint_that_rolls_the_log_back_is_refused_kept_and_raised(attack:
     attack.deliver(attack.send("trigger a witness round"))
     wait_until(lambda: notes, timeout=30, what="the forged offer")
     assert cosigned.size > 1
-    _assert_refused_checkpoint(attack, before, cosigned, notes[0], served)
+    _assert_refused_checkpoint(attack, before, cosigned, notes[0], served, kind="rollback")
 
 
 def test_an_equivocating_checkpoint_is_refused_kept_and_raised(attack: Scene) -> None:

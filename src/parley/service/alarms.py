@@ -3,24 +3,38 @@
 An alarm is stored, logged and handed to the terminal's alarm hook (the
 server runs the configured alarm command); a hook that fails never breaks
 the terminal.
+
+One incident, one alarm: repeated evidence of the same incident (same kind
+and subject, while its alarm is open) updates that alarm's ``count`` and
+``last_at`` and does not run the hook again. Evidence of equivocation or
+rollback is kept once per distinct pair of checkpoint notes
+(``evidence.pair``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from sqlalchemy import and_, insert, select, update
 
 from parley.core.canonical import canonical_bytes
-from parley.errors import Equivocation, ParleyError
+from parley.errors import CheckpointRollback, Equivocation, ParleyError
 from parley.service.kernel import Kernel, iso
 from parley.store import models as m
 
-__all__ = ["Alarms"]
+__all__ = ["Alarms", "evidence_pair"]
 
 log = structlog.get_logger("parley.terminal")
+
+
+def evidence_pair(first: str, second: str) -> str:
+    """SHA-256 (hex) naming a pair of checkpoint notes, whichever order they came in."""
+    a, b = sorted((first, second))
+    return hashlib.sha256(a.encode() + b"\n\x00\n" + b.encode()).hexdigest()
 
 
 class Alarms:
@@ -33,26 +47,45 @@ class Alarms:
     def raise_alarm(
         self, kind: str, severity: str, subject: str, message: str, *, once: bool = False
     ) -> dict[str, Any] | None:
+        """Store, log and hand over an alarm; returns it, or None when it only repeated.
+
+        With ``once`` the alarm names an incident: while an alarm of the same
+        kind and subject is open, a repetition only counts (``count``,
+        ``last_at``) and the hook is not run again.
+        """
         now = self.kernel.clock()
         # One serve process owns the database: a process lock makes "once" hold
         # under concurrent failures on every backend.
         with self._alarm_lock, self.kernel.engine.begin() as conn:
-            if (
-                once
-                and conn.execute(
-                    select(m.alarms.c.id).where(
+            if once:
+                open_id = conn.execute(
+                    select(m.alarms.c.id)
+                    .where(
                         and_(
                             m.alarms.c.kind == kind,
                             m.alarms.c.subject == subject,
                             m.alarms.c.cleared_at.is_(None),
                         )
                     )
-                ).first()
-            ):
-                return None
+                    .order_by(m.alarms.c.id)
+                    .limit(1)
+                ).scalar()
+                if open_id is not None:
+                    conn.execute(
+                        update(m.alarms)
+                        .where(m.alarms.c.id == open_id)
+                        .values(count=m.alarms.c.count + 1, last_at=now)
+                    )
+                    return None
             alarm_id = conn.execute(
                 insert(m.alarms).values(
-                    at=now, kind=kind, severity=severity, subject=subject, message=message
+                    at=now,
+                    kind=kind,
+                    severity=severity,
+                    subject=subject,
+                    message=message,
+                    count=1,
+                    last_at=now,
                 )
             ).inserted_primary_key
         alarm = {
@@ -62,6 +95,7 @@ class Alarms:
             "severity": severity,
             "subject": subject,
             "message": message,
+            "count": 1,
             "party": self.kernel.me,
         }
         log.warning("alarm", **{k: v for k, v in alarm.items() if k != "at"})
@@ -111,13 +145,37 @@ class Alarms:
         )
 
     def record_equivocation(self, exc: Equivocation, party: str) -> None:
-        with self.kernel.engine.begin() as conn:
-            conn.execute(
-                insert(m.evidence).values(
-                    at=self.kernel.clock(),
-                    party=party,
-                    message=str(exc),
-                    evidence=canonical_bytes(dict(exc.evidence)).decode(),
+        """Keep the evidence (once per pair of notes) and raise one alarm per incident.
+
+        A rollback (``CheckpointRollback``) is raised as ``rollback``, any
+        other contradiction as ``equivocation``.
+        """
+        kind = "rollback" if isinstance(exc, CheckpointRollback) else "equivocation"
+        self.record_evidence(kind, party, str(exc), exc.evidence)
+
+    def record_evidence(
+        self, kind: str, party: str, message: str, evidence: Mapping[str, str]
+    ) -> bool:
+        """Keep ``evidence`` (its ``earlier`` and ``later`` notes) once; raise or count the alarm.
+
+        Returns whether the pair of notes was new.
+        """
+        pair = evidence_pair(evidence.get("earlier", ""), evidence.get("later", ""))
+        with self._alarm_lock, self.kernel.engine.begin() as conn:
+            known = conn.execute(
+                select(m.evidence.c.id).where(
+                    and_(m.evidence.c.party == party, m.evidence.c.pair == pair)
                 )
-            )
-        self.raise_alarm("equivocation", "critical", party, str(exc))
+            ).first()
+            if known is None:
+                conn.execute(
+                    insert(m.evidence).values(
+                        at=self.kernel.clock(),
+                        party=party,
+                        message=message,
+                        evidence=canonical_bytes(dict(evidence)).decode(),
+                        pair=pair,
+                    )
+                )
+        self.raise_alarm(kind, "critical", party, message, once=True)
+        return known is None

@@ -621,6 +621,9 @@ class Records:
                 "subject": r.subject,
                 "message": r.message,
                 "cleared_at": _iso(r.cleared_at),
+                # One incident, one alarm: how often it was seen, first (``at``) and last.
+                "count": r.count,
+                "last_at": _iso(r.last_at or r.at),
             }
             for r in rows
         ]
