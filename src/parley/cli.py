@@ -894,6 +894,62 @@ def links(
 
 
 @app.command()
+def status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The terminal's state: log size, pending deliveries, cosignatures, and whether it is
+    frozen (its log is behind what its peers saw: it signs nothing until recovered)."""
+    with backend(needs_keys=True) as (api, local):
+        shown = api.call("GET", "/status") if api else local.status()  # type: ignore[union-attr]
+
+    def render(body: dict[str, Any]) -> None:
+        out.print(f"{body['party']} ({body['name']})  log {body['log_size']} entries")
+        out.print(f"pending deliveries: {body['pending']}")
+        cosigned = body.get("cosigned_by") or {}
+        for peer in body.get("peers", []):
+            out.print(f"  {peer}: cosigned our log up to {cosigned.get(peer, 'nothing yet')}")
+        if body.get("frozen"):
+            out.print(f"[bold red]FROZEN:[/] {body['frozen']}")
+
+    emit(shown, json_, render)
+
+
+@app.command()
+def recover(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Rebuild the missing tail of this terminal's log from what its peers hold.
+
+    Asks every peer for the checkpoints of our log it saw, the leaf hashes it
+    witnessed and the envelopes and receipts it holds; puts every entry back in
+    its original place, checked as on arrival. The running terminal does it (an
+    administrator); it also does it by itself when it finds its log rolled back.
+    What cannot be recovered is listed by index; exits 1 unless the log is complete.
+    """
+    with backend(needs_keys=False) as (api, _):
+        if api is None:
+            fail("recovery asks the peers over the links: start the terminal with `parley serve`")
+        result = api.call("POST", "/recover")
+
+    def render(body: dict[str, Any]) -> None:
+        out.print(
+            f"log: {body['before']} entries before, {body['after']} after "
+            f"(peers saw up to {body['target']}); {body['recovered']} recovered in place, "
+            f"{body['appended_past_target']} appended after it"
+        )
+        for peer, state in sorted(body.get("peers", {}).items()):
+            out.print(f"  {peer}: {state}")
+        for hole in body.get("missing", []):
+            out.print(f"  missing entry {hole['index']}: {hole['reason']}")
+        out.print(
+            "complete: the terminal signs again"
+            if body["complete"]
+            else "[bold red]incomplete:[/] the terminal stays frozen; run again when the peers "
+            "that hold the missing entries answer"
+        )
+
+    emit(result, json_, render)
+    if not result["complete"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def alarms(
     json_: Annotated[bool, typer.Option("--json")] = False,
     clear: Annotated[

@@ -14,6 +14,8 @@ Hierarchy::
     │   ├── UnknownPeer                 no pinned card for that party
     │   ├── FingerprintMismatch         the card does not match the fingerprint read aloud
     │   ├── UnreadableFile              a file our own operator named cannot be read or parsed
+    │   ├── RolledBack                  this terminal's log is behind what its peers saw: it
+    │   │                               signs nothing new until it is recovered
     │   └── KeyFileError                the private key file cannot be used
     │       ├── WrongPassphrase
     │       └── DamagedKeyFile
@@ -84,6 +86,7 @@ __all__ = [
     "ParleyError",
     "RemoteError",
     "ReplayedEnvelope",
+    "RolledBack",
     "SchemaViolation",
     "TimestampInFuture",
     "UnknownKind",
@@ -175,6 +178,11 @@ class UnreadableFile(LocalError):
     Even a card file that came from a peer: it was handed over by hand, and the
     operator is the one who can go and fetch it again.
     """
+
+
+class RolledBack(LocalError):
+    """This terminal's log is behind what its peers have seen (restored from an old copy,
+    or entries lost): it signs nothing new until ``parley recover`` rebuilds it."""
 
 
 class KeyFileError(LocalError):

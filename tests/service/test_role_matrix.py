@@ -44,6 +44,7 @@ from parley.service import users
 from parley.service.lock import ServeLock
 from parley.service.operations import Operations
 from parley.service.policy import LOCAL_ADMIN, Actor
+from parley.service.recovery import RecoveryReport
 from parley.service.setup import init_terminal
 from parley.service.terminal import CardBundle, Terminal, utc_now
 from parley.service.users import add_user
@@ -87,13 +88,21 @@ EXPECTED: dict[str, tuple[str, str, str, str, str]] = {
     "export evidence": (R, A, A, R, A),
     "verify": (A, A, A, A, A),
     "test links": (R, A, R, A, A),
+    "recover": (R, R, R, A, A),
 }
 
 #: Actions that change nothing (no action-log row is required of them).
 READ_ONLY = {"read", "verify", "export evidence"}
 #: The console has no page for these: a peer's card and a translation are files
 #: handled with the CLI (or the API); the console shows them.
-NOT_IN_CONSOLE = {"pin peer", "re-point link", "certify translation", "countersign translation"}
+NOT_IN_CONSOLE = {
+    "pin peer",
+    "re-point link",
+    "certify translation",
+    "countersign translation",
+    # The terminal recovers by itself; an administrator may start it from the CLI.
+    "recover",
+}
 FRONT_ENDS = ("console", "api", "cli")
 
 
@@ -105,6 +114,9 @@ class FakeWorker:
 
     async def test_links(self) -> None:
         return None
+
+    async def recover(self) -> RecoveryReport:
+        return RecoveryReport(before=3, target=3, after=3, complete=True)
 
 
 @dataclass
@@ -373,6 +385,8 @@ def _step(world: World, action: str) -> Step:
             lambda a: a.post("/api/v1/links/test"),
             ["links", "--test"],
         )
+    if action == "recover":
+        return Step(None, lambda a: a.post("/api/v1/recover"), ["recover", "--json"])
     raise AssertionError(f"no step for {action}")
 
 

@@ -294,6 +294,17 @@ def create_console_app(
         await run_in_threadpool(ops.note_links_test)
         return {"queued": len(await run_in_threadpool(terminal.links))}
 
+    @app.post("/api/v1/recover")
+    async def recover(ops: Ops, request: Request) -> dict[str, Any]:
+        """Rebuild the missing tail of the log from the peers (docs/recovery.md)."""
+        await run_in_threadpool(ops.require, "recover")
+        worker = getattr(request.app.state, "worker", None)
+        if worker is None:
+            raise HTTPException(409, {"error": "not_serving", "message": "no delivery worker"})
+        report: dict[str, Any] = (await worker.recover()).as_dict()
+        await run_in_threadpool(ops.note_recovery, report)
+        return report
+
     @app.get("/api/v1/alarms")
     async def alarms(ops: Ops) -> list[dict[str, Any]]:
         await _read(ops)

@@ -80,6 +80,7 @@ from parley.errors import (
     ParleyError,
     RemoteError,
     ReplayedEnvelope,
+    RolledBack,
     SchemaViolation,
     UnknownPeer,
     UnknownSender,
@@ -292,6 +293,13 @@ class Party:
         self._latest: Checkpoint | None = None
         self.cosignatures: dict[str, tuple[Checkpoint, str]] = {}
         self.evidence: list[EquivocationDetected] = []
+        #: Why this party must sign nothing new (its log is behind what its peers
+        #: saw: no sequence numbers, receipts or checkpoints), or None.
+        self.frozen: str | None = None
+
+    def _refuse_if_frozen(self) -> None:
+        if self.frozen is not None:
+            raise RolledBack(self.frozen)
 
     # Peers and channels -------------------------------------------------------
 
@@ -342,6 +350,7 @@ class Party:
         lang: str = "en",
     ) -> Outgoing:
         """Seal an envelope, append it to the transcript and return it for delivery."""
+        self._refuse_if_frozen()
         recipients = tuple(sorted(set(to)))
         if not recipients:
             raise UsageError("name at least one recipient")
@@ -480,6 +489,7 @@ class Party:
         Each item yields either its result or the ``RemoteError`` that
         rejected it; a rejected envelope leaves no trace in the state.
         """
+        self._refuse_if_frozen()
         now = self.clock()
         staged: list[tuple[bool, ReceivedRecord, list[Event], Rejection | None] | RemoteError] = []
         for data in batch:
@@ -700,6 +710,7 @@ class Party:
         """The signed checkpoint of the current transcript (re-signed when it grew)."""
         size = self.transcript.size
         if self._latest is None or self._latest.size != size:
+            self._refuse_if_frozen()
             self._latest = sign_checkpoint(self.identity, size, self.transcript.root())
         return self._latest
 
@@ -731,6 +742,7 @@ class Party:
         require_keys(obj, "checkpoint request", {"from_sizes", "log", "type", "witness"})
         if obj["type"] != _REQUEST_TYPE or obj["log"] != self.party:
             raise SchemaViolation(f"not a checkpoint request for the log of {self.party}")
+        self._refuse_if_frozen()
         sizes = require_list(obj, "from_sizes", "checkpoint request")
         if len(sizes) > _MAX_PROOF_SIZES or not all(
             isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
@@ -919,6 +931,41 @@ class Party:
                 self._restore_envelope(raw, index)
             else:
                 self._restore_receipt(raw)
+
+    def append_recovered(self, entry: bytes) -> int:
+        """Append one entry of this party's own log recovered from its peers.
+
+        The entry is checked as on restore (signatures, the receipt against
+        the envelope it answers) before anything changes; its index is
+        returned. Works while frozen: recovery puts back what was signed
+        before, it signs nothing new.
+        """
+        kind, raw = split_entry(entry)
+        if kind is EntryType.ENVELOPE:
+            header = read_envelope(raw, self.card_of, self.limits)
+            if header.sender != self.party and self.party not in header.recipients:
+                raise VerificationError(
+                    f"recovered envelope {header.id} is neither from nor to {self.party}"
+                )
+            if header.sender == self.party and self.ledger.sent(header.id) is not None:
+                raise VerificationError(f"recovered envelope {header.id} is already in the log")
+            if header.sender != self.party and self.ledger.received(header.id) is not None:
+                raise VerificationError(f"recovered envelope {header.id} is already in the log")
+            index = self.transcript.append(kind, raw)
+            self._restore_envelope(raw, index)
+            return index
+        receipt = read_receipt(raw, self.card_of)
+        sent = self.ledger.sent(receipt.envelope_id)
+        if receipt.receiver != self.party and (
+            sent is None or sent.digest != receipt.envelope_digest
+        ):
+            raise VerificationError(
+                f"recovered receipt from {receipt.receiver} answers envelope "
+                f"{receipt.envelope_id}, which is not in this log"
+            )
+        index = self.transcript.append(kind, raw)
+        self._restore_receipt(raw)
+        return index
 
     def _restore_envelope(self, raw: bytes, index: int) -> None:
         header = read_envelope(raw, self.card_of, self.limits)

@@ -38,6 +38,8 @@ from parley.core.encoding import b64decode
 from parley.errors import InvalidReceipt, ParleyError, RemoteError, VerificationError
 from parley.service import tls
 from parley.service.peer_api import FRAMES, frame
+from parley.service.recovering import LogGuard
+from parley.service.recovery import RecoveryReport
 from parley.service.terminal import Terminal
 
 __all__ = ["BACKOFF_CAP", "DeliveryWorker", "backoff"]
@@ -119,6 +121,8 @@ class DeliveryWorker:
         self._link_ok: dict[str, dict[str, bool]] = {}
         self._last_probe: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Compares our log with what the peers saw of it; recovers it (docs/recovery.md).
+        self.guard = LogGuard(terminal, self._any_link)
 
     # Lifecycle ----------------------------------------------------------------
 
@@ -126,6 +130,11 @@ class DeliveryWorker:
         self._loop = asyncio.get_running_loop()
         self.terminal.on_outbox = self.notify
         self._tasks.append(asyncio.create_task(self._supervise(), name="delivery-supervisor"))
+        self._tasks.append(asyncio.create_task(self.guard.run(), name="log-guard"))
+
+    async def recover(self) -> RecoveryReport:
+        """Rebuild the missing tail of our log from the peers (``parley recover``)."""
+        return await self.guard.recover()
 
     def notify(self) -> None:
         """Thread-safe: there is new work in the outbox."""

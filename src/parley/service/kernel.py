@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, select
 
 from parley.config import Config, DataDir
 from parley.core.envelope import Limits
@@ -149,11 +149,55 @@ class Kernel:
                 party.restore_cosignature(row.party, row.note)
             else:
                 party.restore_witnessed(row.party, row.note)
+        party.frozen = self._stored_frozen()
         self.party = party
         self.ledger = ledger
         self.peer_certificates = certs
         self._stored_channels = set()
         self._logged_through = party.transcript.size
+
+    # Frozen: a log behind what its peers saw signs nothing new --------------------
+
+    #: Why a terminal restored from a backup waits (settings row ``recovery_required``).
+    RESTORED = (
+        "this terminal was restored from a backup: it signs nothing until its peers have "
+        "confirmed its log is complete (parley recover rebuilds what is missing)"
+    )
+
+    def _stored_frozen(self) -> str | None:
+        with reading(self.engine) as conn:
+            rows = dict(
+                conn.execute(
+                    select(m.settings.c.key, m.settings.c.value).where(
+                        m.settings.c.key.in_(("frozen", "recovery_required"))
+                    )
+                ).all()
+            )
+        if rows.get("frozen"):
+            return str(rows["frozen"])
+        if rows.get("recovery_required"):
+            return self.RESTORED
+        return None
+
+    @property
+    def frozen(self) -> str | None:
+        """Why this terminal signs nothing new (docs/recovery.md), or None."""
+        return self.party.frozen
+
+    def freeze(self, reason: str) -> None:
+        """Sign nothing new until recovered; kept across restarts."""
+        with self.lock, self.engine.begin() as conn:
+            conn.execute(delete(m.settings).where(m.settings.c.key == "frozen"))
+            conn.execute(insert(m.settings).values(key="frozen", value=reason))
+            self.party.frozen = reason
+
+    def thaw(self) -> None:
+        """The log is complete again: sign as before."""
+        with self.lock, self.engine.begin() as conn:
+            conn.execute(
+                delete(m.settings).where(m.settings.c.key.in_(("frozen", "recovery_required")))
+            )
+            self.party.frozen = None
 
     def load_entry(self, index: int) -> bytes:
         with reading(self.engine) as conn:

@@ -396,6 +396,15 @@ class Operations:
         self.require("test_links")
         self.note("links_test", self.terminal.me)
 
+    def note_recovery(self, report: dict[str, Any]) -> None:
+        """Log a recovery of the log from the peers the front end started (``recover``)."""
+        self.require("recover")
+        self.note(
+            "recover",
+            self.terminal.me,
+            {k: report.get(k) for k in ("before", "target", "after", "complete")},
+        )
+
     # Operators ------------------------------------------------------------------
 
     def add_user(self, name: str, role: str, password: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from parley.errors import (
     ParleyError,
     RemoteError,
     ReplayedEnvelope,
+    RolledBack,
     SchemaViolation,
     UnknownPeer,
     UnknownSender,
@@ -44,6 +45,7 @@ STATUS_FOR: list[tuple[type[ParleyError], int]] = [
     (NotARecipient, 403),
     (ReplayedEnvelope, 409),
     (CheckpointRejected, 409),
+    (RolledBack, 503),
 ]
 
 ERROR_SCHEMA = {
@@ -161,6 +163,10 @@ def create_peer_app(
         except ClientDisconnect:
             # The peer went away mid-request: nothing was read in full, nothing stored.
             return Response(status_code=400)
+        except RolledBack as exc:
+            # Not the peer's fault: this terminal signs nothing until it is recovered.
+            # The peer keeps its traffic in its outbox and retries.
+            return error_response(exc)
         except (RemoteError, VerificationError, UnknownPeer) as exc:
             await run_in_threadpool(
                 terminal.record_security_event,
@@ -289,6 +295,59 @@ def create_peer_app(
             return JSONResponse(result)
 
         return await guarded(request, "cosignatures", work)
+
+    # Recovery (docs/recovery.md): what this terminal holds of the caller's log.
+
+    def caller(party: str | None, what: str) -> str:
+        if party is None:
+            raise UnknownSender(f"{what} needs the caller's pinned client certificate")
+        return party
+
+    @app.get(
+        f"/{API_VERSION}/recovery/status",
+        summary="The largest checkpoint of the caller's log this terminal saw, and its mirror",
+        responses={200: {"description": "status", "content": {JSON: {}}}, **ERRORS},
+    )
+    async def recovery_status(request: Request) -> Response:
+        async def work(party: str | None) -> Response:
+            who = caller(party, "recovery")
+            return JSONResponse(await run_in_threadpool(terminal.recovery_status, who))
+
+        return await guarded(request, "recovery/status", work)
+
+    @app.get(
+        f"/{API_VERSION}/recovery/leaves",
+        summary="The leaf hashes of the caller's log this terminal witnessed, from start",
+        responses={200: {"description": "leaf hashes (base64)", "content": {JSON: {}}}, **ERRORS},
+    )
+    async def recovery_leaves(
+        request: Request,
+        start: Annotated[int, Query(ge=0, le=2**53)],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> Response:
+        async def work(party: str | None) -> Response:
+            who = caller(party, "recovery")
+            leaves = await run_in_threadpool(terminal.recovery_leaves, who, start, limit)
+            return JSONResponse({"start": start, "leaves": [b64encode(h) for h in leaves]})
+
+        return await guarded(request, "recovery/leaves", work)
+
+    @app.get(
+        f"/{API_VERSION}/recovery/entries",
+        summary="Entries this terminal holds that may belong to the caller's log, paged",
+        responses={200: {"description": "candidate entries", "content": {JSON: {}}}, **ERRORS},
+    )
+    async def recovery_entries(
+        request: Request,
+        after: Annotated[int, Query(ge=-1, le=2**53)] = -1,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> Response:
+        async def work(party: str | None) -> Response:
+            who = caller(party, "recovery")
+            answer = await run_in_threadpool(terminal.recovery_entries, who, after, limit)
+            return JSONResponse(answer)
+
+        return await guarded(request, "recovery/entries", work)
 
     @app.get(f"/{API_VERSION}/health", summary="Liveness: the terminal's party id")
     async def health(request: Request) -> dict[str, str]:

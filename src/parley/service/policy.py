@@ -97,6 +97,10 @@ RULES: Mapping[str, tuple[frozenset[str], str]] = {
     ),
     "verify": (_EVERY_ACCOUNT, "every operator may verify the record"),
     "test_links": (frozenset({"supervisor", "admin"}), "supervisors and administrators test links"),
+    "recover": (
+        frozenset({"admin"}),
+        "only an administrator rebuilds the log from the peers",
+    ),
     "handover": (_WATCH, "duty officers and supervisors hand over the watch"),
 }
 
@@ -200,6 +204,7 @@ _VERBS: Mapping[str, str] = {
     "export_evidence": "export evidence",
     "verify": "verify the record",
     "test_links": "test links",
+    "recover": "recover the log from the peers",
     "handover": "hand over the watch",
 }
 

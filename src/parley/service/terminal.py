@@ -62,6 +62,7 @@ from parley.service.peers import CardBundle, Peers
 from parley.service.reads import Records, fill_contents
 from parley.service.receipts import Receipts
 from parley.service.receiving import Receiving
+from parley.service.recovery import Candidate, Recovery, RecoveryAnswers, RecoveryReport
 from parley.service.translations import Translations
 from parley.service.witness import Witnessing
 from parley.store.db import engine_for, migrate, schema_is_current
@@ -121,6 +122,8 @@ class Terminal(Records):
         self._channels = Channels(kernel, messaging)
         self._links = Links(kernel, alarms)
         self._deadlines = Deadlines(kernel, alarms)
+        self._answers = RecoveryAnswers(kernel)
+        self._recovery = Recovery(kernel, alarms)
 
     @classmethod
     def open(
@@ -270,6 +273,46 @@ class Terminal(Records):
     def accept_cosignature(self, note: bytes, *, tls_party: str | None = None) -> dict[str, Any]:
         return self._witnessing.accept_cosignature(note, tls_party=tls_party)
 
+    # Rollback and recovery (service.recovery, docs/recovery.md) --------------
+
+    @property
+    def frozen(self) -> str | None:
+        """Why this terminal signs nothing new (its log is behind its peers'), or None."""
+        return self.kernel.frozen
+
+    def freeze(self, reason: str) -> None:
+        self.kernel.freeze(reason)
+
+    def thaw(self) -> None:
+        self.kernel.thaw()
+
+    def recovery_status(self, party: str) -> dict[str, Any]:
+        return self._answers.status(party)
+
+    def recovery_leaves(self, party: str, start: int, limit: int) -> list[bytes]:
+        return self._answers.leaves(party, start, limit)
+
+    def recovery_entries(self, party: str, after: int, limit: int) -> dict[str, Any]:
+        return self._answers.entries(party, after, limit)
+
+    @property
+    def recovery(self) -> Recovery:
+        return self._recovery
+
+    def apply_recovery(
+        self,
+        target_note: str,
+        mirror: Sequence[bytes],
+        candidates: Sequence[Candidate],
+        *,
+        mirror_from: str,
+        peers: dict[str, str],
+    ) -> RecoveryReport:
+        target = self._recovery.own_checkpoint(target_note)
+        return self._recovery.apply(
+            target, mirror, candidates, mirror_from=mirror_from, peers=peers
+        )
+
     # Channels (service.channels) ---------------------------------------------
 
     def create_channel(self, name: str, members: Sequence[str], *, operator: str) -> dict[str, Any]:
@@ -319,13 +362,16 @@ class Terminal(Records):
 
     def status(self) -> dict[str, Any]:
         with self.lock:
-            checkpoint = self.party.checkpoint()
+            # Read, never signed here: a frozen terminal reports its state too.
+            tree = self.party.transcript.tree
+            size, root = tree.size, tree.root()
         return {
             "party": self.me,
             "name": self.identity.card.name,
             "fingerprint": self.identity.card.fingerprint,
-            "log_size": checkpoint.size,
-            "root": checkpoint.root.hex(),
+            "log_size": size,
+            "root": root.hex(),
+            "frozen": self.kernel.frozen,
             "pending": self.pending_count(),
             "peers": sorted(self.party.peers),
             "cosigned_by": {
