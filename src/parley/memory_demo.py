@@ -91,7 +91,9 @@ def main() -> None:
     for i in range(us_size + 1):
         cheat.send_text(["RU-GS"], f"rewritten {i}", operator="maj.smith")
     try:
-        ru.witness(cheat.offer_checkpoint(ru.checkpoint_request("US-EUCOM")))
+        ru.witness(
+            cheat.offer_checkpoint(ru.checkpoint_request("US-EUCOM")), leaves=cheat.log_leaves
+        )
     except Equivocation as exc:
         _say(f"Rewritten history refused: {exc.diagnostics()}")
         _say(f"  evidence kept: {', '.join(sorted(exc.evidence))} signed notes")

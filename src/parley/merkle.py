@@ -503,6 +503,29 @@ class MerkleLog:
         self._root = None
         return index
 
+    def root_with(self, leaf_hashes: Sequence[bytes]) -> bytes:
+        """Return the root the log would have with ``leaf_hashes`` appended, appending nothing.
+
+        A witness checks a peer's leaves against the peer's checkpoint this
+        way before it takes them into its mirror.
+        """
+        stack = list(self._stack)
+        size = self._size
+        for leaf in leaf_hashes:
+            h = _check_hash(leaf, "the leaf hash", UsageError)
+            carry = size
+            while carry & 1:
+                h = _sha256(_NODE_PREFIX + stack.pop() + h).digest()
+                carry >>= 1
+            stack.append(h)
+            size += 1
+        if not stack:
+            return EMPTY_ROOT
+        h = stack[-1]
+        for left in reversed(stack[:-1]):
+            h = _sha256(_NODE_PREFIX + left + h).digest()
+        return h
+
     def leaf(self, index: int) -> bytes:
         """Return the leaf hash at ``index``."""
         index = self._check_index(index, self._size, "index")

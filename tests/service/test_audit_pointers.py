@@ -76,7 +76,9 @@ class Records:
 
 def _witness(owner: Terminal, witness: Terminal) -> None:
     offer = owner.offer_checkpoint(witness.checkpoint_request(owner.me))
-    owner.accept_cosignature(witness.witness(owner.me, offer), tls_party=witness.me)
+    owner.accept_cosignature(
+        witness.witness(owner.me, offer, owner.log_leaves), tls_party=witness.me
+    )
 
 
 @pytest.fixture

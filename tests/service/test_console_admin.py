@@ -148,7 +148,9 @@ def _pump(sender: Terminal, receiver: Terminal) -> int:
 def _witness(owner: Terminal, witness: Terminal) -> None:
     """``witness`` cosigns ``owner``'s log; the cosignature goes back to ``owner``."""
     offer = owner.offer_checkpoint(witness.checkpoint_request(owner.me))
-    owner.accept_cosignature(witness.witness(owner.me, offer), tls_party=witness.me)
+    owner.accept_cosignature(
+        witness.witness(owner.me, offer, owner.log_leaves), tls_party=witness.me
+    )
 
 
 def _actions(terminal: Terminal, action: str) -> list[Any]:

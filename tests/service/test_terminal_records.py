@@ -79,7 +79,7 @@ def test_an_equivocating_peer_raises_an_alarm_and_leaves_evidence(
     us, ru = pair
     out = us.send(["RU-GS"], kind="text", body={"text": "real"}, operator="o")
     ru.receive_envelope(_raw(us, out["id"]))
-    ru.witness("US-EUCOM", us.offer_checkpoint(ru.checkpoint_request("US-EUCOM")))
+    ru.witness("US-EUCOM", us.offer_checkpoint(ru.checkpoint_request("US-EUCOM")), us.log_leaves)
     # A fork of US-EUCOM: same keys, another history of the same size.
     fork = Party(us.identity, clock=us.clock)
     for card in us.party.peers.values():
@@ -87,7 +87,9 @@ def test_an_equivocating_peer_raises_an_alarm_and_leaves_evidence(
     while fork.transcript.size < us.party.transcript.size:
         fork.send_text(["RU-GS"], "rewritten", operator="o")
     with pytest.raises(Equivocation):
-        ru.witness("US-EUCOM", fork.offer_checkpoint(ru.checkpoint_request("US-EUCOM")))
+        ru.witness(
+            "US-EUCOM", fork.offer_checkpoint(ru.checkpoint_request("US-EUCOM")), fork.log_leaves
+        )
     alarms = ru.alarms()
     assert [a["kind"] for a in alarms] == ["equivocation"]
     assert alarms[0]["severity"] == "critical"
@@ -103,7 +105,7 @@ def test_a_restarted_terminal_has_the_same_state(pair: tuple[Terminal, Terminal]
         out = us.send(["RU-GS"], kind="text", body={"text": f"m{i}"}, operator="o")
         receipt = ru.receive_envelope(_raw(us, out["id"]))
         us.receive_receipt(receipt, peer="RU-GS")
-    ru.witness("US-EUCOM", us.offer_checkpoint(ru.checkpoint_request("US-EUCOM")))
+    ru.witness("US-EUCOM", us.offer_checkpoint(ru.checkpoint_request("US-EUCOM")), us.log_leaves)
     root, size = us.party.transcript.root(), us.party.transcript.size
     again = Terminal.open(us.data.path, PASSPHRASE)
     assert (again.party.transcript.root(), again.party.transcript.size) == (root, size)

@@ -8,6 +8,9 @@ when a terminal restarts (it is opened again from its data directory).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from parley.errors import Equivocation
+from parley.core.checkpoint import sign_checkpoint, verify_checkpoint
+from parley.core.party import Party
+from parley.core.receipts import issue_receipt, read_receipt
+from parley.errors import CheckpointRejected, CheckpointRollback, Equivocation
+from parley.merkle import MerkleLog
 from parley.service.terminal import Terminal
 from parley.store import models as m
 from parley.testing.network import PASSPHRASE, make_network
@@ -82,3 +89,214 @@ def test_repeated_evidence_of_one_incident_is_one_alarm_with_a_count(world: Worl
     ru._alarms.record_equivocation(Equivocation("again", evidence=evidence), US)
     assert [a["count"] for a in ru.alarms()] == [1, 6]
     assert rows(ru, m.evidence) == 2
+
+
+# Carrying traffic and witness rounds by hand --------------------------------------------
+
+
+def raw_of(terminal: Terminal, message_id: str) -> bytes:
+    index = terminal.show(message_id)["log_index"]
+    return terminal.party.transcript.entry(index)[1:]
+
+
+def send(src: Terminal, dst: Terminal, text: str) -> tuple[str, bytes]:
+    """``src`` sends ``text``; ``dst`` logs it; returns the id and ``dst``'s receipt."""
+    sent = src.send([dst.me], kind="text", body={"text": text}, operator="o")
+    return sent["id"], dst.receive_envelope(raw_of(src, sent["id"]), tls_party=src.me)
+
+
+def exchange(world: World, n: int) -> None:
+    """``n`` messages each way, every receipt returned."""
+    for i in range(n):
+        for src, dst in ((world.us, world.ru), (world.ru, world.us)):
+            _, receipt = send(src, dst, f"{src.me} {i}")
+            src.receive_receipt(receipt, peer=dst.me)
+
+
+def round_(owner: Terminal, witness: Terminal) -> int:
+    """One witness round: ``witness`` cosigns ``owner``'s log; the cosigned size."""
+    offer = owner.offer_checkpoint(witness.checkpoint_request(owner.me), tls_party=witness.me)
+    cosigned = witness.witness(owner.me, offer, owner.log_leaves)
+    return int(owner.accept_cosignature(cosigned, tls_party=witness.me)["size"])
+
+
+def cosigned_by(terminal: Terminal, owner: str) -> list[int]:
+    with terminal.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(m.cosignatures.c.size).where(
+                    m.cosignatures.c.direction == "by-us", m.cosignatures.c.party == owner
+                )
+            ).scalars()
+        )
+
+
+def evidence_rows(terminal: Terminal) -> list[dict[str, str]]:
+    with terminal.engine.connect() as conn:
+        return [json.loads(r) for r in conn.execute(select(m.evidence.c.evidence)).scalars()]
+
+
+def fabricated_receipt(us: Terminal, ru: Terminal, size: int) -> bytes:
+    """US-EUCOM's real key signs a receipt for RU-GS's next message that puts it in a
+    made-up log of ``size`` entries (the real one's leaves, then invented ones)."""
+    sent = ru.send([US], kind="text", body={"text": "where am I?"}, operator="o")
+    raw = raw_of(ru, sent["id"])
+    real = read_receipt(us.receive_envelope(raw, tls_party=RU), us.party.card_of)
+    fake = MerkleLog()
+    for leaf in us.log_leaves(0, us.party.transcript.size):
+        fake.append(leaf)
+    while fake.size < size:
+        fake.append(os.urandom(32))
+    return issue_receipt(
+        us.identity,
+        sender=real.sender,
+        channel=real.channel,
+        envelope_id=real.envelope_id,
+        envelope_digest=real.envelope_digest,
+        through_seq=real.through_seq,
+        missing=real.missing,
+        log_index=real.log_index,
+        inclusion=fake.inclusion_proof(real.log_index, size),
+        checkpoint=sign_checkpoint(us.identity, size, fake.root()),
+        now=us.clock(),
+    )
+
+
+# The fabricated larger checkpoint ---------------------------------------------------------
+
+
+def test_a_fabricated_larger_checkpoint_survives_a_restart_and_blocks_cosigning(
+    world: World,
+) -> None:
+    exchange(world, 2)
+    assert round_(world.us, world.ru) == world.us.party.transcript.size
+    forged = fabricated_receipt(world.us, world.ru, 1006)
+    assert world.ru.receive_receipt(forged, peer=US)["through_seq"] >= 1  # accepted: a real key
+    assert world.us.party.transcript.size < 1006
+    with world.ru.engine.connect() as conn:
+        stored = conn.execute(
+            select(m.observed_checkpoints.c.size, m.observed_checkpoints.c.source).where(
+                m.observed_checkpoints.c.party == US
+            )
+        ).all()
+    assert (1006, "receipt") in [tuple(r) for r in stored]
+
+    ru = world.restart(RU)
+    assert ru.largest_seen(US) is not None
+    exchange(world, 3)  # US-EUCOM's real log grows (to 14 or so): still below 1,006
+    before = cosigned_by(ru, US)
+    for _ in range(3):
+        with pytest.raises(CheckpointRollback):
+            round_(world.us, ru)
+    assert cosigned_by(ru, US) == before  # no cosignature
+    (alarm,) = [a for a in ru.alarms() if a["subject"] == US]
+    assert (alarm["kind"], alarm["severity"], alarm["count"]) == ("rollback", "critical", 3)
+    (evidence,) = evidence_rows(ru)
+    assert verify_checkpoint(evidence["earlier"], world.us.identity.card).size == 1006
+    assert verify_checkpoint(evidence["later"], world.us.identity.card).size == (
+        world.us.party.transcript.size
+    )
+    # Another restart: the same incident, still refused, still one alarm.
+    ru = world.restart(RU)
+    with pytest.raises(CheckpointRollback):
+        round_(world.us, ru)
+    assert [a["count"] for a in ru.alarms() if a["subject"] == US] == [4]
+    assert len(evidence_rows(ru)) == 1
+
+
+# A rolled-back peer ------------------------------------------------------------------------
+
+
+def test_a_rolled_back_peer_is_one_incident_and_learns_it_was_rolled_back(
+    world: World,
+) -> None:
+    exchange(world, 2)
+    round_(world.us, world.ru)
+    # A copy of US-EUCOM's data directory, as a backup would be.
+    world.us.engine.dispose()
+    backup = world.tmp / "us-backup"
+    shutil.copytree(world.us.data.path, backup)
+    exchange(world, 3)
+    seen = round_(world.us, world.ru)
+    assert world.ru.mirror(US, 0, 10_000) == world.us.log_leaves(0, 10_000)
+    # US-EUCOM's disk dies; it is brought back from the copy.
+    world.us.engine.dispose()
+    shutil.rmtree(world.us.data.path)
+    shutil.copytree(backup, world.us.data.path)
+    us = world.restart(US)
+    assert us.party.transcript.size < seen
+    before = cosigned_by(world.ru, US)
+    for _ in range(25):  # a minute of witness rounds, every two seconds or so
+        with pytest.raises(CheckpointRollback):
+            round_(us, world.ru)
+    assert cosigned_by(world.ru, US) == before
+    alarms = world.ru.alarms()
+    assert [(a["kind"], a["subject"], a["count"]) for a in alarms] == [("rollback", US, 25)]
+    assert len(evidence_rows(world.ru)) == 1
+    # US-EUCOM read RU-GS's requests: its own log is behind what RU-GS saw.
+    assert us.kernel.rollback == {RU: seen}
+    mine = [a for a in us.alarms() if a["kind"] == "rolled_back"]
+    assert [(a["subject"], a["severity"], a["count"]) for a in mine] == [(RU, "critical", 25)]
+    assert str(seen) in mine[0]["message"]
+
+
+# Equivocation from stored state ---------------------------------------------------------------
+
+
+def test_an_equivocation_is_found_from_the_stored_state_after_a_restart(world: World) -> None:
+    exchange(world, 1)
+    round_(world.us, world.ru)
+    # A fork of US-EUCOM (its keys, another history) receipts RU-GS's next message.
+    fork = Party(world.us.identity, clock=world.us.clock)
+    for card in world.us.party.peers.values():
+        fork.add_peer(card, card.fingerprint)
+    while fork.transcript.size < world.us.party.transcript.size + 1:
+        fork.send_text([RU], "another history", operator="o")
+    sent = world.ru.send([US], kind="text", body={"text": "hello"}, operator="o")
+    raw = raw_of(world.ru, sent["id"])
+    forked = fork.receive_envelope(raw).receipt
+    world.ru.receive_receipt(forked, peer=US)  # a checkpoint beyond the mirror: kept
+    world.us.receive_envelope(raw, tls_party=RU)
+    fork_size = read_receipt(forked, world.ru.party.card_of).checkpoint.size
+    ru = world.restart(RU)
+    exchange(world, 2)  # US-EUCOM's real log passes the fork's size
+    assert world.us.party.transcript.size > fork_size
+    for _ in range(2):
+        with pytest.raises(Equivocation, match=f"checkpoint {fork_size} is not a prefix"):
+            round_(world.us, ru)
+    assert [(a["kind"], a["count"]) for a in ru.alarms()] == [("equivocation", 2)]
+    (evidence,) = evidence_rows(ru)
+    assert verify_checkpoint(evidence["later"], world.us.identity.card).size == fork_size
+    # After another restart it is found again from the stored checkpoints and leaves.
+    ru = world.restart(RU)
+    with pytest.raises(Equivocation):
+        round_(world.us, ru)
+    assert len(evidence_rows(ru)) == 1
+
+
+# The mirror -----------------------------------------------------------------------------------
+
+
+def test_the_mirror_refuses_leaves_that_do_not_hash_to_the_checkpoint(world: World) -> None:
+    exchange(world, 1)
+    round_(world.us, world.ru)
+    held = world.ru.mirror(US, 0, 10_000)
+    exchange(world, 1)
+    offer = world.us.offer_checkpoint(world.ru.checkpoint_request(US), tls_party=RU)
+    with pytest.raises(CheckpointRejected, match="do not hash"):
+        world.ru.witness(US, offer, lambda start, limit: [os.urandom(32)] * limit)
+    assert world.ru.mirror(US, 0, 10_000) == held
+    assert [a["kind"] for a in world.ru.alarms()] == ["checkpoint_rejected"]
+    ru = world.restart(RU)
+    assert ru.mirror(US, 0, 10_000) == held
+    assert round_(world.us, ru) == world.us.party.transcript.size
+    assert ru.mirror(US, 0, 10_000) == world.us.log_leaves(0, 10_000)
+
+
+def test_an_idle_peer_offers_what_was_cosigned_and_nothing_is_fetched(world: World) -> None:
+    exchange(world, 1)
+    round_(world.us, world.ru)
+    offer = world.us.offer_checkpoint(world.ru.checkpoint_request(US), tls_party=RU)
+    plan = world.ru.plan_witness(US, offer)
+    assert not plan.fresh
+    assert plan.start == plan.checkpoint.size

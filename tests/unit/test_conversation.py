@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -172,22 +173,29 @@ def test_an_equivocating_checkpoint_is_refused_and_kept_as_evidence() -> None:
     assert fork.transcript.size == cosigned
     request = pair.b.checkpoint_request("US-EUCOM")
     with pytest.raises(Equivocation) as caught:
-        pair.b.witness(fork.offer_checkpoint(request))
+        pair.b.witness(fork.offer_checkpoint(request), leaves=fork.log_leaves)
     assert set(caught.value.evidence) == {"earlier", "later"}
     assert pair.b.evidence[-1].party == "US-EUCOM"
-    # A longer fork whose proof cannot link it to the cosigned checkpoint.
-    fork.send_text(["RU-GS"], "more", operator="o")
-    with pytest.raises(Equivocation, match="not an extension"):
-        pair.b.witness(fork.offer_checkpoint(request))
-    assert "proof" in pair.b.evidence[-1].evidence
     # A log that rolls back below what was cosigned.
     short = _fork(pair.a, clock)
     short.send_text(["RU-GS"], "x", operator="o")
     with pytest.raises(CheckpointRollback):
-        pair.b.witness(short.offer_checkpoint(request))
+        pair.b.witness(short.offer_checkpoint(request), leaves=short.log_leaves)
     # The honest log still extends consistently and is cosigned.
     pair.deliver(pair.a.send_text(["RU-GS"], "later", operator="o"), pair.a)
     assert pair.witness(pair.a) > cosigned
+    # A longer fork: its leaves cannot extend the mirror to its root.
+    for i in range(pair.a.transcript.size + 1 - fork.transcript.size):
+        fork.send_text(["RU-GS"], f"more {i}", operator="o")
+    with pytest.raises(CheckpointRejected, match="do not hash"):
+        pair.b.witness(fork.offer_checkpoint(request), leaves=fork.log_leaves)
+    # Its checkpoint, signed with US-EUCOM's key, is kept: once the honest log passes its
+    # size, the two contradict each other and nothing more is cosigned.
+    fork_size = fork.transcript.size
+    pair.deliver(pair.a.send_text(["RU-GS"], "and later", operator="o"), pair.a)
+    assert pair.a.transcript.size > fork_size
+    with pytest.raises(Equivocation, match=f"checkpoint {fork_size} is not a prefix"):
+        pair.witness(pair.a)
 
 
 def test_a_checkpoint_contradicting_one_seen_in_a_receipt_is_equivocation() -> None:
@@ -203,17 +211,54 @@ def test_a_checkpoint_contradicting_one_seen_in_a_receipt_is_equivocation() -> N
         pair.a.witness(fork.offer_checkpoint(pair.a.checkpoint_request("RU-GS")))
 
 
-def test_offer_without_the_required_consistency_proof_is_refused() -> None:
+def test_leaves_that_do_not_hash_to_the_checkpoint_are_refused() -> None:
     pair = PartyPair.create()
     pair.deliver(pair.a.send_text(["RU-GS"], "m", operator="o"), pair.a)
-    pair.witness(pair.a)
+    first = pair.witness(pair.a)
     pair.deliver(pair.a.send_text(["RU-GS"], "n", operator="o"), pair.a)
-    empty_request = (
-        b'{"from_sizes":[],"log":"US-EUCOM","type":"parley.checkpoint-request/v1",'
-        b'"witness":"RU-GS"}'
-    )
-    with pytest.raises(CheckpointRejected, match="without the consistency proof"):
-        pair.b.witness(pair.a.offer_checkpoint(empty_request))
+    offer = pair.a.offer_checkpoint(pair.b.checkpoint_request("US-EUCOM"))
+
+    def wrong(start: int, limit: int) -> list[bytes]:
+        return [bytes(32)] * limit
+
+    with pytest.raises(CheckpointRejected, match="do not hash"):
+        pair.b.witness(offer, leaves=wrong)
+    with pytest.raises(CheckpointRejected, match="served 0 leaf hashes"):
+        pair.b.witness(offer, leaves=lambda start, limit: [])
+    assert pair.b.mirror("US-EUCOM", 0, 100) == pair.a.log_leaves(0, first)
+    assert pair.b.witness(offer, leaves=pair.a.log_leaves)
+    assert pair.b.mirror("US-EUCOM", 0, 100) == pair.a.log_leaves(0, 100)
+
+
+def test_seen_tells_a_party_its_log_was_rolled_back() -> None:
+    clock = ManualClock()
+    pair = PartyPair.create(clock)
+    for i in range(3):
+        pair.deliver(pair.a.send_text(["RU-GS"], f"m{i}", operator="o"), pair.a)
+    pair.witness(pair.a)
+    request = pair.b.checkpoint_request("US-EUCOM")
+    witness, seen = pair.a.read_checkpoint_request(request)
+    assert witness == "RU-GS"
+    assert seen is not None
+    assert pair.a.check_seen("RU-GS", seen) is None
+    # The same keys with a shorter log (restored from an older copy): rolled back.
+    older = _fork(pair.a, clock)
+    found = older.check_seen("RU-GS", seen)
+    assert found is not None
+    assert (found.peer, found.own_size) == ("RU-GS", 0)
+    assert found.seen_size == pair.a.transcript.size
+    # A log of the same size with other entries: replaced.
+    for i in range(pair.a.transcript.size):
+        older.send_text(["RU-GS"], f"other {i}", operator="o")
+    replaced = older.check_seen("RU-GS", seen)
+    assert replaced is not None
+    assert "replaced" in replaced.reason
+    # A note that is not the party's own checkpoint is refused.
+    with pytest.raises(RemoteError):
+        pair.b.check_seen("US-EUCOM", seen)
+    # The offer carries the largest checkpoint of the witness's log its owner holds.
+    offer = json.loads(pair.a.offer_checkpoint(request))
+    assert offer["seen"] == pair.a.largest_seen("RU-GS").note  # type: ignore[union-attr]
 
 
 def test_human_acknowledgement_names_the_operator() -> None:
@@ -264,7 +309,7 @@ def test_unknown_peer_checkpoint_is_refused() -> None:
     with pytest.raises(UnknownSender):
         pair.b.witness(
             stranger.offer_checkpoint(
-                b'{"from_sizes":[],"log":"UA-GS","type":"parley.checkpoint-request/v1",'
+                b'{"log":"UA-GS","seen":null,"type":"parley.checkpoint-request/v2",'
                 b'"witness":"RU-GS"}'
             )
         )

@@ -79,6 +79,7 @@ from parley.core.identity import HPKE_SUITE, Identity, IdentityCard
 from parley.core.party import MessageReceived, Party, ReceiveResult, bilateral_channel
 from parley.core.receipts import RECEIPT_PAYLOAD_TYPE, read_receipt
 from parley.core.transcript import EntryType, entry_bytes
+from parley.core.witness import split_leaves
 from parley.errors import CheckpointRejected, MalformedInput, RemoteError
 from parley.service import tls
 from parley.service.peer_api import frame, split_frames
@@ -116,9 +117,13 @@ def clone(template: Party) -> Party:
     for witness, (_, note) in template.cosignatures.items():
         party.restore_cosignature(witness, note)
     for owner in template.peers:
-        seen = template.last_cosigned_of(owner)
-        if seen is not None:
-            party.restore_witnessed(owner, seen.note)
+        last = template.last_cosigned_of(owner)
+        party.restore_witness(
+            owner,
+            [c.note for c in template.observed_of(owner)],
+            template.mirror(owner, 0, 1 << 30),
+            last.note if last else None,
+        )
     party.checkpoint()
     return party
 
@@ -230,7 +235,7 @@ def test_the_valid_objects_are_accepted(world: World) -> None:
     assert ru.receive_receipt(world.fresh_receipt).receipt.envelope_id == world.ru_ids[-1]
     assert ru.receive_receipt(world.old_receipt).receipt.envelope_id == world.ru_ids[0]
     assert ru.accept_cosignature(world.cosigned).witness == US
-    assert ru.witness(world.offer)
+    assert ru.witness(world.offer, leaves=world.us.log_leaves)
     assert ru.offer_checkpoint(world.request)
     assert IdentityCard.from_bytes(world.us_identity.card.signed_bytes).party == US
     assert CardBundle.from_json(card_file(world)).card.party == US
@@ -256,13 +261,14 @@ def snapshot(world: World, party: Party) -> tuple[object, ...]:
     )
 
 
-def feed(world: World, call: Callable[[Party], object]) -> bool:
+def feed(world: World, call: Callable[[Party], object], *, observes: bool = False) -> bool:
     """Give RU-GS one hostile input; return whether it was accepted.
 
     Any exception but a ``RemoteError`` escapes (and fails the test). A
     rejection must leave RU-GS as it was; only a refused checkpoint may add
     evidence. After an acceptance (or new evidence) RU-GS is rebuilt, so the
-    next example starts from the same state.
+    next example starts from the same state. With ``observes`` the call may
+    keep a validly signed checkpoint it was offered, refused or not.
     """
     party = world.ru
     before = snapshot(world, party)
@@ -279,8 +285,10 @@ def feed(world: World, call: Callable[[Party], object]) -> bool:
         return True
     event(f"refused: {refusal.code}")  # --hypothesis-show-statistics shows how deep it got
     assert snapshot(world, party) == before, f"{refusal.code} left a trace in RU-GS's state"
-    if len(party.evidence) != evidence:
-        assert isinstance(refusal, CheckpointRejected), f"{refusal.code} added evidence"
+    if len(party.evidence) != evidence or observes:
+        # A refused checkpoint may leave evidence, and one validly signed is kept as observed.
+        if len(party.evidence) != evidence:
+            assert isinstance(refusal, CheckpointRejected), f"{refusal.code} added evidence"
         world.reset()
     else:
         assert party.checkpoint_request(US) == request_before
@@ -1129,26 +1137,30 @@ def test_checkpoint_requests(world: World, data: st.DataObject) -> None:
             st.binary(max_size=300),
             mutated_bytes(world.request),
             mutated_json(request, ALL_INTS).flatmap(encoded),
-            st.lists(ALL_INTS | st.booleans() | st.text(max_size=3), max_size=70).map(
-                lambda sizes: canonical_bytes({**request, "from_sizes": sizes})
-            ),
+            SEEN.map(lambda seen: canonical_bytes({**request, "seen": seen})),
         )
     )
     ru = world.ru
     before = snapshot(world, ru)
     offer = attempt("offer_checkpoint", lambda: ru.offer_checkpoint(raw))
+    read = attempt("read_checkpoint_request", lambda: ru.read_checkpoint_request(raw))
+    if read is not None:
+        attempt("check_seen", lambda: ru.check_seen(US, read[1]))
     assert snapshot(world, ru) == before  # an offer changes nothing, accepted or not
     if offer is not None:
         answer = parse_canonical(offer)
         verify_checkpoint(answer["checkpoint"], world.ru_card)
 
 
-PROOF_KEYS = (
-    st.from_regex(r"\A[0-9]{1,21}\Z")
-    | st.text(max_size=4)
-    | st.sampled_from(["", "-1", "1.0", " 1", "a", "\u00b2", "\u0661", "9" * 4301])
+SEEN = (
+    st.none()
+    | ALL_INTS
+    | st.text(max_size=40)
+    | st.binary(min_size=32, max_size=32).map(
+        lambda root: "parley.transcript/RU-GS\n7\n" + b64encode(root) + "\n"
+    )
 )
-"""Keys of an offer's proofs (log sizes, in decimal, as the witness asked for them)."""
+"""The ``seen`` field of requests and offers: a checkpoint note of the receiver's log, or null."""
 
 
 @DEEP
@@ -1169,22 +1181,26 @@ def test_checkpoint_offers(world: World, data: st.DataObject) -> None:
         elif choice == 2:
             offer["checkpoint"] = data.draw(mutated_lines(offer["checkpoint"]))
         elif choice == 3:
-            offer["proofs"] = data.draw(
-                st.dictionaries(
-                    PROOF_KEYS,
-                    st.lists(
-                        st.binary(min_size=31, max_size=33).map(b64encode)
-                        | st.sampled_from(["", "AA==", 7, None]),
-                        max_size=8,
-                    )
-                    | json_values(ALL_INTS),
-                    max_size=4,
-                )
-            )
+            offer["seen"] = data.draw(SEEN)
         if choice == 4 or data.draw(st.booleans()):
             offer = data.draw(mutated_json(offer, ALL_INTS))
         raw = data.draw(encoded(offer))
-    feed(world, lambda ru: ru.witness(raw))
+    feed(world, lambda ru: ru.witness(raw, leaves=world.us.log_leaves), observes=True)
+
+
+@FUZZ
+@given(st.data())
+def test_leaves_pages(world: World, data: st.DataObject) -> None:
+    """A hostile page of leaf hashes: refused, or (if it is the real one) cosigned."""
+    page = data.draw(
+        st.binary(max_size=200)
+        | st.lists(st.binary(min_size=32, max_size=32), max_size=40).map(b"".join)
+    )
+
+    def serve(start: int, limit: int) -> list[bytes]:
+        return split_leaves(page, limit)
+
+    feed(world, lambda ru: ru.witness(world.offer, leaves=serve), observes=True)
 
 
 # Identity cards ----------------------------------------------------------------------------------
@@ -1324,19 +1340,12 @@ def test_split_frames_round_trips_and_refuses_mutations(
 # Bugs this fuzzing found -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "size_text", ["\u00b2", "9" * 4301], ids=["superscript-two", "4301-digits"]
-)
-def test_an_offer_whose_proof_size_is_not_a_decimal_number_is_refused(
-    world: World, size_text: str
-) -> None:
-    """Found by this fuzzing: Party.witness took str.isdigit() for "a decimal number",
-    and int() then raised ValueError ("\u00b2" is a digit; 4301 digits exceed int())."""
+def test_an_offer_of_the_first_form_with_consistency_proofs_is_refused(world: World) -> None:
+    """Offers once carried consistency proofs; the witness's mirror replaced them."""
     offer = json.loads(world.offer)
-    offer["proofs"][size_text] = []
-    raw = canonical_bytes(offer)
+    offer["proofs"] = {"1": []}
     with pytest.raises(RemoteError):
-        world.ru.witness(raw)
+        world.ru.witness(canonical_bytes(offer), leaves=world.us.log_leaves)
     world.reset()
 
 

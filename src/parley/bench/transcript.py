@@ -47,6 +47,7 @@ from parley.core.encoding import parse_time
 from parley.core.identity import Identity, IdentityCard
 from parley.core.party import Party, ReceiveResult
 from parley.core.transcript import EntryType
+from parley.core.witness import OfferPlan
 from parley.merkle import leaf_hash
 
 __all__ = ["GeneratedTranscript", "generate_transcript"]
@@ -90,6 +91,7 @@ class _Role:
 
     def __init__(self, party: Party) -> None:
         self.party = party
+        self._plan: OfferPlan | None = None
         self.sent = 0
 
     def _take(self) -> tuple[int, list[bytes]]:
@@ -147,8 +149,17 @@ class _Role:
         assert latest is not None
         return offer, latest.size, latest.note
 
-    def witness(self, offer: bytes) -> tuple[bytes, int]:
-        cosigned = self.party.witness(offer)
+    def plan_witness(self, offer: bytes) -> tuple[int, int]:
+        """The leaves the mirror needs (start, end) for the offered checkpoint."""
+        self._plan, _ = self.party.plan_witness(offer)
+        return self._plan.start, self._plan.checkpoint.size
+
+    def log_leaves(self, start: int, limit: int) -> list[bytes]:
+        return self.party.log_leaves(start, limit)
+
+    def witness(self, leaves: list[bytes]) -> tuple[bytes, int]:
+        assert self._plan is not None
+        cosigned = self.party.cosign(self._plan, leaves)
         owner = SENDER[0] if self.party.party == RECEIVER[0] else RECEIVER[0]
         checkpoint = self.party.last_cosigned_of(owner)
         assert checkpoint is not None
@@ -164,6 +175,8 @@ _OPERATIONS = {
     "receive",
     "checkpoint_request",
     "offer_checkpoint",
+    "plan_witness",
+    "log_leaves",
     "witness",
     "accept_cosignature",
 }
@@ -530,12 +543,14 @@ def _witness_round(sender: _Remote, receiver: _Remote, writer: _Writer) -> None:
     request = receiver.call("checkpoint_request", SENDER[0])
     offer, size, note = sender.call("offer_checkpoint", request)
     writer.checkpoint(size, note)
-    cosigned, _ = receiver.call("witness", offer)
+    start, end = receiver.call("plan_witness", offer)
+    cosigned, _ = receiver.call("witness", sender.call("log_leaves", start, end - start))
     witness, cosigned_size, cosigned_note = sender.call("accept_cosignature", cosigned)
     writer.cosignature("of-us", witness, cosigned_size, cosigned_note)
     request = sender.call("checkpoint_request", RECEIVER[0])
     offer, _, _ = receiver.call("offer_checkpoint", request)
-    cosigned, peer_size = sender.call("witness", offer)
+    start, end = sender.call("plan_witness", offer)
+    cosigned, peer_size = sender.call("witness", receiver.call("log_leaves", start, end - start))
     writer.cosignature("by-us", RECEIVER[0], peer_size, cosigned.decode())
 
 

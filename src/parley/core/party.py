@@ -18,27 +18,30 @@ The rules it enforces, in one place:
   receipt's ``missing`` field;
 * receipts: accepted only for an envelope this party sent to that receiver,
   with a valid checkpoint and inclusion proof;
-* witnessing: a peer's checkpoint is cosigned only after a consistency proof
-  from the last one cosigned; a checkpoint that rolls back or contradicts
-  one seen earlier is refused, kept as evidence and reported.
+* witnessing (``parley.core.witness``): every checkpoint of a peer's log seen
+  is kept (``take_witness_changes`` hands the new ones to the caller to
+  store); a peer's checkpoint is cosigned only once the witness's mirror of
+  its leaf hashes has its root and every checkpoint observed agrees with the
+  mirror; an offer smaller than the largest observed is a rollback, two logs
+  signed by one key an equivocation: refused, kept as evidence and reported.
+  Requests and offers carry ``seen``, the largest checkpoint of the other
+  party's log the sender holds, which ``check_seen`` compares with this
+  party's own log.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from parley import merkle
 from parley.core.canonical import (
     JSONValue,
     canonical_bytes,
     parse_canonical,
     require_keys,
-    require_list,
     require_object,
     require_str,
 )
@@ -51,7 +54,7 @@ from parley.core.checkpoint import (
     verify_cosignature,
     witness_name,
 )
-from parley.core.encoding import Clock, b64decode, b64encode, check_party_id, uuid7
+from parley.core.encoding import Clock, check_party_id, uuid7
 from parley.core.envelope import (
     Content,
     Limits,
@@ -72,9 +75,9 @@ from parley.core.receipts import (
     verify_receipt_leaf,
 )
 from parley.core.transcript import EntryType, Transcript, split_entry
+from parley.core.witness import LogWitness, Observation, OfferPlan
 from parley.errors import (
     CheckpointRejected,
-    CheckpointRollback,
     Equivocation,
     InvalidReceipt,
     ParleyError,
@@ -101,13 +104,16 @@ __all__ = [
     "ReceiptAccepted",
     "ReceiveResult",
     "ResumeState",
+    "RollbackSeen",
     "bilateral_channel",
 ]
 
-_REQUEST_TYPE = "parley.checkpoint-request/v1"
-_OFFER_TYPE = "parley.checkpoint-offer/v1"
-_MAX_PROOF_SIZES = 64
-_PROOF_SIZE = re.compile(r"0|[1-9][0-9]{0,15}")  # a log size in ASCII decimal, below 2^53
+_REQUEST_TYPE = "parley.checkpoint-request/v2"
+_OFFER_TYPE = "parley.checkpoint-offer/v2"
+#: A request or an offer: a checkpoint note or two (about 4.7 kB each, ML-DSA-65).
+_MAX_WITNESS_MESSAGE = 16 * 1024
+#: The most leaf hashes a witness takes into its mirror in one round (128 MB).
+MAX_MIRROR_STEP = 1 << 22
 #: The most missing sequence numbers one receipt lists (as read_receipt allows).
 _MAX_MISSING = 1000
 
@@ -238,12 +244,15 @@ class _InboundStream:
         return tuple(found)
 
 
-@dataclass(slots=True)
-class _WitnessView:
-    """What this party knows of one peer's log."""
+@dataclass(frozen=True, slots=True)
+class RollbackSeen:
+    """A peer holds a checkpoint of this party's log that its log does not bear out."""
 
-    last_cosigned: Checkpoint | None = None
-    observed: dict[int, Checkpoint] = field(default_factory=dict)
+    peer: str
+    #: The size of the checkpoint the peer holds, and of this party's log.
+    seen_size: int
+    own_size: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +298,9 @@ class Party:
         self._next_seq: dict[str, int] = {}
         self._inbound: dict[tuple[str, str], _InboundStream] = {}
         self._receipted_through: dict[tuple[str, str], int] = {}
-        self._witness: dict[str, _WitnessView] = {}
+        self._witness: dict[str, LogWitness] = {}
+        #: Checkpoints of peers' logs seen for the first time, for the caller to store.
+        self._unsaved: list[Observation] = []
         self._latest: Checkpoint | None = None
         self.cosignatures: dict[str, tuple[Checkpoint, str]] = {}
         self.evidence: list[EquivocationDetected] = []
@@ -313,7 +324,7 @@ class Party:
         if pinned.party == self.party:
             raise UsageError("a terminal cannot pin its own card as a peer")
         self._peers[pinned.party] = pinned
-        self._witness.setdefault(pinned.party, _WitnessView())
+        self._witness.setdefault(pinned.party, LogWitness(pinned.party))
         return pinned
 
     def card_of(self, party: str) -> IdentityCard | None:
@@ -611,7 +622,6 @@ class Party:
 
     def receive_receipt(self, data: bytes) -> ReceiptAccepted:
         """Check a receipt against what this party sent and log it once."""
-        self._refuse_if_frozen()  # logging it would change a log waiting to be recovered
         receipt = read_receipt(data, self._lookup_peer)
         sent = self.ledger.sent(receipt.envelope_id)
         if sent is None or sent.digest != receipt.envelope_digest:
@@ -636,7 +646,7 @@ class Party:
                 f"{sent.channel}, but only 1..{highest} were sent"
             )
         verify_receipt_leaf(receipt, self.transcript.tree.leaf(sent.log_index))
-        self._observe(receipt.receiver, receipt.checkpoint)
+        self._observe(receipt.receiver, receipt.checkpoint, "receipt")
         # The first receipt from each receiver is logged; later ones (answers to
         # a duplicate, replays) are checked but not logged, so that a flood of
         # them cannot grow the transcript.
@@ -716,171 +726,206 @@ class Party:
         return self._latest
 
     def checkpoint_request(self, log_owner: str) -> bytes:
-        """Ask ``log_owner`` for a checkpoint with the proofs this witness needs."""
+        """Ask ``log_owner`` for its checkpoint, showing the largest one of its log held."""
         if log_owner not in self._peers:
             raise UnknownPeer(f"{log_owner} is not a pinned peer of {self.party}")
-        view = self._witness[log_owner]
-        # The last cosigned size always; then the most recent checkpoints seen in
-        # receipts, as many as one offer may carry. Older unverified ones are
-        # dropped after the round: the newest already prove the most.
-        sizes = sorted(s for s in view.observed if s > 0)[-(_MAX_PROOF_SIZES - 1) :]
-        if view.last_cosigned is not None and view.last_cosigned.size > 0:
-            sizes = sorted({view.last_cosigned.size, *sizes})
         return canonical_bytes(
             {
-                "from_sizes": sizes,
                 "log": log_owner,
+                "seen": self._seen_note(log_owner),
                 "type": _REQUEST_TYPE,
                 "witness": self.party,
             }
         )
 
-    def offer_checkpoint(self, request: bytes) -> bytes:
-        """Answer a witness's request with a fresh checkpoint and consistency proofs."""
+    def _seen_note(self, owner: str) -> str | None:
+        largest = self._witness[owner].largest() if owner in self._witness else None
+        return largest.note if largest is not None else None
+
+    def read_checkpoint_request(self, request: bytes) -> tuple[str, str | None]:
+        """The witness that asks, and the largest checkpoint of this party's log it holds."""
         obj = require_object(
-            parse_canonical(request, max_size=8192, what="checkpoint request"), "checkpoint request"
+            parse_canonical(request, max_size=_MAX_WITNESS_MESSAGE, what="checkpoint request"),
+            "checkpoint request",
         )
-        require_keys(obj, "checkpoint request", {"from_sizes", "log", "type", "witness"})
+        require_keys(obj, "checkpoint request", {"log", "seen", "type", "witness"})
         if obj["type"] != _REQUEST_TYPE or obj["log"] != self.party:
             raise SchemaViolation(f"not a checkpoint request for the log of {self.party}")
+        witness = require_str(obj, "witness", "checkpoint request", max_len=63)
+        seen = obj["seen"]
+        if seen is not None and not isinstance(seen, str):
+            raise SchemaViolation("the seen field of a checkpoint request is a note or null")
+        return witness, seen
+
+    def offer_checkpoint(self, request: bytes) -> bytes:
+        """Answer a witness's request with a fresh checkpoint (its leaves are fetched apart).
+
+        The offer shows the largest checkpoint of the witness's own log this
+        party holds (``seen``), so that a witness whose log was rolled back
+        learns it.
+        """
+        witness, _ = self.read_checkpoint_request(request)
         self._refuse_if_frozen()
-        sizes = require_list(obj, "from_sizes", "checkpoint request")
-        if len(sizes) > _MAX_PROOF_SIZES or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
-        ):
-            raise SchemaViolation("from_sizes must list up to 64 positive log sizes")
         checkpoint = self.checkpoint()
-        proofs = {
-            str(s): [
-                b64encode(h) for h in self.transcript.tree.consistency_proof(s, checkpoint.size)
-            ]
-            for s in sizes
-            if isinstance(s, int) and s <= checkpoint.size
-        }
         return canonical_bytes(
-            {"checkpoint": checkpoint.note, "proofs": proofs, "type": _OFFER_TYPE}
+            {
+                "checkpoint": checkpoint.note,
+                "seen": self._seen_note(witness) if witness in self._peers else None,
+                "type": _OFFER_TYPE,
+            }
         )
 
-    def witness(self, offer: bytes) -> bytes:
-        """Verify a peer's checkpoint offer and return the note cosigned by this party."""
+    def log_leaves(self, start: int, limit: int) -> list[bytes]:
+        """Leaf hashes ``start`` .. ``start + limit`` of this party's log (fewer at its end)."""
+        tree = self.transcript.tree
+        return [tree.leaf(i) for i in range(max(0, start), min(tree.size, start + max(0, limit)))]
+
+    def check_seen(self, peer: str, note: str | None) -> RollbackSeen | None:
+        """Whether a checkpoint of this party's log that ``peer`` holds shows it rolled back.
+
+        The note must carry this party's own signatures (else the peer's
+        input is refused). A size beyond the log, or a root the tree does not
+        have at that size, means the log was rolled back or replaced.
+        """
+        if note is None:
+            return None
+        checkpoint = verify_checkpoint(note, self.identity.card)
+        size = self.transcript.size
+        if checkpoint.size > size:
+            return RollbackSeen(
+                peer,
+                checkpoint.size,
+                size,
+                f"{peer} holds checkpoint {checkpoint.size} of this terminal's log, which has "
+                f"only {size} entries: the log was rolled back",
+            )
+        if self.transcript.tree.root_at(checkpoint.size) != checkpoint.root:
+            return RollbackSeen(
+                peer,
+                checkpoint.size,
+                size,
+                f"{peer} holds checkpoint {checkpoint.size} of this terminal's log with another "
+                "root than the log has at that size: the log was replaced",
+            )
+        return None
+
+    def plan_witness(self, offer: bytes) -> tuple[OfferPlan, str | None]:
+        """Read a peer's checkpoint offer and judge it before any leaf is fetched.
+
+        Returns the plan (the mirror's leaves needed) and the offer's
+        ``seen`` note (a checkpoint of this party's log, for ``check_seen``).
+        A rollback or an equivocation raises, with its evidence kept.
+        """
         obj = require_object(
-            parse_canonical(offer, max_size=256 * 1024, what="checkpoint offer"), "checkpoint offer"
+            parse_canonical(offer, max_size=_MAX_WITNESS_MESSAGE, what="checkpoint offer"),
+            "checkpoint offer",
         )
-        require_keys(obj, "checkpoint offer", {"checkpoint", "proofs", "type"})
+        require_keys(obj, "checkpoint offer", {"checkpoint", "seen", "type"})
         if obj["type"] != _OFFER_TYPE:
             raise SchemaViolation("not a checkpoint offer")
         note = require_str(obj, "checkpoint", "checkpoint offer", max_len=65536)
+        seen = obj["seen"]
+        if seen is not None and not isinstance(seen, str):
+            raise SchemaViolation("the seen field of a checkpoint offer is a note or null")
         body, _ = parse_note(note)
         owner = body.split("\n", 1)[0].removeprefix("parley.transcript/")
         card = self._peers.get(owner)
         if card is None:
             raise UnknownSender(f"checkpoint offered for {owner[:64]}, which is not a pinned peer")
         checkpoint = verify_checkpoint(note, card)
-        raw_proofs = require_object(obj["proofs"], "checkpoint offer proofs")
-        proofs: dict[int, list[bytes]] = {}
-        for size_text, hashes in raw_proofs.items():
-            if (
-                not _PROOF_SIZE.fullmatch(size_text)
-                or not isinstance(hashes, list)
-                or len(hashes) > 64
-            ):
-                raise SchemaViolation("checkpoint offer proofs are malformed")
-            proofs[int(size_text)] = [b64decode(h, "consistency proof hash") for h in hashes]
         view = self._witness[owner]
-        last = view.last_cosigned
-        if last is not None:
-            if checkpoint.size < last.size:
-                self._raise_equivocation(
-                    owner,
-                    CheckpointRollback,
-                    f"{owner} offered checkpoint {checkpoint.size}, smaller than checkpoint "
-                    f"{last.size} already cosigned: its log would have rolled back",
-                    last,
-                    checkpoint,
-                )
-            self._check_consistent(owner, last, checkpoint, proofs, required=True)
-        self._observe(owner, checkpoint)
-        for size, seen in sorted(view.observed.items()):
-            if size < checkpoint.size:
-                self._check_consistent(owner, seen, checkpoint, proofs, required=False)
-        cosigned = note + cosign_checkpoint(self.identity, checkpoint, self.clock())
-        view.last_cosigned = checkpoint
-        view.observed = {s: c for s, c in view.observed.items() if s > checkpoint.size}
+        known = checkpoint.size in view.observed
+        try:
+            plan = view.plan_offer(checkpoint)
+        except Equivocation as exc:
+            self._keep_evidence(owner, exc)
+            raise
+        if not known:
+            self._unsaved.append(Observation(owner, plan.checkpoint, "offer"))
+        if plan.checkpoint.size - plan.start > MAX_MIRROR_STEP:
+            raise CheckpointRejected(
+                f"{owner} offered checkpoint {plan.checkpoint.size}, more than "
+                f"{MAX_MIRROR_STEP:,} entries beyond the {plan.start} this terminal witnessed"
+            )
+        return plan, seen
+
+    def cosign(self, plan: OfferPlan, leaves: Sequence[bytes]) -> bytes:
+        """Take the owner's leaves into the mirror and cosign the planned checkpoint.
+
+        Cosigns only if the mirror then ends at the checkpoint's root and
+        every checkpoint of the log observed is consistent with it
+        (docs/recovery.md §1, rules 2 to 4).
+        """
+        view = self._witness[plan.owner]
+        try:
+            view.extend(plan, leaves)
+            view.check_cosignable(plan)
+        except Equivocation as exc:
+            self._keep_evidence(plan.owner, exc)
+            raise
+        checkpoint = plan.checkpoint
+        cosigned = checkpoint.note + cosign_checkpoint(self.identity, checkpoint, self.clock())
+        view.cosigned(checkpoint)
         return cosigned.encode()
 
-    def _check_consistent(
-        self,
-        owner: str,
-        old: Checkpoint,
-        new: Checkpoint,
-        proofs: dict[int, list[bytes]],
-        *,
-        required: bool,
-    ) -> None:
-        if old.size == new.size:
-            if old.root != new.root:
-                self._raise_equivocation(
-                    owner,
-                    Equivocation,
-                    f"{owner} signed two different logs of size {new.size}",
-                    old,
-                    new,
-                )
-            return
-        if old.size == 0:
-            return  # the empty log is a prefix of every log (RFC 9162 has no proof for it)
-        proof = proofs.get(old.size)
-        if proof is None:
-            if required:
-                raise CheckpointRejected(
-                    f"{owner} offered checkpoint {new.size} without the consistency proof "
-                    f"from checkpoint {old.size}, which this witness cosigned"
-                )
-            return
+    def witness(
+        self, offer: bytes, leaves: Callable[[int, int], Sequence[bytes]] | None = None
+    ) -> bytes:
+        """Plan, fetch the leaves from ``leaves(start, limit)`` and cosign, in one call.
+
+        For parties wired together in memory; a terminal fetches the leaves
+        over the network between ``plan_witness`` and ``cosign``.
+        """
+        plan, _ = self.plan_witness(offer)
+        needed = plan.checkpoint.size - plan.start
+        got: list[bytes] = []
+        if needed and leaves is not None:
+            got = list(leaves(plan.start, needed))[:needed]
+        return self.cosign(plan, got)
+
+    def _observe(self, owner: str, checkpoint: Checkpoint, source: str) -> None:
+        """Note a checkpoint seen in a receipt; catch a contradiction at once."""
+        view = self._witness.setdefault(owner, LogWitness(owner))
         try:
-            merkle.verify_consistency(old.size, new.size, old.root, new.root, proof)
-        except VerificationError as exc:
-            self._raise_equivocation(
-                owner,
-                Equivocation,
-                f"{owner}'s checkpoint {new.size} is not an extension of its checkpoint "
-                f"{old.size}: {exc}",
-                old,
-                new,
-                proof=proof,
-            )
+            new = view.observe(checkpoint)
+        except Equivocation as exc:
+            self._keep_evidence(owner, exc)
+            raise
+        if new:
+            self._unsaved.append(Observation(owner, view.observed[checkpoint.size], source))
 
-    def _observe(self, owner: str, checkpoint: Checkpoint) -> None:
-        """Note a checkpoint seen in a receipt; catch same-size contradictions at once."""
-        view = self._witness.setdefault(owner, _WitnessView())
-        for seen in (view.last_cosigned, view.observed.get(checkpoint.size)):
-            if seen is not None and seen.size == checkpoint.size and seen.root != checkpoint.root:
-                self._raise_equivocation(
-                    owner,
-                    Equivocation,
-                    f"{owner} signed two different logs of size {checkpoint.size}",
-                    seen,
-                    checkpoint,
-                )
-        if view.last_cosigned is None or checkpoint.size != view.last_cosigned.size:
-            view.observed.setdefault(checkpoint.size, checkpoint)
+    def _keep_evidence(self, owner: str, exc: Equivocation) -> None:
+        self.evidence.append(EquivocationDetected(owner, str(exc), dict(exc.evidence)))
 
-    def _raise_equivocation(
-        self,
-        owner: str,
-        error: type[CheckpointRejected],
-        message: str,
-        old: Checkpoint,
-        new: Checkpoint,
-        proof: Sequence[bytes] = (),
-    ) -> None:
-        evidence = {"earlier": old.note, "later": new.note}
-        if proof:
-            evidence["proof"] = " ".join(b64encode(h) for h in proof)
-        self.evidence.append(EquivocationDetected(owner, message, evidence))
-        if issubclass(error, Equivocation):
-            raise error(message, evidence=evidence)
-        raise error(message)
+    def take_witness_changes(self) -> tuple[list[Observation], dict[str, tuple[int, list[bytes]]]]:
+        """What to store of the witness state: new observations; new mirror leaves per owner.
+
+        The caller stores them in the transaction it commits next (a failed
+        commit rebuilds the state from the store).
+        """
+        observations, self._unsaved = self._unsaved, []
+        leaves: dict[str, tuple[int, list[bytes]]] = {}
+        for owner, view in self._witness.items():
+            if view.mirror.size > view.mirror_saved:
+                start = view.mirror_saved
+                leaves[owner] = (start, view.leaves(start, view.mirror.size - start))
+                view.mirror_saved = view.mirror.size
+        return observations, leaves
+
+    def mirror(self, owner: str, start: int, limit: int) -> list[bytes]:
+        """Leaf hashes of ``owner``'s log from the witness mirror."""
+        view = self._witness.get(owner)
+        return view.leaves(start, limit) if view else []
+
+    def observed_of(self, owner: str) -> list[Checkpoint]:
+        """Every checkpoint of ``owner``'s log held, smallest first."""
+        view = self._witness.get(owner)
+        return [view.observed[s] for s in sorted(view.observed)] if view else []
+
+    def largest_seen(self, owner: str) -> Checkpoint | None:
+        """The largest checkpoint of ``owner``'s log held (observed or cosigned)."""
+        view = self._witness.get(owner)
+        return view.largest() if view else None
 
     def accept_cosignature(self, data: bytes) -> CosignatureAccepted:
         """Verify and keep a peer's cosignature on one of our checkpoints."""
@@ -1047,10 +1092,34 @@ class Party:
 
     def restore_witnessed(self, owner: str, cosigned_note: str) -> None:
         """Remember the last checkpoint of ``owner`` this party cosigned."""
+        self.restore_witness(owner, [], [], cosigned_note)
+
+    def restore_witness(
+        self,
+        owner: str,
+        observed_notes: Iterable[str],
+        leaves: Iterable[bytes],
+        cosigned_note: str | None,
+    ) -> None:
+        """Take up the stored witness state of ``owner``'s log.
+
+        Every note is verified under the owner's pinned card (one that does
+        not verify is left out); the mirror is kept as far as a checkpoint
+        bears it out, and contradictions are found again.
+        """
         card = self._peers.get(owner)
         if card is None:
             raise UnknownPeer(f"{owner} is not a pinned peer of {self.party}")
-        self._witness[owner].last_cosigned = verify_checkpoint(cosigned_note, card)
+        observed: list[Checkpoint] = []
+        for note in observed_notes:
+            try:
+                observed.append(verify_checkpoint(note, card))
+            except ParleyError:
+                continue
+        cosigned = verify_checkpoint(cosigned_note, card) if cosigned_note else None
+        view = LogWitness(owner)
+        view.restore(observed, leaves, cosigned)
+        self._witness[owner] = view
 
     def restore_cosignature(self, witness: str, cosigned_note: str) -> None:
         """Remember ``witness``'s cosignature on one of this party's checkpoints."""

@@ -35,9 +35,16 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 
 from parley.core.encoding import b64decode
-from parley.errors import InvalidReceipt, ParleyError, RemoteError, VerificationError
+from parley.core.witness import split_leaves
+from parley.errors import (
+    CheckpointRejected,
+    InvalidReceipt,
+    ParleyError,
+    RemoteError,
+    VerificationError,
+)
 from parley.service import tls
-from parley.service.peer_api import FRAMES, frame
+from parley.service.peer_api import FRAMES, MAX_LEAVES_PAGE, frame
 from parley.service.recovering import LogGuard
 from parley.service.recovery import RecoveryReport
 from parley.service.terminal import Terminal
@@ -117,6 +124,8 @@ class DeliveryWorker:
         self._inflight: set[str] = set()
         self._witness_due: set[str] = set()
         self._witnessed_activity: dict[str, int] = {}
+        #: A cosignature made but not yet handed to its log owner (sent next round).
+        self._unsent_cosignature: dict[str, bytes] = {}
         #: peer -> link -> whether the last request over it got an answer.
         self._link_ok: dict[str, dict[str, bool]] = {}
         self._last_probe: dict[str, float] = {}
@@ -591,7 +600,13 @@ class DeliveryWorker:
                 log.info("catch_up_failed", peer=peer, channel=channel, error=str(exc)[:200])
 
     async def _witness(self, peer: str) -> None:
-        """Cosign the peer's latest checkpoint, and have it cosign ours."""
+        """Cosign the peer's latest checkpoint, and have it cosign ours.
+
+        One request when the peer's log has not grown (its offer is the
+        checkpoint last cosigned); otherwise the leaves the mirror lacks are
+        fetched in pages, checked against the offered root, and the
+        cosignature goes back to the log owner.
+        """
         now = time.monotonic()
         if now - self._last_witness.get(peer, 0) < WITNESS_EVERY:
             return  # still due: the loop comes back within WITNESS_EVERY
@@ -601,14 +616,39 @@ class DeliveryWorker:
         try:
             request = await run_in_threadpool(self.terminal.checkpoint_request, peer)
             offer = await self._any_link(peer, "POST", "/v1/checkpoint-offers", content=request)
-            cosigned = await run_in_threadpool(self.terminal.witness, peer, offer)
-            # Our cosignature travels back to the log owner.
-            await self._any_link(
-                peer, "POST", "/v1/cosignatures", content=cosigned, content_type="text/plain"
-            )
+            plan = await run_in_threadpool(self.terminal.plan_witness, peer, offer)
+            cosigned = self._unsent_cosignature.pop(peer, None)
+            if plan.fresh:
+                leaves = await self._mirror_leaves(peer, plan.start, plan.checkpoint.size)
+                cosigned = await run_in_threadpool(self.terminal.cosign, peer, plan, leaves)
+            if cosigned is not None:
+                self._unsent_cosignature[peer] = cosigned
+                # Our cosignature travels back to the log owner.
+                await self._any_link(
+                    peer, "POST", "/v1/cosignatures", content=cosigned, content_type="text/plain"
+                )
+                self._unsent_cosignature.pop(peer, None)
         except (LinkFailed, ParleyError) as exc:
             self._witness_due.add(peer)
             log.info("witness_round_failed", peer=peer, error=str(exc)[:300])
+
+    async def _mirror_leaves(self, peer: str, start: int, end: int) -> list[bytes]:
+        """The peer's leaf hashes ``start`` .. ``end`` from its ``GET /v1/log/leaves``, paged."""
+        leaves: list[bytes] = []
+        while start + len(leaves) < end:
+            at = start + len(leaves)
+            limit = min(MAX_LEAVES_PAGE, end - at)
+            data = await self._any_link(
+                peer, "GET", "/v1/log/leaves", params={"start": at, "limit": limit}
+            )
+            page = split_leaves(data, limit)
+            if not page:
+                raise CheckpointRejected(
+                    f"{peer} has no leaf hash {at} for its checkpoint {end}: its log does not "
+                    "hold what it signed"
+                )
+            leaves.extend(page)
+        return leaves
 
     # Schedules ------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, insert, select
 
 from parley.config import Config, DataDir
 from parley.core.envelope import Limits
@@ -31,7 +31,7 @@ from parley.errors import VerificationError
 from parley.forms import default_registry
 from parley.service import tls
 from parley.service.ledger import StoreLedger
-from parley.service.resume import resume_state
+from parley.service.resume import resume_state, witness_state
 from parley.store import models as m
 from parley.store.db import reading
 
@@ -103,6 +103,9 @@ class Kernel:
         self.on_outbox: Callable[[], None] = lambda: None
         #: Called with each alarm raised (the server runs the alarm command).
         self.on_alarm: Callable[[dict[str, Any]], None] = lambda alarm: None
+        #: Peers that hold a checkpoint of this terminal's log beyond (or other than)
+        #: its log: peer -> the size it holds (``note_rollback``).
+        self.rollback: dict[str, int] = {}
         #: Work joined to this thread's next transaction (``joined``).
         self._joined = threading.local()
         self._stored_channels: set[str] = set()
@@ -139,22 +142,74 @@ class Kernel:
             ).all()
         # Outside the connection: the leaves are read in batches of their own.
         party.resume(state)
-        done: set[tuple[str, str]] = set()
+        witnessed: dict[str, str] = {}
+        done: set[str] = set()
         for row in cosignatures:
-            key = (row.direction, row.party)
-            if key in done or row.party not in party.peers:
+            if row.party not in party.peers:
                 continue
-            done.add(key)
             if row.direction == "of-us":
-                party.restore_cosignature(row.party, row.note)
+                if row.party not in done:
+                    done.add(row.party)
+                    party.restore_cosignature(row.party, row.note)
             else:
-                party.restore_witnessed(row.party, row.note)
+                witnessed.setdefault(row.party, row.note)
+        for peer in party.peers:
+            observed, leaves = witness_state(self.engine, peer)
+            party.restore_witness(peer, observed, leaves, witnessed.get(peer))
         party.frozen = self._stored_frozen()
         self.party = party
         self.ledger = ledger
         self.peer_certificates = certs
         self._stored_channels = set()
         self._logged_through = party.transcript.size
+
+    def note_rollback(self, peer: str, seen_size: int) -> None:
+        """``peer`` holds checkpoint ``seen_size`` of this log, which the log does not bear out."""
+        self.rollback[peer] = max(seen_size, self.rollback.get(peer, 0))
+
+    def store_witness_changes(self, conn: Connection) -> None:
+        """Store the checkpoints of peers' logs first seen, and the new mirror leaves.
+
+        Called in the transaction of what they came with (a receipt, an
+        offer, a cosignature): a checkpoint is on disk before it is relied on.
+        """
+        observations, leaves = self.party.take_witness_changes()
+        now = self.clock()
+        for seen in observations:
+            held = conn.execute(
+                select(m.observed_checkpoints.c.size).where(
+                    and_(
+                        m.observed_checkpoints.c.party == seen.owner,
+                        m.observed_checkpoints.c.size == seen.checkpoint.size,
+                    )
+                )
+            ).first()
+            if held is None:
+                conn.execute(
+                    insert(m.observed_checkpoints).values(
+                        party=seen.owner,
+                        size=seen.checkpoint.size,
+                        root=seen.checkpoint.root,
+                        note=seen.checkpoint.note,
+                        source=seen.source,
+                        seen_at=now,
+                        verified=False,
+                    )
+                )
+        for owner, (start, hashes) in leaves.items():
+            if hashes:
+                conn.execute(
+                    delete(m.witnessed_leaves).where(
+                        and_(m.witnessed_leaves.c.party == owner, m.witnessed_leaves.c.idx >= start)
+                    )
+                )
+                conn.execute(
+                    insert(m.witnessed_leaves),
+                    [
+                        {"party": owner, "idx": start + i, "leaf": leaf}
+                        for i, leaf in enumerate(hashes)
+                    ],
+                )
 
     # Frozen: a log behind what its peers saw signs nothing new --------------------
 
@@ -198,7 +253,6 @@ class Kernel:
                 delete(m.settings).where(m.settings.c.key.in_(("frozen", "recovery_required")))
             )
             self.party.frozen = None
-        self.on_outbox()  # what waited in the outbox goes now
 
     def load_entry(self, index: int) -> bytes:
         with reading(self.engine) as conn:
@@ -272,6 +326,7 @@ class Kernel:
         if rows:
             conn.execute(insert(m.log_entries), rows)
         self._logged_through = transcript.size
+        self.store_witness_changes(conn)
         latest = self.party.latest_checkpoint
         if latest is not None and latest.size > 0:
             exists = conn.execute(

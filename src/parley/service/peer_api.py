@@ -33,7 +33,16 @@ from parley.errors import (
 )
 from parley.service.terminal import Terminal
 
-__all__ = ["FRAMES", "STATUS_FOR", "create_peer_app", "error_response", "frame", "split_frames"]
+__all__ = [
+    "FRAMES",
+    "LEAVES",
+    "MAX_LEAVES_PAGE",
+    "STATUS_FOR",
+    "create_peer_app",
+    "error_response",
+    "frame",
+    "split_frames",
+]
 
 API_VERSION = "v1"
 JSON = "application/json"
@@ -72,6 +81,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 FRAMES = "application/x-parley-frames"
+#: Leaf hashes of a log: fixed 32-byte frames, back to back.
+LEAVES = "application/x-parley-leaves"
+#: Leaf hashes in one page of ``GET /v1/log/leaves`` at most (256 KiB).
+MAX_LEAVES_PAGE = 8192
+#: A checkpoint request: a checkpoint note (``seen``) and a few fields.
+MAX_WITNESS_REQUEST = 16 * 1024
 MAX_BATCH_ENVELOPES = 256
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 
@@ -271,11 +286,39 @@ def create_peer_app(
     )
     async def checkpoint_offer(request: Request) -> Response:
         async def work(party: str | None) -> Response:
-            raw = await read_body(request, 8192)
-            offer = await run_in_threadpool(terminal.offer_checkpoint, raw)
+            raw = await read_body(request, MAX_WITNESS_REQUEST)
+            if party is None:
+                raise UnknownSender("a checkpoint request needs the caller's pinned certificate")
+            offer = await run_in_threadpool(terminal.offer_checkpoint, raw, tls_party=party)
             return Response(offer, media_type=JSON)
 
         return await guarded(request, "checkpoint-offers", work)
+
+    @app.get(
+        f"/{API_VERSION}/log/leaves",
+        summary="Leaf hashes of this terminal's log from start, for a witness's mirror",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "up to limit leaf hashes, 32 bytes each, back to back "
+                "(fewer at the end of the log, none beyond it)",
+                "content": {LEAVES: {}},
+            },
+            **ERRORS,
+        },
+    )
+    async def log_leaves(
+        request: Request,
+        start: Annotated[int, Query(ge=0, le=2**53)],
+        limit: Annotated[int, Query(ge=1, le=MAX_LEAVES_PAGE)] = MAX_LEAVES_PAGE,
+    ) -> Response:
+        async def work(party: str | None) -> Response:
+            if party is None:
+                raise UnknownSender("the log's leaves need the caller's pinned certificate")
+            leaves = await run_in_threadpool(terminal.log_leaves, start, limit)
+            return Response(b"".join(leaves), media_type=LEAVES)
+
+        return await guarded(request, "log/leaves", work)
 
     @app.post(
         f"/{API_VERSION}/cosignatures",

@@ -13,8 +13,9 @@ from sqlalchemy import Connection, Engine, and_, func, select
 from parley.core.party import ResumeState
 from parley.service.reads import checked_leaves
 from parley.store import models as m
+from parley.store.db import reading
 
-__all__ = ["resume_state"]
+__all__ = ["resume_state", "witness_state"]
 
 
 def resume_state(conn: Connection, engine: Engine, me: str) -> ResumeState:
@@ -79,3 +80,25 @@ def resume_state(conn: Connection, engine: Engine, me: str) -> ResumeState:
         inbound=inbound,
         receipted_through=receipted,
     )
+
+
+def witness_state(engine: Engine, peer: str) -> tuple[list[str], list[bytes]]:
+    """What this terminal stored of ``peer``'s log: the checkpoints observed, the mirror."""
+    with reading(engine) as conn:
+        notes = list(
+            conn.execute(
+                select(m.observed_checkpoints.c.note)
+                .where(m.observed_checkpoints.c.party == peer)
+                .order_by(m.observed_checkpoints.c.size)
+            ).scalars()
+        )
+        leaves: list[bytes] = []
+        for row in conn.execute(
+            select(m.witnessed_leaves.c.idx, m.witnessed_leaves.c.leaf)
+            .where(m.witnessed_leaves.c.party == peer)
+            .order_by(m.witnessed_leaves.c.idx)
+        ):
+            if row.idx != len(leaves):
+                break  # the mirror is contiguous: what follows a gap is not used
+            leaves.append(bytes(row.leaf))
+    return notes, leaves

@@ -42,6 +42,7 @@ from parley.core.envelope import Limits
 from parley.core.forms import FormRegistry
 from parley.core.identity import Identity, IdentityCard
 from parley.core.party import Party
+from parley.core.witness import OfferPlan
 from parley.errors import ParleyError, RemoteError
 from parley.keyfile import load_identity
 from parley.service.alarms import Alarms
@@ -261,14 +262,34 @@ class Terminal(Records):
 
     # Checkpoints and witnessing (service.witness) ----------------------------
 
-    def offer_checkpoint(self, request: bytes) -> bytes:
-        return self._witnessing.offer_checkpoint(request)
+    def offer_checkpoint(self, request: bytes, *, tls_party: str | None = None) -> bytes:
+        return self._witnessing.offer_checkpoint(request, tls_party=tls_party)
 
     def checkpoint_request(self, owner: str) -> bytes:
         return self._witnessing.checkpoint_request(owner)
 
-    def witness(self, owner: str, offer: bytes) -> bytes:
-        return self._witnessing.witness(owner, offer)
+    def log_leaves(self, start: int, limit: int) -> list[bytes]:
+        return self._witnessing.log_leaves(start, limit)
+
+    def plan_witness(self, owner: str, offer: bytes) -> OfferPlan:
+        return self._witnessing.plan(owner, offer)
+
+    def cosign(self, owner: str, plan: OfferPlan, leaves: Sequence[bytes]) -> bytes:
+        return self._witnessing.cosign(owner, plan, leaves)
+
+    def witness(
+        self,
+        owner: str,
+        offer: bytes,
+        leaves: Callable[[int, int], Sequence[bytes]] | None = None,
+    ) -> bytes:
+        return self._witnessing.witness(owner, offer, leaves)
+
+    def mirror(self, owner: str, start: int, limit: int) -> list[bytes]:
+        return self._witnessing.mirror(owner, start, limit)
+
+    def largest_seen(self, owner: str) -> str | None:
+        return self._witnessing.largest_seen(owner)
 
     def accept_cosignature(self, note: bytes, *, tls_party: str | None = None) -> dict[str, Any]:
         return self._witnessing.accept_cosignature(note, tls_party=tls_party)

@@ -1,11 +1,23 @@
-"""Checkpoints and witnessing: offering this terminal's checkpoint, cosigning a peer's."""
+"""Checkpoints and witnessing: offering this terminal's checkpoint, cosigning a peer's.
+
+A witness round (docs/recovery.md §1): ``plan`` reads a peer's offer (stored
+as observed before anything relies on it; a rollback or an equivocation is
+evidence and one alarm per incident), the delivery worker fetches the
+leaves the mirror lacks from the peer's ``GET /v1/log/leaves``, and
+``cosign`` takes them into the mirror and cosigns if every rule holds. The
+``seen`` field of requests and offers tells this terminal when a peer holds a
+checkpoint of its own log that its log does not bear out: a ``rolled_back``
+alarm and ``Kernel.note_rollback``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, and_, insert, update
 
+from parley.core.witness import OfferPlan
 from parley.errors import CheckpointRejected, Equivocation, SchemaViolation
 from parley.service.alarms import Alarms
 from parley.service.kernel import Kernel
@@ -21,8 +33,14 @@ class Witnessing:
         self.kernel = kernel
         self.alarms = alarms
 
-    def offer_checkpoint(self, request: bytes) -> bytes:
+    def offer_checkpoint(self, request: bytes, *, tls_party: str | None = None) -> bytes:
+        """Answer a witness's checkpoint request; learn from its ``seen`` if our log rolled back."""
         with self.kernel.lock:
+            witness, seen = self.kernel.party.read_checkpoint_request(request)
+            if tls_party is not None and witness != tls_party:
+                raise SchemaViolation(f"{tls_party} sent a checkpoint request as {witness[:63]}")
+            if witness in self.kernel.party.peers:
+                self._check_seen(witness, seen)
             start = self.kernel.party.transcript.size
             offer = self.kernel.party.offer_checkpoint(request)
             self.kernel.commit(lambda conn: self.kernel.log_new_entries(conn, start))
@@ -32,23 +50,55 @@ class Witnessing:
         with self.kernel.lock:
             return self.kernel.party.checkpoint_request(owner)
 
-    def witness(self, owner: str, offer: bytes) -> bytes:
-        """Cosign ``owner``'s offered checkpoint; keep the cosigned note."""
+    def log_leaves(self, start: int, limit: int) -> list[bytes]:
+        """Leaf hashes of this terminal's own log, for a witness's mirror."""
+        with self.kernel.lock:
+            return self.kernel.party.log_leaves(start, limit)
+
+    def plan(self, owner: str, offer: bytes) -> OfferPlan:
+        """Read ``owner``'s offer: stored as observed, judged, and its ``seen`` checked.
+
+        A rollback or an equivocation is kept as evidence and raised (one
+        alarm per incident); the plan says which leaves the mirror needs.
+        """
+        with self.kernel.lock:
+            party = self.kernel.party
+            try:
+                plan, seen = party.plan_witness(offer)
+                if plan.owner != owner:
+                    raise SchemaViolation(f"{owner} offered a checkpoint of {plan.owner}'s log")
+            except CheckpointRejected as exc:
+                self._store_changes()
+                self._refused(owner, exc)
+                raise
+            self._store_changes()
+            self._check_seen(owner, seen)
+            return plan
+
+    def cosign(self, owner: str, plan: OfferPlan, leaves: Sequence[bytes]) -> bytes:
+        """Extend the mirror with ``owner``'s leaves and cosign the planned checkpoint."""
         with self.kernel.lock:
             try:
-                cosigned = self.kernel.party.witness(offer)
-            except Equivocation as exc:
-                self.alarms.record_equivocation(exc, owner)
-                raise
+                cosigned = self.kernel.party.cosign(plan, leaves)
             except CheckpointRejected as exc:
-                self.alarms.raise_alarm(
-                    "checkpoint_rejected", "critical", owner, str(exc), once=True
-                )
+                self._store_changes()
+                self._refused(owner, exc)
                 raise
-            checkpoint = self.kernel.party.last_cosigned_of(owner)
-            assert checkpoint is not None
+            checkpoint = plan.checkpoint
             now = self.kernel.clock()
-            with self.kernel.engine.begin() as conn:
+
+            def work(conn: Connection) -> None:
+                self.kernel.store_witness_changes(conn)
+                conn.execute(
+                    update(m.observed_checkpoints)
+                    .where(
+                        and_(
+                            m.observed_checkpoints.c.party == owner,
+                            m.observed_checkpoints.c.size <= checkpoint.size,
+                        )
+                    )
+                    .values(verified=True)
+                )
                 conn.execute(
                     insert(m.cosignatures).values(
                         direction="by-us",
@@ -58,7 +108,56 @@ class Witnessing:
                         at=now,
                     )
                 )
+
+            self.kernel.commit(work)
             return cosigned
+
+    def witness(
+        self,
+        owner: str,
+        offer: bytes,
+        leaves: Callable[[int, int], Sequence[bytes]] | None = None,
+    ) -> bytes:
+        """Plan, take the leaves from ``leaves(start, limit)`` and cosign, in one call."""
+        plan = self.plan(owner, offer)
+        needed = plan.checkpoint.size - plan.start
+        got = list(leaves(plan.start, needed))[:needed] if needed and leaves else []
+        return self.cosign(owner, plan, got)
+
+    def mirror(self, owner: str, start: int, limit: int) -> list[bytes]:
+        """Leaf hashes of ``owner``'s log from this terminal's mirror (verified ones only)."""
+        with self.kernel.lock:
+            return self.kernel.party.mirror(owner, start, limit)
+
+    def largest_seen(self, owner: str) -> str | None:
+        """The largest checkpoint note of ``owner``'s log held (observed or cosigned)."""
+        with self.kernel.lock:
+            largest = self.kernel.party.largest_seen(owner)
+        return largest.note if largest is not None else None
+
+    def _store_changes(self) -> None:
+        self.kernel.commit(self.kernel.store_witness_changes)
+
+    def _refused(self, owner: str, exc: CheckpointRejected) -> None:
+        if isinstance(exc, Equivocation):
+            self.alarms.record_equivocation(exc, owner)
+        else:
+            self.alarms.raise_alarm("checkpoint_rejected", "critical", owner, str(exc), once=True)
+
+    def _check_seen(self, peer: str, seen: str | None) -> None:
+        """A peer's ``seen``: raise one ``rolled_back`` alarm per incident if our log is behind."""
+        found = self.kernel.party.check_seen(peer, seen)
+        if found is None:
+            return
+        self.alarms.raise_alarm(
+            "rolled_back",
+            "critical",
+            peer,
+            f"{found.reason} ({peer} holds size {found.seen_size}; this log has "
+            f"{found.own_size}): this terminal must be recovered (parley recover)",
+            once=True,
+        )
+        self.kernel.note_rollback(peer, found.seen_size)
 
     def accept_cosignature(self, note: bytes, *, tls_party: str | None = None) -> dict[str, Any]:
         with self.kernel.lock:

@@ -78,7 +78,7 @@ class PartyPair:
         """The other party witnesses ``owner``'s log; returns the cosigned size."""
         witness = self.peer_of(owner)
         request = witness.checkpoint_request(owner.party)
-        cosigned = witness.witness(owner.offer_checkpoint(request))
+        cosigned = witness.witness(owner.offer_checkpoint(request), leaves=owner.log_leaves)
         return owner.accept_cosignature(cosigned).size
 
     def witness_both(self) -> tuple[int, int]:
