@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv system-deps check fast test lint typecheck unit demo bench bench-core clean
+.PHONY: venv system-deps check fast test lint typecheck unit demo bench bench-core bench-idle clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench: $(STAMP)
 
 bench-core: $(STAMP)
 	$(PY) -m benchmarks.core_bench
+
+# Idle CPU per terminal in a full mesh of 4 and of 16 terminals (about 6 minutes).
+bench-idle: $(STAMP)
+	$(PY) -m benchmarks.idle_cpu --terminals 4 16 --json bench-idle.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

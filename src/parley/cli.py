@@ -524,11 +524,27 @@ def peer_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command()
-def serve() -> None:
-    """Run the terminal until stopped (SIGINT/SIGTERM finish in-flight work and exit 0)."""
+def serve(
+    standby: Annotated[
+        bool,
+        typer.Option(
+            help="PostgreSQL only: wait as a standby while another process serves this party "
+            "from the same database (on this machine or another), and take over within "
+            "seconds when it stops or dies. Without it, serve refuses to start while "
+            "another process serves the party."
+        ),
+    ] = False,
+) -> None:
+    """Run the terminal until stopped (SIGINT/SIGTERM finish in-flight work and exit 0).
+
+    On SQLite one process serves a data directory (DIR/serve.lock). On
+    PostgreSQL one process serves a party, by an advisory lock on the
+    database; a process that loses that lock's connection stops at once
+    with exit status 3. See "Standby" in the README.
+    """
     from parley.server import run
 
-    run(state.data.path, passphrase())
+    run(state.data.path, passphrase(), standby=standby)
 
 
 # Operating ------------------------------------------------------------------

@@ -12,6 +12,12 @@ SIGINT and SIGTERM stop accepting connections, let requests in flight
 finish, stop the worker (a message not yet receipted simply stays in the
 outbox) and exit 0. While it runs, ``DIR/serve.lock`` is held and
 ``DIR/serve.json`` names the addresses actually bound.
+
+On PostgreSQL the process also holds the party's advisory lock
+(``parley.service.lock.DatabaseLock``) and checks every second that its
+session lives; a process that loses it stops serving at once (exit status 3),
+since a standby may take over. ``parley serve --standby`` waits for that lock,
+then loads the terminal from the database and serves.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +43,24 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from parley.config import DataDir, console_hosts, parse_hostport, require_loopback_console
 from parley.console.api import create_console_app
 from parley.errors import UsageError
+from parley.keyfile import load_identity
 from parley.logs import configure_logging
 from parley.service import loopguard, tls
 from parley.service.delivery import DeliveryWorker
-from parley.service.lock import ServeLock
+from parley.service.lock import DatabaseLock, ServeLock, is_postgres
 from parley.service.peer_api import create_peer_app
 from parley.service.terminal import Terminal
 
-__all__ = ["ServeLock", "run", "serve"]
+__all__ = ["EXIT_LOCK_LOST", "ServeLock", "run", "serve"]
 
 log = structlog.get_logger("parley.server")
+
+#: Seconds between two checks that the database lock's session lives, and how
+#: long one check may take before the lock counts as lost.
+LOCK_CHECK_EVERY = 1.0
+LOCK_CHECK_TIMEOUT = 2.0
+#: The exit status of a ``parley serve`` that lost its database lock.
+EXIT_LOCK_LOST = 3
 
 
 class _QuietServer(uvicorn.Server):
@@ -129,8 +144,43 @@ def _run_alarm_command(command: list[str], alarm: dict[str, Any]) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-async def serve(terminal: Terminal, *, stop: asyncio.Event | None = None) -> None:
-    """Run the terminal until ``stop`` is set (or SIGINT/SIGTERM arrives)."""
+async def _watch_lock(lock: DatabaseLock, lost: Callable[[], None]) -> None:
+    """Check the lock's session every ``LOCK_CHECK_EVERY`` s; call ``lost`` once it is gone."""
+    while True:
+        await asyncio.sleep(LOCK_CHECK_EVERY)
+        try:
+            alive = await asyncio.wait_for(asyncio.to_thread(lock.check), LOCK_CHECK_TIMEOUT)
+        except TimeoutError:
+            alive = False
+        if not alive:
+            log.critical(
+                "database_lock_lost",
+                party=lock.party,
+                message="the session holding this terminal's lock on the database ended; "
+                "a standby may serve now: this process stops at once",
+            )
+            lost()
+            return
+
+
+def _exit_lock_lost() -> None:
+    # Not a clean stop: nothing more may be written by this process, since
+    # another one may already serve the party from the same database.
+    os._exit(EXIT_LOCK_LOST)
+
+
+async def serve(
+    terminal: Terminal,
+    *,
+    stop: asyncio.Event | None = None,
+    database_lock: DatabaseLock | None = None,
+    on_lock_lost: Callable[[], None] | None = None,
+) -> None:
+    """Run the terminal until ``stop`` is set (or SIGINT/SIGTERM arrives).
+
+    With ``database_lock``, its session is checked every second; once it is
+    gone ``on_lock_lost`` is called (by default: stop, as for a signal).
+    """
     data = terminal.data
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -213,8 +263,13 @@ async def serve(terminal: Terminal, *, stop: asyncio.Event | None = None) -> Non
     }
     (data.path / "serve.json").write_text(json.dumps(info) + "\n")
     log.info("terminal_started", **info)
+    watch = None
+    if database_lock is not None:
+        watch = asyncio.create_task(_watch_lock(database_lock, on_lock_lost or stop.set))
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([stopper, *servers], return_when=asyncio.FIRST_COMPLETED)
+    if watch is not None:
+        watch.cancel()
     log.info("terminal_stopping", party=terminal.me)
     peer_server.should_exit = True
     console_server.should_exit = True
@@ -230,16 +285,55 @@ async def serve(terminal: Terminal, *, stop: asyncio.Event | None = None) -> Non
     log.info("terminal_stopped", party=terminal.me)
 
 
-def run(path: Path, passphrase: str) -> None:
-    """Open the terminal in ``path`` and serve until a signal stops it."""
+def run(path: Path, passphrase: str, *, standby: bool = False) -> None:
+    """Open the terminal in ``path`` and serve until a signal stops it.
+
+    SQLite: ``DIR/serve.lock`` makes this the only process serving the
+    directory; a second one is refused. PostgreSQL: first the party's
+    advisory lock on the database, refused if another process holds it, or,
+    with ``standby``, waited for; then ``DIR/serve.lock`` (waited for: the
+    directory may be shared with the process this one replaces). The terminal
+    is loaded from the database only once both are held.
+    """
     data = DataDir(path)
     data.require()
+    config = data.load_config()
+    postgres = is_postgres(config.database)
+    if standby and not postgres:
+        raise UsageError(
+            "--standby needs a PostgreSQL database shared with the active terminal; "
+            f"{config.party} keeps its records in SQLite"
+        )
+    database_lock = None
+    configure_logging(data.log_file)
+    if postgres:
+        database_lock = DatabaseLock(config.database, config.party)
+        if standby:
+            load_identity(data.key_file, passphrase)  # a wrong passphrase fails now
+            log.info("standby_waiting", party=config.party, lock=database_lock.name)
+            began = time.monotonic()
+            database_lock.wait()
+            log.info(
+                "standby_taking_over",
+                party=config.party,
+                waited_s=round(time.monotonic() - began, 3),
+            )
+        elif not database_lock.try_acquire():
+            holder = database_lock.holder() or "another process"
+            database_lock.release()
+            raise UsageError(
+                f"{config.party} is already served from its database by {holder}; "
+                "`parley serve --standby` waits to take over from it"
+            )
     lock = ServeLock(data)
-    if not lock.acquire():
-        raise UsageError(f"a terminal is already running on {path} (serve.lock is held)")
     try:
-        configure_logging(data.log_file)
+        if database_lock is not None:
+            lock.wait()
+        elif not lock.acquire():
+            raise UsageError(f"a terminal is already running on {path} (serve.lock is held)")
         terminal = Terminal.open(path, passphrase)
-        asyncio.run(serve(terminal))
+        asyncio.run(serve(terminal, database_lock=database_lock, on_lock_lost=_exit_lock_lost))
     finally:
         lock.release()
+        if database_lock is not None:
+            database_lock.release()

@@ -902,3 +902,23 @@ def test_two_operators_acknowledging_at_once_send_one_ack(pair: Pair) -> None:
     acks = [x for x in pair.ru.messages("out", all_kinds=True) if x["kind"] == "ack"]
     assert len(acks) == 1, f"{len(acks)} acks sent; acknowledged_by {pair.ru.show(flash)}"
     assert sum(isinstance(o, UsageError) for o in outcomes.values()) == 1
+
+
+def test_a_frozen_terminal_says_so_on_every_page_and_refuses_to_send(pair: Pair) -> None:
+    """Its log is behind what its peers saw: the officer is told in plain words, in
+    their language, and a send is refused with the reason, not lost."""
+    duty = pair.console(pair.us, "duty")
+    assert 'data-testid="frozen"' not in duty.get("/inbox").text
+    pair.us.freeze("this terminal's log holds 3 entries but RU-GS saw checkpoint 9")
+    page = duty.get("/inbox").text
+    assert "This terminal is frozen" in page
+    assert "RU-GS saw checkpoint 9" in page
+    ivan = pair.console(pair.us, "ivan")
+    assert "Этот терминал заморожен" in ivan.get("/outbox").text
+    refused = duty.post("/compose", {"to": RU, "precedence": "ROUTINE", "text": "hello"})
+    assert refused.status_code == 200  # the form again, with the reason; nothing sealed
+    (problem,) = re.findall(r'data-testid="compose-error">([^<]+)<', refused.text)
+    assert "RU-GS saw checkpoint 9" in problem
+    assert pair.us.messages("out") == []
+    pair.us.thaw()
+    assert 'data-testid="frozen"' not in duty.get("/inbox").text

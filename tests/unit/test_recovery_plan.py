@@ -120,9 +120,13 @@ def test_a_recovered_entry_that_is_not_ours_is_refused(pair: PartyPair) -> None:
     assert copy.transcript.size == 3
 
 
-def test_a_frozen_party_signs_nothing_new(pair: PartyPair) -> None:
+def test_a_frozen_party_signs_nothing_new_and_its_log_does_not_change(pair: PartyPair) -> None:
+    unreceipted = pair.a.send_text(["RU-GS"], "before the freeze", operator="o")
+    receipt = pair.b.receive_envelope(unreceipted.raw).receipt
     before = pair.a.checkpoint()
     pair.a.frozen = "rolled back"
+    with pytest.raises(RolledBack):
+        pair.a.receive_receipt(receipt)  # logging it would change the log
     with pytest.raises(RolledBack):
         pair.a.send_text(["RU-GS"], "no", operator="o")
     incoming = pair.b.send_text(["US-EUCOM"], "to a frozen terminal", operator="o")

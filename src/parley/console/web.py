@@ -241,6 +241,7 @@ def render(page: Page | None, request: Request, template: str, **context: Any) -
             lang=i18n.current_lang.get(),
             langs=i18n.LANG_NAMES,
             party=terminal_of(request).me,
+            frozen=terminal_of(request).frozen if page is not None else None,
             csrf=page.session.csrf if page is not None else "",
             role_name=i18n.gettext(ROLE_NAMES[page.role]) if page is not None else "",
             role_names=ROLE_NAMES,

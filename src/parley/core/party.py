@@ -622,6 +622,7 @@ class Party:
 
     def receive_receipt(self, data: bytes) -> ReceiptAccepted:
         """Check a receipt against what this party sent and log it once."""
+        self._refuse_if_frozen()  # logging it would change a log waiting to be recovered
         receipt = read_receipt(data, self._lookup_peer)
         sent = self.ledger.sent(receipt.envelope_id)
         if sent is None or sent.digest != receipt.envelope_digest:

@@ -253,6 +253,7 @@ class Kernel:
                 delete(m.settings).where(m.settings.c.key.in_(("frozen", "recovery_required")))
             )
             self.party.frozen = None
+        self.on_outbox()  # what waited in the outbox goes now
 
     def load_entry(self, index: int) -> bytes:
         with reading(self.engine) as conn:

@@ -38,8 +38,12 @@ class Outbox:
         """Pending outbox rows for ``peer`` whose next attempt is due, most urgent first.
 
         ``urgent`` True takes only FLASH and IMMEDIATE, False only the rest;
-        envelopes in ``exclude`` (already on their way) are left out.
+        envelopes in ``exclude`` (already on their way) are left out. A frozen
+        terminal delivers nothing: the receipts would change a log that is
+        waiting to be recovered.
         """
+        if self.kernel.frozen is not None:
+            return []
         now = self.kernel.clock()
         with reading(self.kernel.engine) as conn:
             rows = conn.execute(
@@ -75,6 +79,8 @@ class Outbox:
         return result
 
     def next_due(self, peer: str, *, urgent: bool | None = None) -> datetime | None:
+        if self.kernel.frozen is not None:
+            return None
         with reading(self.kernel.engine) as conn:
             value = conn.execute(
                 select(func.min(m.outbox.c.next_attempt)).where(

@@ -7,18 +7,19 @@ terminal.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
 import structlog
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, select
 
 from parley import merkle
 from parley.core.canonical import canonical_bytes, parse_canonical, require_object
 from parley.core.checkpoint import verify_checkpoint
 from parley.core.encoding import b64decode, b64encode
 from parley.core.envelope import read_envelope
-from parley.core.party import AckReceived, GapDetected, MessageReceived
+from parley.core.party import AckReceived, DuplicateReceived, GapDetected, MessageReceived
 from parley.core.transcript import EntryType, entry_bytes
 from parley.errors import RemoteError, SchemaViolation, UnknownPeer
 from parley.service.alarms import Alarms
@@ -29,6 +30,9 @@ from parley.store import models as m
 __all__ = ["Receiving"]
 
 log = structlog.get_logger("parley.terminal")
+
+#: Receipts issued again for one duplicate envelope that are kept for its sender.
+REISSUED_KEPT = 8
 
 
 class Receiving:
@@ -61,12 +65,24 @@ class Receiving:
             answers: list[bytes | RemoteError] = []
             received: list[MessageReceived] = []
             acked: list[AckReceived] = []
+            reissued: list[dict[str, object]] = []
             for result in results:
                 if isinstance(result, RemoteError):
                     answers.append(result)
                     continue
                 answers.append(result.receipt)
                 for event in result.events:
+                    if isinstance(event, DuplicateReceived):
+                        # A new receipt for an envelope already logged: not in our log,
+                        # but the sender may log this one; kept for its recovery.
+                        reissued.append(
+                            {
+                                "envelope_id": event.envelope_id,
+                                "sender": event.sender,
+                                "receipt": result.receipt,
+                                "issued_at": now,
+                            }
+                        )
                     if isinstance(event, MessageReceived):
                         header = event.envelope.header
                         if tls_party is not None and header.sender != tls_party:
@@ -89,6 +105,7 @@ class Receiving:
             def work(conn: Connection) -> None:
                 self.kernel.log_new_entries(conn, start)
                 self._store_received(conn, received, now)
+                self._keep_reissued(conn, reissued)
                 for ack in acked:
                     conn.execute(
                         insert(m.acks).values(
@@ -100,7 +117,7 @@ class Receiving:
                         )
                     )
 
-            if received or acked or self.kernel.party.transcript.size != start:
+            if received or acked or reissued or self.kernel.party.transcript.size != start:
                 self.kernel.commit(work)
         for event in received:
             sender = event.envelope.header.sender
@@ -129,6 +146,28 @@ class Receiving:
                 precedence=h.precedence,
             )
         return answers
+
+    def _keep_reissued(self, conn: Connection, reissued: Sequence[dict[str, object]]) -> None:
+        """Keep receipts issued again for duplicates, at most REISSUED_KEPT per envelope
+        (a replay flood must not grow the store)."""
+        if not reissued:
+            return
+        ids = {str(r["envelope_id"]) for r in reissued}
+        held = Counter(
+            conn.execute(
+                select(m.issued_receipts.c.envelope_id).where(
+                    m.issued_receipts.c.envelope_id.in_(ids)
+                )
+            ).scalars()
+        )
+        rows = []
+        for row in reissued:
+            envelope_id = str(row["envelope_id"])
+            if held[envelope_id] < REISSUED_KEPT:
+                held[envelope_id] += 1
+                rows.append(row)
+        if rows:
+            conn.execute(insert(m.issued_receipts), rows)
 
     def _store_received(
         self, conn: Connection, events: Sequence[MessageReceived], now: datetime

@@ -56,7 +56,9 @@ class RecoveryAnswers:
         self.kernel = kernel
 
     def status(self, party: str) -> dict[str, Any]:
-        """The largest checkpoint of ``party``'s log this terminal saw, and its mirror's size."""
+        """What this terminal holds of ``party``'s log: the largest checkpoint of it seen
+        (``seen``), how many of its leaf hashes it witnessed (``mirror``) and the
+        checkpoint they end at (``witnessed``)."""
         self._pinned(party)
         with reading(self.kernel.engine) as conn:
             observed = conn.execute(
@@ -77,6 +79,30 @@ class RecoveryAnswers:
                 .order_by(m.witnessed_leaves.c.idx.desc())
                 .limit(1)
             ).scalar()
+            size = 0 if mirror is None else int(mirror) + 1
+            # The checkpoint the mirror ends at: its leaves are all held.
+            witnessed = conn.execute(
+                select(m.observed_checkpoints.c.note)
+                .where(
+                    and_(
+                        m.observed_checkpoints.c.party == party,
+                        m.observed_checkpoints.c.size == size,
+                    )
+                )
+                .limit(1)
+            ).scalar()
+            if witnessed is None and size:
+                witnessed = conn.execute(
+                    select(m.cosignatures.c.note)
+                    .where(
+                        and_(
+                            m.cosignatures.c.direction == "by-us",
+                            m.cosignatures.c.party == party,
+                            m.cosignatures.c.size == size,
+                        )
+                    )
+                    .limit(1)
+                ).scalar()
         seen = max(
             (row for row in (observed, cosigned) if row is not None),
             key=lambda row: int(row.size),
@@ -84,7 +110,8 @@ class RecoveryAnswers:
         )
         return {
             "seen": seen.note if seen is not None else None,
-            "mirror": 0 if mirror is None else int(mirror) + 1,
+            "witnessed": witnessed,
+            "mirror": size,
             "size": self.kernel.party.transcript.size,
         }
 

@@ -113,7 +113,10 @@ class TerminalProcess:
     """One terminal: its data directory and, while started, its ``parley serve`` process.
 
     ``serve_env`` is added to the environment of the ``parley serve`` process
-    only (not of ``cli``), for instance to run it under libfaketime.
+    only (not of ``cli``), for instance to run it under libfaketime;
+    ``serve_args`` to its command line (``--standby``). ``label`` names its
+    output files (``DIR/LABEL-N.out``), so that two processes may share a
+    data directory.
     """
 
     party: str
@@ -124,6 +127,8 @@ class TerminalProcess:
     log: list[Path] = field(default_factory=list)
     starts: int = 0
     serve_env: dict[str, str] = field(default_factory=dict)
+    serve_args: tuple[str, ...] = ()
+    label: str = "serve"
 
     @property
     def peer_url(self) -> str:
@@ -146,11 +151,19 @@ class TerminalProcess:
         if self.proc is not None and self.proc.poll() is None:
             return
         self.starts += 1
-        out = self.data / f"serve-{self.starts}.out"
+        out = self.data / f"{self.label}-{self.starts}.out"
         self.log.append(out)
         with open(out, "wb") as handle:
             self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
-                [sys.executable, "-m", "parley.cli", "--data", str(self.data), "serve"],
+                [
+                    sys.executable,
+                    "-m",
+                    "parley.cli",
+                    "--data",
+                    str(self.data),
+                    "serve",
+                    *self.serve_args,
+                ],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 # PARLEY_LOOP_GUARD: log each database call made on the event loop
