@@ -1611,13 +1611,130 @@ def export(
 
 
 @app.command()
+def backup(
+    out_file: Annotated[
+        Path, typer.Option("--out", help="Write the encrypted backup to this file.")
+    ],
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Back up this terminal (an administrator): database, key file and configuration.
+
+    A consistent copy while the terminal serves (SQLite's online backup API, or
+    pg_dump of its PostgreSQL database), encrypted with ChaCha20-Poly1305 under
+    a key derived from the key passphrase. Restore it with `parley restore`.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from parley.service.backup import backup_terminal
+    from parley.store.db import engine_for
+
+    data = state.data
+    data.require()
+    if state.user is None and not state.local_admin:
+        fail(NO_OPERATOR, 2)
+    engine = engine_for(data.load_config().database)
+    try:
+        actor = _local_actor(engine)
+    finally:
+        engine.dispose()
+    secret = passphrase()
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, console=err, transient=True, disable=json_) as progress:
+        task = progress.add_task("Backing up", total=None)
+
+        def tick(step: str, done: int, total: int) -> None:
+            progress.update(task, description=step.capitalize(), completed=done, total=total)
+
+        info = backup_terminal(data.path, out_file, secret, actor=actor, progress=tick)
+    summary = {
+        "file": str(info.path),
+        "party": info.party,
+        "backend": info.backend,
+        "log_size": info.log_size,
+        "bytes": info.size_bytes,
+        "seconds": round(info.seconds, 3),
+        "created_at": info.created_at.isoformat(),
+    }
+    emit(
+        summary,
+        json_,
+        lambda s: err.print(
+            f"Backed up {s['party']} ({s['log_size']} log entries, {s['backend']}) to "
+            f"{s['file']}: {s['bytes']:,} bytes in {s['seconds']} s."
+        ),
+    )
+
+
+@app.command()
+def restore(
+    backup_file: Annotated[Path, typer.Argument(help="The backup file (parley backup --out).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="The data directory to restore into (default: the global --data)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace the terminal in a non-empty directory (or a database's tables).",
+        ),
+    ] = False,
+    database: Annotated[
+        str | None,
+        typer.Option(help="postgresql://… URL to restore into (default: the backed-up one)."),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Restore a backup into a data directory; the terminal then recovers from its peers.
+
+    Asks for the key passphrase the backup was made under. Refuses a directory
+    that is not empty, or a PostgreSQL database that holds tables, unless
+    --force. The restored terminal starts frozen: `parley serve` checks with
+    its peers before it signs anything, and `parley recover` rebuilds what the
+    backup lacks.
+    """
+    from parley.service.backup import restore_terminal
+
+    target = data if data is not None else state.data.path
+    info = restore_terminal(
+        backup_file,
+        target,
+        passphrase(),
+        force=force,
+        database=database,
+        operator=state.operator,
+    )
+    summary = {
+        "data": str(info.path),
+        "party": info.party,
+        "backend": info.backend,
+        "log_size": info.log_size,
+        "backup_created_at": info.created_at.isoformat(),
+        "recovery_required": True,
+    }
+    emit(
+        summary,
+        json_,
+        lambda s: err.print(
+            f"Restored {s['party']} ({s['log_size']} log entries, backup of "
+            f"{s['backup_created_at']}) into {s['data']}. It signs nothing until its peers "
+            "confirm its log: start it with `parley serve`; `parley recover` rebuilds what is "
+            "missing."
+        ),
+    )
+
+
+@app.command()
 def verify(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Audit this terminal's records: signatures, log against checkpoints, receipts, cosignatures.
 
     Every column of the message index is compared with the envelope it indexes
     (and the stored content with the signed content digest), every receipt,
-    acknowledgement and cosignature row with what was signed. Needs no
-    passphrase. Exits 1 if anything fails, naming the row and the column.
+    acknowledgement and cosignature row with what was signed; a row pointing
+    past the end of the log or at another entry fails. Needs no passphrase.
+    Exits 1 if anything fails, naming the row and the column.
     """
     from rich.progress import Progress
 

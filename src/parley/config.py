@@ -11,6 +11,7 @@ of the directory are written by Parley itself:
 ``parley.db``       the SQLite database (unless ``database`` says otherwise)
 ``parley.log``      JSON log lines, one per event
 ``serve.lock``      held by the running ``parley serve``
+``backups/``        automatic backups, unless ``backup.dir`` says otherwise
 ==================  =====================================================
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "DataDir",
     "console_hosts",
     "is_loopback",
+    "parse_duration",
     "parse_hostport",
     "require_loopback_console",
 ]
@@ -54,6 +56,30 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise UsageError(f"{what} must be HOST:PORT, not {text!r}")
     return host, int(port)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float, what: str) -> float | None:
+    """Seconds in ``"90s"``, ``"30m"``, ``"6h"``, ``"1d"`` or a number; None for ``"off"``."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        value = str(text).strip().lower()
+        if value in ("", "off", "never"):
+            return None
+        unit = value[-1] if value[-1] in _UNITS else "s"
+        number = value[:-1] if value[-1] in _UNITS else value
+        try:
+            seconds = float(number) * _UNITS[unit]
+        except ValueError:
+            raise UsageError(
+                f"{what} must be a duration like 6h, 30m or 90s, not {text!r}"
+            ) from None
+    if not seconds > 0:
+        raise UsageError(f"{what} must be positive, not {text!r}")
+    return seconds
 
 
 def is_loopback(host: str) -> bool:
@@ -115,6 +141,16 @@ class Config:
     alarm_command: list[str] = field(default_factory=list)
     ack_deadlines: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_ACK_DEADLINES))
     max_clock_skew: float = 600.0
+    #: Automatic backups by ``parley serve``: the directory ("" = DIR/backups),
+    #: how often ("6h"; "off" = never) and how many files are kept.
+    backup_dir: str = ""
+    backup_every: str = "off"
+    backup_keep: int = 7
+
+    @property
+    def backup_interval(self) -> float | None:
+        """Seconds between automatic backups, or None when they are off."""
+        return parse_duration(self.backup_every, "backup.every")
 
     def ack_deadline(self, precedence: str) -> timedelta:
         return timedelta(
@@ -132,12 +168,19 @@ class Config:
             "alarms": {"command": self.alarm_command},
             "ack_deadlines": self.ack_deadlines,
             "protocol": {"max_clock_skew": self.max_clock_skew},
+            "backup": {
+                "dir": self.backup_dir,
+                "every": self.backup_every,
+                "keep": self.backup_keep,
+            },
         }
         header = (
             "# Parley terminal configuration. Times are in seconds.\n"
             "# links.test_interval: how often each link is tested (3600 = hourly).\n"
             "# alarms.command: a program (and arguments) run for each alarm, with the\n"
             "#   alarm as JSON on its standard input; [] for none.\n"
+            '# backup: automatic encrypted backups by parley serve: every ("6h", "30m";\n'
+            '#   "off"), into dir ("" = DIR/backups), keeping the newest keep files.\n'
         )
         return header + tomli_w.dumps(data)
 
@@ -153,7 +196,7 @@ class Config:
             command = data.get("alarms", {}).get("command", [])
             if isinstance(command, str):
                 command = [command] if command else []
-            return cls(
+            config = cls(
                 party=str(data["party"]),
                 name=str(data["name"]),
                 database=str(data["database"]),
@@ -164,7 +207,14 @@ class Config:
                 alarm_command=[str(c) for c in command],
                 ack_deadlines=deadlines,
                 max_clock_skew=float(data.get("protocol", {}).get("max_clock_skew", 600)),
+                backup_dir=str(data.get("backup", {}).get("dir", "")),
+                backup_every=str(data.get("backup", {}).get("every", "off")),
+                backup_keep=int(data.get("backup", {}).get("keep", 7)),
             )
+            parse_duration(config.backup_every, f"backup.every in {source}")
+            if config.backup_keep < 1:
+                raise UsageError(f"backup.keep in {source} must be at least 1")
+            return config
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"{source}: missing or invalid setting {exc}") from None
 

@@ -6,7 +6,9 @@
 * the console listener: plain HTTP on a loopback address for the operator
   API and the console (any other address is refused: TLS for it is not
   available yet);
-* the delivery worker (``parley.service.delivery``).
+* the delivery worker (``parley.service.delivery``);
+* automatic backups when ``backup.every`` is set (``parley.service.backup``),
+  made in a worker thread.
 
 SIGINT and SIGTERM stop accepting connections, let requests in flight
 finish, stop the worker (a message not yet receipted simply stays in the
@@ -46,6 +48,7 @@ from parley.errors import UsageError
 from parley.keyfile import load_identity
 from parley.logs import configure_logging
 from parley.service import loopguard, tls
+from parley.service.backup import BackupSchedule, schedule_directory
 from parley.service.delivery import DeliveryWorker
 from parley.service.lock import DatabaseLock, ServeLock, is_postgres
 from parley.service.peer_api import create_peer_app
@@ -175,11 +178,14 @@ async def serve(
     stop: asyncio.Event | None = None,
     database_lock: DatabaseLock | None = None,
     on_lock_lost: Callable[[], None] | None = None,
+    backup_passphrase: str | None = None,
 ) -> None:
     """Run the terminal until ``stop`` is set (or SIGINT/SIGTERM arrives).
 
     With ``database_lock``, its session is checked every second; once it is
     gone ``on_lock_lost`` is called (by default: stop, as for a signal).
+    Automatic backups (``backup.every``) need ``backup_passphrase``: the key
+    passphrase, which encrypts them.
     """
     data = terminal.data
     stop = stop or asyncio.Event()
@@ -251,6 +257,19 @@ async def serve(
         asyncio.create_task(console_server.serve(sockets=[console_sock])),
     ]
     await worker.start()
+    backups_stop = asyncio.Event()
+    backups: asyncio.Task[None] | None = None
+    interval = terminal.config.backup_interval
+    if interval is not None and backup_passphrase is not None:
+        schedule = BackupSchedule(
+            data.path,
+            backup_passphrase,
+            directory=schedule_directory(data, terminal.config),
+            every=interval,
+            keep=terminal.config.backup_keep,
+            alarms=terminal,
+        )
+        backups = asyncio.create_task(schedule.run(backups_stop))
     while not (peer_server.started and console_server.started):
         if any(t.done() for t in servers):
             break
@@ -275,6 +294,9 @@ async def serve(
     console_server.should_exit = True
     await asyncio.gather(*servers, return_exceptions=True)
     await worker.stop()
+    backups_stop.set()
+    if backups is not None:
+        await backups  # a backup under way finishes first
     stopper.cancel()
     with contextlib.suppress(FileNotFoundError):
         (data.path / "serve.json").unlink()
@@ -332,7 +354,14 @@ def run(path: Path, passphrase: str, *, standby: bool = False) -> None:
         elif not lock.acquire():
             raise UsageError(f"a terminal is already running on {path} (serve.lock is held)")
         terminal = Terminal.open(path, passphrase)
-        asyncio.run(serve(terminal, database_lock=database_lock, on_lock_lost=_exit_lock_lost))
+        asyncio.run(
+            serve(
+                terminal,
+                database_lock=database_lock,
+                on_lock_lost=_exit_lock_lost,
+                backup_passphrase=passphrase,
+            )
+        )
     finally:
         lock.release()
         if database_lock is not None:

@@ -20,7 +20,7 @@ What each role is for:
   rejects held FLASH messages, creates and agrees channels, clears alarms,
   tests links and exports evidence.
 * ``auditor``: reads, verifies and exports evidence; never changes anything.
-* ``admin``: operator accounts, peers and their links, link tests and
+* ``admin``: operator accounts, peers and their links, link tests, backups and
   verification; does not send.
 """
 
@@ -100,6 +100,10 @@ RULES: Mapping[str, tuple[frozenset[str], str]] = {
     "recover": (
         frozenset({"admin"}),
         "only an administrator rebuilds the log from the peers",
+    ),
+    "backup": (
+        frozenset({"admin"}),
+        "only an administrator backs up the terminal (its database, keys and configuration)",
     ),
     "handover": (_WATCH, "duty officers and supervisors hand over the watch"),
 }
@@ -205,6 +209,7 @@ _VERBS: Mapping[str, str] = {
     "verify": "verify the record",
     "test_links": "test links",
     "recover": "recover the log from the peers",
+    "backup": "back up the terminal",
     "handover": "hand over the watch",
 }
 
