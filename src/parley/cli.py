@@ -973,7 +973,11 @@ def alarms(
         typer.Option("--clear", metavar="ID", help="Clear this alarm (a supervisor)."),
     ] = None,
 ) -> None:
-    """Alarms raised by this terminal, newest first; or clear one (--clear ID)."""
+    """Alarms raised by this terminal, newest first; or clear one (--clear ID).
+
+    One incident is one alarm: Seen counts how often it was seen while open,
+    from At (first) to Last.
+    """
     if clear is not None:
         with backend(needs_keys=True) as (api, local):
             if api is not None:
@@ -986,7 +990,7 @@ def alarms(
         items = api.call("GET", "/alarms") if api else local.alarms()  # type: ignore[union-attr]
 
     def render(rows: list[dict[str, Any]]) -> None:
-        table = Table("At", "Severity", "Kind", "Subject", "Message", "Cleared")
+        table = Table("At", "Severity", "Kind", "Subject", "Message", "Seen", "Last", "Cleared")
         for r in rows:
             table.add_row(
                 r["at"][:19],
@@ -994,6 +998,8 @@ def alarms(
                 r["kind"],
                 r["subject"],
                 r["message"],
+                str(r.get("count", 1)),
+                (r.get("last_at") or r["at"])[:19],
                 (r["cleared_at"] or "")[:19],
             )
         out.print(table)
