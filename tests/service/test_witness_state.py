@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from parley.core.checkpoint import sign_checkpoint, verify_checkpoint
 from parley.core.party import Party
 from parley.core.receipts import issue_receipt, read_receipt
-from parley.errors import CheckpointRejected, CheckpointRollback, Equivocation
+from parley.errors import CheckpointRejected, CheckpointRollback, Equivocation, RolledBack
 from parley.merkle import MerkleLog
 from parley.service.terminal import Terminal
 from parley.store import models as m
@@ -120,6 +120,15 @@ def round_(owner: Terminal, witness: Terminal) -> int:
     return int(owner.accept_cosignature(cosigned, tls_party=witness.me)["size"])
 
 
+def unchecked_round(owner: Terminal, witness: Terminal) -> int:
+    """A round with an owner that ignores what the witness saw of its log (as an old or
+    careless terminal would): what the witness alone does with the offer."""
+    request = witness.checkpoint_request(owner.me)
+    owner.party.frozen = None
+    cosigned = witness.witness(owner.me, owner.party.offer_checkpoint(request), owner.log_leaves)
+    return int(owner.accept_cosignature(cosigned, tls_party=witness.me)["size"])
+
+
 def cosigned_by(terminal: Terminal, owner: str) -> list[int]:
     with terminal.engine.connect() as conn:
         return list(
@@ -187,7 +196,7 @@ def test_a_fabricated_larger_checkpoint_survives_a_restart_and_blocks_cosigning(
     before = cosigned_by(ru, US)
     for _ in range(3):
         with pytest.raises(CheckpointRollback):
-            round_(world.us, ru)
+            unchecked_round(world.us, ru)
     assert cosigned_by(ru, US) == before  # no cosignature
     (alarm,) = [a for a in ru.alarms() if a["subject"] == US]
     assert (alarm["kind"], alarm["severity"], alarm["count"]) == ("rollback", "critical", 3)
@@ -199,9 +208,16 @@ def test_a_fabricated_larger_checkpoint_survives_a_restart_and_blocks_cosigning(
     # Another restart: the same incident, still refused, still one alarm.
     ru = world.restart(RU)
     with pytest.raises(CheckpointRollback):
-        round_(world.us, ru)
+        unchecked_round(world.us, ru)
     assert [a["count"] for a in ru.alarms() if a["subject"] == US] == [4]
     assert len(evidence_rows(ru)) == 1
+    # US-EUCOM itself, reading RU-GS's request, finds a checkpoint of its log that its
+    # log does not bear out, signed by its own key: rolled back or its key stolen, it
+    # cannot tell which, and stops signing either way.
+    with pytest.raises(RolledBack):
+        round_(world.us, ru)
+    assert world.us.frozen is not None
+    assert "saw checkpoint 1006" in world.us.frozen
 
 
 # A rolled-back peer ------------------------------------------------------------------------
@@ -226,17 +242,26 @@ def test_a_rolled_back_peer_is_one_incident_and_learns_it_was_rolled_back(
     us = world.restart(US)
     assert us.party.transcript.size < seen
     before = cosigned_by(world.ru, US)
-    for _ in range(25):  # a minute of witness rounds, every two seconds or so
+    # A terminal that ignored what its peer saw would offer its smaller log, every
+    # round for a minute (every two seconds or so): one incident at RU-GS.
+    for _ in range(25):
         with pytest.raises(CheckpointRollback):
-            round_(us, world.ru)
+            unchecked_round(us, world.ru)
     assert cosigned_by(world.ru, US) == before
     alarms = world.ru.alarms()
     assert [(a["kind"], a["subject"], a["count"]) for a in alarms] == [("rollback", US, 25)]
     assert len(evidence_rows(world.ru)) == 1
-    # US-EUCOM read RU-GS's requests: its own log is behind what RU-GS saw.
+    # US-EUCOM reads RU-GS's requests: its own log is behind what RU-GS saw. It
+    # freezes, offers nothing (RU-GS sees no rollback from it) and says why, once.
+    for _ in range(3):
+        with pytest.raises(RolledBack):
+            round_(us, world.ru)
     assert us.kernel.rollback == {RU: seen}
+    assert us.frozen is not None
+    assert f"{RU} saw checkpoint {seen}" in us.frozen
+    assert world.ru.alarms()[0]["count"] == 25
     mine = [a for a in us.alarms() if a["kind"] == "rolled_back"]
-    assert [(a["subject"], a["severity"], a["count"]) for a in mine] == [(RU, "critical", 25)]
+    assert [(a["subject"], a["severity"], a["count"]) for a in mine] == [(US, "critical", 3)]
     assert str(seen) in mine[0]["message"]
 
 

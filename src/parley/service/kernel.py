@@ -163,9 +163,23 @@ class Kernel:
         self._stored_channels = set()
         self._logged_through = party.transcript.size
 
-    def note_rollback(self, peer: str, seen_size: int) -> None:
-        """``peer`` holds checkpoint ``seen_size`` of this log, which the log does not bear out."""
+    def note_rollback(self, peer: str, seen_size: int) -> str:
+        """``peer`` holds checkpoint ``seen_size`` of this log, which the log does not bear out.
+
+        The terminal freezes (docs/recovery.md): it signs nothing new until its
+        log is recovered. Returns the reason, in words, naming every such peer.
+        """
         self.rollback[peer] = max(seen_size, self.rollback.get(peer, 0))
+        size = self.party.transcript.size
+        seen = ", ".join(f"{p} saw checkpoint {s}" for p, s in sorted(self.rollback.items()))
+        reason = (
+            f"this terminal's log holds {size} entries but {seen}: its log was rolled back "
+            "(restored from an old copy, or entries lost). It signs nothing new until "
+            "parley recover rebuilds the missing entries from its peers."
+        )
+        if self.frozen != reason:
+            self.freeze(reason)
+        return reason
 
     def store_witness_changes(self, conn: Connection) -> None:
         """Store the checkpoints of peers' logs first seen, and the new mirror leaves.
@@ -248,6 +262,7 @@ class Kernel:
 
     def thaw(self) -> None:
         """The log is complete again: sign as before."""
+        self.rollback.clear()
         with self.lock, self.engine.begin() as conn:
             conn.execute(
                 delete(m.settings).where(m.settings.c.key.in_(("frozen", "recovery_required")))

@@ -116,17 +116,11 @@ class LogGuard:
         return result
 
     def _frozen_by(self, beyond: dict[str, int]) -> None:
-        size = self.terminal.party.transcript.size
-        seen = ", ".join(f"{peer} saw checkpoint {s}" for peer, s in sorted(beyond.items()))
-        reason = (
-            f"this terminal's log holds {size} entries but {seen}: its log was rolled back "
-            "(restored from an old copy, or entries lost). It signs nothing new until "
-            "parley recover rebuilds the missing entries from its peers."
-        )
-        if self.terminal.frozen != reason:
-            self.terminal.freeze(reason)
+        reason = ""
+        for peer, size in sorted(beyond.items()):
+            reason = self.terminal.kernel.note_rollback(peer, size)
         self.terminal.raise_alarm("rolled_back", "critical", self.terminal.me, reason, once=True)
-        log.error("rolled_back", size=size, beyond=beyond)
+        log.error("rolled_back", size=self.terminal.party.transcript.size, beyond=beyond)
 
     def _thaw(self) -> None:
         self.terminal.thaw()

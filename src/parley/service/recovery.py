@@ -200,7 +200,9 @@ class RecoveryAnswers:
             receipt = read_receipt(raw, self.kernel.party.card_of)
         except ParleyError:
             return False
-        return receipt.sender == party and receipt.receiver == self.kernel.me
+        me = self.kernel.me
+        # Ours for the caller's envelopes, and the caller's for ours: both in its log.
+        return (receipt.sender, receipt.receiver) in ((party, me), (me, party))
 
     def _pinned(self, party: str) -> None:
         if party not in self.kernel.party.peers:

@@ -149,15 +149,11 @@ class Witnessing:
         found = self.kernel.party.check_seen(peer, seen)
         if found is None:
             return
+        reason = self.kernel.note_rollback(peer, found.seen_size)
+        # One incident, one alarm: about this terminal's own log, naming the peers.
         self.alarms.raise_alarm(
-            "rolled_back",
-            "critical",
-            peer,
-            f"{found.reason} ({peer} holds size {found.seen_size}; this log has "
-            f"{found.own_size}): this terminal must be recovered (parley recover)",
-            once=True,
+            "rolled_back", "critical", self.kernel.me, f"{found.reason}: {reason}", once=True
         )
-        self.kernel.note_rollback(peer, found.seen_size)
 
     def accept_cosignature(self, note: bytes, *, tls_party: str | None = None) -> dict[str, Any]:
         with self.kernel.lock:
