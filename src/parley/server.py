@@ -49,7 +49,7 @@ from parley.keyfile import load_identity
 from parley.logs import configure_logging
 from parley.service import loopguard, tls
 from parley.service.backup import BackupSchedule, schedule_directory
-from parley.service.delivery import DeliveryWorker
+from parley.service.delivery import KEEPALIVE, DeliveryWorker
 from parley.service.lock import DatabaseLock, ServeLock, is_postgres
 from parley.service.peer_api import create_peer_app
 from parley.service.terminal import Terminal
@@ -239,6 +239,8 @@ async def serve(
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=10,
+        # Longer than the peers' own keep-alive: they close idle connections first.
+        timeout_keep_alive=int(KEEPALIVE) + 30,
         h11_max_incomplete_event_size=64 * 1024,
     )
     peer_config.load()

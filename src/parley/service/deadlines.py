@@ -33,10 +33,20 @@ class Deadlines:
                     )
                 )
             ).all()
-            acks = {
-                (a.envelope_id, a.party)
-                for a in conn.execute(select(m.acks.c.envelope_id, m.acks.c.party))
-            }
+            if not rows:
+                return 0
+            # Only the acknowledgements of the overdue messages, not the whole table.
+            overdue = [row.envelope_id for row in rows]
+            acks: set[tuple[str, str]] = set()
+            for start in range(0, len(overdue), 500):
+                acks.update(
+                    (a.envelope_id, a.party)
+                    for a in conn.execute(
+                        select(m.acks.c.envelope_id, m.acks.c.party).where(
+                            m.acks.c.envelope_id.in_(overdue[start : start + 500])
+                        )
+                    )
+                )
         for row in rows:
             if row.direction == "out":
                 waiting = [p for p in row.recipients.split(",") if (row.envelope_id, p) not in acks]

@@ -59,7 +59,23 @@ STATE_RANK = {"up": 0, "unknown": 1, "degraded": 2, "down": 3}
 WITNESS_EVERY = 2.0  # seconds between checkpoint rounds with a busy peer
 #: Seconds between rounds with a peer we exchange nothing with: its log may
 #: grow from traffic with a third party, which we would not otherwise notice.
+#: Each round in which its log has not grown doubles the wait, up to
+#: ``WITNESS_IDLE_MAX``; a round that finds it grown starts again from here.
 WITNESS_IDLE = 10.0
+WITNESS_IDLE_MAX = 60.0
+#: Idle rounds are spread over +/- this share of their interval, so that the
+#: rounds with many peers do not all fall in the same instant.
+WITNESS_JITTER = 0.2
+#: Seconds a loop with nothing due sleeps before looking again by itself (new
+#: work, a retry that comes due and a reachable peer wake it at once).
+IDLE_WAIT = 60.0
+#: Seconds an idle connection to a peer stays open (the peer listener keeps
+#: it a little longer), so that rounds with an idle peer need no new TLS
+#: handshake.
+KEEPALIVE = 120.0
+#: Seconds the links read from the database serve the worker before being
+#: read again (a failed request reads them again at once).
+LINKS_FRESH = 5.0
 #: Messages per bulk request: one receiver checkpoint signature and one commit
 #: on each side for all of them.
 BULK_BATCH = 256
@@ -129,6 +145,10 @@ class DeliveryWorker:
         #: peer -> link -> whether the last request over it got an answer.
         self._link_ok: dict[str, dict[str, bool]] = {}
         self._last_probe: dict[str, float] = {}
+        #: peer -> monotonic time of the next idle witness round; quiet rounds in a row.
+        self._next_idle_round: dict[str, float] = {}
+        self._quiet_rounds: dict[str, int] = {}
+        self._links_cache: tuple[float, list[dict[str, Any]]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Compares our log with what the peers saw of it; recovers it (docs/recovery.md).
         self.guard = LogGuard(terminal, self._any_link)
@@ -153,6 +173,7 @@ class DeliveryWorker:
         loop.call_soon_threadsafe(self._wake_all)
 
     def _wake_all(self) -> None:
+        self._links_cache = None  # a peer or a link may have been added
         self.wake.set()
         for event in (*self._peer_events.values(), *self._urgent_events.values()):
             event.set()
@@ -197,15 +218,25 @@ class DeliveryWorker:
             cert = self.terminal.peer_certificates[peer]
             context = tls.client_context(self.terminal.identity, cert)
             timeout = httpx.Timeout(self.terminal.config.link_timeout)
-            client = httpx.AsyncClient(verify=context, timeout=timeout, http2=False)
+            limits = httpx.Limits(keepalive_expiry=KEEPALIVE)
+            client = httpx.AsyncClient(verify=context, timeout=timeout, limits=limits, http2=False)
             self._clients[peer] = client
         return client
+
+    async def _all_links(self) -> list[dict[str, Any]]:
+        """Every link, read at most every ``LINKS_FRESH`` s (in a worker thread)."""
+        cached = self._links_cache
+        if cached is not None and time.monotonic() - cached[0] < LINKS_FRESH:
+            return cached[1]
+        rows = await run_in_threadpool(self.terminal.links)
+        self._links_cache = (time.monotonic(), rows)
+        return rows
 
     async def _links(self, peer: str) -> list[Link]:
         """The peer's links, best first (read in a worker thread: never on the event loop)."""
         links = [
             Link(item["peer"], item["name"], item["url"], item["state"], item["rtt_ms"])
-            for item in await run_in_threadpool(self.terminal.links)
+            for item in await self._all_links()
             if item["peer"] == peer
         ]
         links.sort(key=lambda li: (STATE_RANK.get(li.state, 9), li.rtt_ms or 1e9))
@@ -234,6 +265,7 @@ class DeliveryWorker:
         except (httpx.HTTPError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}".strip(": ")
             self._link_ok.setdefault(link.peer, {})[link.name] = False
+            self._links_cache = None
             await run_in_threadpool(
                 self.terminal.record_link, link.peer, link.name, ok=False, error=error
             )
@@ -242,6 +274,7 @@ class DeliveryWorker:
         if response.status_code >= 500:
             error = f"HTTP {response.status_code}"
             self._link_ok.setdefault(link.peer, {})[link.name] = False
+            self._links_cache = None
             await run_in_threadpool(
                 self.terminal.record_link, link.peer, link.name, ok=False, error=error
             )
@@ -252,6 +285,7 @@ class DeliveryWorker:
         was_unreachable = self._unreachable(link.peer)
         self._link_ok.setdefault(link.peer, {})[link.name] = True
         if was_unreachable:
+            self._links_cache = None
             await self._reachable_again(link.peer)
         if response.status_code >= 400:
             raise Rejected(f"HTTP {response.status_code}: {response.text[:300]}")
@@ -299,19 +333,24 @@ class DeliveryWorker:
                     self._witness_due.add(peer)
                 if self.terminal.activity.get(peer, 0) != self._witnessed_activity.get(peer):
                     self._witness_due.add(peer)
-                if time.monotonic() - self._last_witness.get(peer, 0) > WITNESS_IDLE:
+                if time.monotonic() >= self._next_idle_round.get(peer, 0.0):
                     self._witness_due.add(peer)
                 if peer in self._witness_due:
-                    await self._witness(peer)
+                    await self._witness_scheduled(peer, traffic=worked)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("delivery_loop_error", peer=peer)
                 await asyncio.sleep(1.0)
             due = await run_in_threadpool(self.terminal.next_due, peer, urgent=False)
-            wait = WITNESS_EVERY if peer in self._witness_due else 5.0
+            if peer in self._witness_due:
+                wait = WITNESS_EVERY
+            else:
+                wait = max(0.0, self._next_idle_round.get(peer, 0.0) - time.monotonic())
             if self._unreachable(peer):
                 wait = min(wait, PROBE_EVERY)
+            if any(key[1] == peer for key in self.terminal.gaps):
+                wait = min(wait, CATCH_UP_GRACE)
             if due is not None:
                 wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
             if wait > 0:
@@ -342,7 +381,7 @@ class DeliveryWorker:
                 log.exception("delivery_loop_error", peer=peer, lane="urgent")
                 await asyncio.sleep(1.0)
             due = await run_in_threadpool(self.terminal.next_due, peer, urgent=True)
-            wait = 5.0
+            wait = IDLE_WAIT
             if due is not None:
                 wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
             if wait > 0:
@@ -598,6 +637,30 @@ class DeliveryWorker:
                 log.info("caught_up", peer=peer, channel=channel, after=after, received=len(got))
             except (LinkFailed, ParleyError) as exc:
                 log.info("catch_up_failed", peer=peer, channel=channel, error=str(exc)[:200])
+
+    def _cosigned_size(self, peer: str) -> int:
+        checkpoint = self.terminal.party.last_cosigned_of(peer)
+        return checkpoint.size if checkpoint is not None else 0
+
+    async def _witness_scheduled(self, peer: str, *, traffic: bool) -> None:
+        """A witness round, and when the next idle one is due.
+
+        A round that finds the peer's log as it was (and no traffic with it)
+        is quiet: each quiet round in a row doubles the wait before the next
+        idle one, from ``WITNESS_IDLE`` up to ``WITNESS_IDLE_MAX``, so a peer
+        that says nothing costs one small request a minute. Traffic, a grown
+        log or a failed round bring it back to ``WITNESS_IDLE``.
+        """
+        last, before = self._last_witness.get(peer), self._cosigned_size(peer)
+        await self._witness(peer)
+        if self._last_witness.get(peer) == last:
+            return  # too soon after the previous round: none ran
+        quiet = not traffic and peer not in self._witness_due
+        quiet = quiet and self._cosigned_size(peer) == before
+        streak = self._quiet_rounds[peer] = self._quiet_rounds.get(peer, 0) + 1 if quiet else 0
+        interval = min(WITNESS_IDLE * 2.0**streak, WITNESS_IDLE_MAX)
+        spread = self.rng.uniform(1.0 - WITNESS_JITTER, 1.0 + WITNESS_JITTER)
+        self._next_idle_round[peer] = time.monotonic() + interval * spread
 
     async def _witness(self, peer: str) -> None:
         """Cosign the peer's latest checkpoint, and have it cosign ours.

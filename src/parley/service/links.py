@@ -17,6 +17,10 @@ __all__ = ["Links"]
 
 log = structlog.get_logger("parley.terminal")
 
+#: Seconds between two writes of a link that stays up (its round-trip time and
+#: a sample for the console's 24-hour chart).
+UP_WRITTEN_EVERY = 30.0
+
 
 class Links:
     """Record how each link to a peer fares; raise and clear the alarms that follow."""
@@ -39,15 +43,20 @@ class Links:
     ) -> str:
         """Record one use or test of a link; return its new state; raise alarms on failure.
 
-        A success on a link already up is written at most every few seconds
-        (the round-trip time shown may be that old), so that traffic does not
-        pay a database commit per request.
+        A success on a link already up is written at most every
+        ``UP_WRITTEN_EVERY`` seconds (the round-trip time shown may be that
+        old), so that neither traffic nor idle witness rounds pay a database
+        commit per request.
         """
         now = self.kernel.clock()
         key = (peer, name)
         if ok and not test:
             previous = self._link_written.get(key)
-            if previous is not None and previous[0] == "up" and time.monotonic() - previous[1] < 5:
+            if (
+                previous is not None
+                and previous[0] == "up"
+                and time.monotonic() - previous[1] < UP_WRITTEN_EVERY
+            ):
                 return "up"
         with self.kernel.engine.begin() as conn:
             row = conn.execute(
