@@ -67,11 +67,22 @@ EXIT_LOCK_LOST = 3
 
 
 class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to ``parley serve``."""
+    """A uvicorn server that leaves signal handling to ``parley serve``, and idles quietly."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        # uvicorn's own loop wakes every 0.1 s to see whether to stop (and
+        # refreshes its Date header every tenth tick): every 0.5 s is enough,
+        # and an idle terminal with two listeners wakes 4 times a second, not 20.
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 5) % 864000
+            await asyncio.sleep(0.5)
+            should_exit = await self.on_tick(counter)
 
 
 def _bind(hostport: str, what: str) -> socket.socket:
