@@ -359,3 +359,23 @@ def test_a_log_first_witnessed_empty_can_then_grow() -> None:
     assert pair.witness(pair.a) == 0
     pair.deliver(pair.a.send_text(["RU-GS"], "m", operator="o"), pair.a)
     assert pair.witness(pair.a) == pair.a.transcript.size
+
+
+def test_a_receipt_that_crosses_an_offer_is_not_a_rollback() -> None:
+    """The witness asks; the owner offers size N; before the offer is read, a receipt
+    from the owner shows N + 2 (its log grew meanwhile). The offer is at least what the
+    request showed: it is cosigned, and N + 2 is required at the next round."""
+    pair = PartyPair.create(ManualClock())
+    pair.deliver(pair.a.send_text(["RU-GS"], "m", operator="o"), pair.a)
+    pair.witness(pair.a)
+    request = pair.b.checkpoint_request("US-EUCOM")
+    offer = pair.a.offer_checkpoint(request)
+    offered = pair.a.transcript.size
+    pair.deliver(pair.b.send_text(["US-EUCOM"], "crossing", operator="o"), pair.b)
+    assert pair.b.largest_seen("US-EUCOM").size > offered  # type: ignore[union-attr]
+    cosigned = pair.b.witness(offer, leaves=pair.a.log_leaves)
+    assert pair.a.accept_cosignature(cosigned).size == offered
+    # The next round requires the larger one: the old offer again is a rollback.
+    assert pair.witness(pair.a) == pair.a.transcript.size
+    with pytest.raises(CheckpointRollback):
+        pair.b.witness(offer, leaves=pair.a.log_leaves)

@@ -730,6 +730,9 @@ class Party:
         """Ask ``log_owner`` for its checkpoint, showing the largest one of its log held."""
         if log_owner not in self._peers:
             raise UnknownPeer(f"{log_owner} is not a pinned peer of {self.party}")
+        view = self._witness.get(log_owner)
+        if view is not None:
+            view.request()
         return canonical_bytes(
             {
                 "log": log_owner,

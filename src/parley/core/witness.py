@@ -97,7 +97,16 @@ def _evidence(earlier: Checkpoint, later: Checkpoint) -> dict[str, str]:
 class LogWitness:
     """What this terminal knows of one peer's log (see the module's docstring)."""
 
-    __slots__ = ("_contradicted", "last_cosigned", "mirror", "mirror_saved", "observed", "owner")
+    __slots__ = (
+        "_contradicted",
+        "asked",
+        "last_cosigned",
+        "mirror",
+        "mirror_saved",
+        "observed",
+        "owner",
+        "requested",
+    )
 
     def __init__(self, owner: str) -> None:
         self.owner = owner
@@ -106,6 +115,11 @@ class LogWitness:
         self.mirror_saved = 0
         self.observed: dict[int, Checkpoint] = {}
         self.last_cosigned: Checkpoint | None = None
+        #: The largest checkpoint this witness showed the owner in its last request
+        #: (``seen``): an honest owner's offer is at least that large. One observed
+        #: after the request (a receipt crossing the offer) may be larger.
+        self.asked: Checkpoint | None = None
+        self.requested = False
         #: Observed checkpoints the mirror contradicts: size -> the verified one above it.
         self._contradicted: dict[int, Checkpoint] = {}
 
@@ -119,6 +133,17 @@ class LogWitness:
         if self.last_cosigned is not None and self.last_cosigned.size > top.size:
             return self.last_cosigned
         return top
+
+    def bound(self) -> Checkpoint | None:
+        """The checkpoint an offer must reach: the one shown in the last request, or, with
+        no request, the largest held. A larger one seen after the request is required at
+        the next round."""
+        return self.asked if self.requested else self.largest()
+
+    def request(self) -> None:
+        """A request is going out showing ``largest()``: the bound of its answer."""
+        self.asked = self.largest()
+        self.requested = True
 
     @property
     def head(self) -> Checkpoint | None:
@@ -167,7 +192,7 @@ class LogWitness:
         fabricated larger checkpoint the log never had, which is as bad).
         """
         checkpoint = bare_checkpoint(checkpoint)
-        largest = self.largest()
+        largest = self.bound()
         if largest is not None and checkpoint.size < largest.size:
             raise CheckpointRollback(
                 f"{self.owner} offered checkpoint {checkpoint.size}, smaller than its checkpoint "
@@ -213,7 +238,7 @@ class LogWitness:
                 f"{self.owner}'s checkpoint {plan.checkpoint.size} is not verified against its "
                 "leaf hashes"
             )
-        largest = self.largest()
+        largest = self.bound()
         if largest is not None and largest.size > plan.checkpoint.size:
             raise CheckpointRollback(
                 f"{self.owner} offered checkpoint {plan.checkpoint.size}, smaller than its "
