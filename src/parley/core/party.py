@@ -916,6 +916,35 @@ class Party:
                 view.mirror_saved = view.mirror.size
         return observations, leaves
 
+    def mirror_size(self, owner: str) -> int:
+        """How many of ``owner``'s leaf hashes this party holds, verified."""
+        view = self._witness.get(owner)
+        return view.mirror.size if view else 0
+
+    def extend_mirror(self, owner: str, start: int, leaves: Sequence[bytes]) -> int:
+        """Take ``owner``'s leaf hashes from ``start`` up to the largest checkpoint of its
+        log observed that they reach, if they hash to it (they came with receipts).
+
+        Nothing is cosigned: the mirror only grows, so that what the owner
+        signed in those receipts can be put back in order should it lose its
+        log. Leaves that do not hash to the checkpoint are ignored (the next
+        witness round fetches and judges them). Returns the mirror's size.
+        """
+        view = self._witness.get(owner)
+        if view is None or start != view.mirror.size:
+            return self.mirror_size(owner)
+        reach = start + len(leaves)
+        sizes = [s for s in view.observed if start < s <= reach]
+        if not sizes:
+            return view.mirror.size
+        target = view.observed[max(sizes)]
+        plan = OfferPlan(owner, target, start, fresh=False)
+        try:
+            view.extend(plan, leaves[: target.size - start])
+        except (CheckpointRejected, SchemaViolation):
+            return view.mirror.size
+        return view.mirror.size
+
     def mirror(self, owner: str, start: int, limit: int) -> list[bytes]:
         """Leaf hashes of ``owner``'s log from the witness mirror."""
         view = self._witness.get(owner)

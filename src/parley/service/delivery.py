@@ -44,7 +44,13 @@ from parley.errors import (
     VerificationError,
 )
 from parley.service import tls
-from parley.service.peer_api import FRAMES, MAX_LEAVES_PAGE, frame
+from parley.service.peer_api import (
+    FRAMES,
+    MAX_LEAVES_PAGE,
+    MAX_LEAVES_WITH_RECEIPTS,
+    MIRROR_HEADER,
+    frame,
+)
 from parley.service.recovering import LogGuard
 from parley.service.recovery import RecoveryReport
 from parley.service.terminal import Terminal
@@ -251,16 +257,20 @@ class DeliveryWorker:
         content: bytes | None = None,
         params: dict[str, Any] | None = None,
         content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> bytes:
         client = self._client(link.peer)
         started = time.perf_counter()
+        sent_headers = dict(headers or {})
+        if content is not None:
+            sent_headers["content-type"] = content_type
         try:
             response = await client.request(
                 method,
                 link.url.rstrip("/") + path,
                 content=content,
                 params=params,
-                headers={"content-type": content_type} if content is not None else None,
+                headers=sent_headers or None,
             )
         except (httpx.HTTPError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}".strip(": ")
@@ -458,6 +468,9 @@ class DeliveryWorker:
     async def _deliver_batch(self, peer: str, items: list[dict[str, Any]]) -> None:
         """Non-urgent messages in one request over the best link, failing over to the next."""
         errors: list[str] = []
+        # The receiver sends its leaf hashes from our mirror's size with the receipts:
+        # what it signs in them can be put back in order should it lose its log.
+        mirror = await run_in_threadpool(self.terminal.mirror_size, peer)
         for link in await self._links(peer):
             try:
                 data = await self._request(
@@ -466,6 +479,7 @@ class DeliveryWorker:
                     "/v1/envelopes/batch",
                     content=frame([item["raw"] for item in items]),
                     content_type=FRAMES,
+                    headers={MIRROR_HEADER: str(mirror)},
                 )
             except (LinkFailed, Rejected) as exc:
                 errors.append(f"{link.name}: {exc}")
@@ -474,6 +488,47 @@ class DeliveryWorker:
             return
         for item in items:
             await self._failed(item, "; ".join(errors)[:500] or f"no link to {peer}")
+
+    async def _mirror_after_receipt(self, link: Link) -> None:
+        """A receipt showed a checkpoint of the peer's log beyond our mirror: take the leaf
+        hashes now (one request), so that it can be put back in order should it lose it."""
+
+        def behind() -> int | None:
+            seen = self.terminal.party.largest_seen(link.peer)
+            start = self.terminal.mirror_size(link.peer)
+            return start if seen is not None and seen.size > start else None
+
+        start = await run_in_threadpool(behind)
+        if start is None:
+            return
+        try:
+            data = await self._request(
+                link,
+                "GET",
+                "/v1/log/leaves",
+                params={"start": start, "limit": MAX_LEAVES_WITH_RECEIPTS},
+            )
+            hashes = split_leaves(data, MAX_LEAVES_WITH_RECEIPTS)
+        except (LinkFailed, Rejected, ParleyError) as exc:
+            log.info("mirror_after_receipt_failed", peer=link.peer, error=str(exc)[:200])
+            return
+        await run_in_threadpool(self.terminal.extend_mirror, link.peer, start, hashes)
+
+    async def _leaves_with_receipts(self, peer: str, data: bytes) -> None:
+        """Take the leaf hashes a batch answer carried into the mirror of ``peer``'s log."""
+        try:
+            leaves = json.loads(data).get("leaves")
+            if not isinstance(leaves, dict):
+                return
+            start = leaves["start"]
+            raw = b64decode(leaves["hashes"], "leaf hashes")
+            if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+                raise ValueError("start is not a log size")
+            hashes = split_leaves(raw, MAX_LEAVES_WITH_RECEIPTS)
+        except (ValueError, KeyError, TypeError, ParleyError) as exc:
+            log.info("leaves_with_receipts_refused", peer=peer, error=str(exc)[:200])
+            return
+        await run_in_threadpool(self.terminal.extend_mirror, peer, start, hashes)
 
     async def _batch_answers(self, link: Link, items: list[dict[str, Any]], data: bytes) -> None:
         try:
@@ -502,6 +557,7 @@ class DeliveryWorker:
             peer=link.peer,
             link=link.name,
         )
+        await self._leaves_with_receipts(link.peer, data)
         for (item, _), answer in zip(receipts, answers, strict=True):
             if not isinstance(answer, ParleyError) and answer["envelope_id"] != item["envelope_id"]:
                 answer = _answers_another(item, answer)
@@ -565,6 +621,7 @@ class DeliveryWorker:
                 error=exc,
             )
             raise
+        await self._mirror_after_receipt(link)
         if item["via"]:
             await run_in_threadpool(
                 self.terminal.record_link,

@@ -37,6 +37,8 @@ __all__ = [
     "FRAMES",
     "LEAVES",
     "MAX_LEAVES_PAGE",
+    "MAX_LEAVES_WITH_RECEIPTS",
+    "MIRROR_HEADER",
     "STATUS_FOR",
     "create_peer_app",
     "error_response",
@@ -85,6 +87,10 @@ FRAMES = "application/x-parley-frames"
 LEAVES = "application/x-parley-leaves"
 #: Leaf hashes in one page of ``GET /v1/log/leaves`` at most (256 KiB).
 MAX_LEAVES_PAGE = 8192
+#: The sender's mirror of our log (how many leaf hashes it holds), on a batch request.
+MIRROR_HEADER = "x-parley-mirror"
+#: Leaf hashes a batch answer carries at most (the witness round fetches the rest).
+MAX_LEAVES_WITH_RECEIPTS = 4096
 #: A checkpoint request: a checkpoint note (``seen``) and a few fields.
 MAX_WITNESS_REQUEST = 16 * 1024
 MAX_BATCH_ENVELOPES = 256
@@ -240,6 +246,17 @@ def create_peer_app(
             envelopes = split_frames(raw, limit)
             answers = await run_in_threadpool(terminal.receive_batch, envelopes, tls_party=party)
             results: list[dict[str, str]] = []
+            mirror = request.headers.get(MIRROR_HEADER, "")
+            leaves: dict[str, Any] | None = None
+            if mirror.isdigit() and len(mirror) < 16:
+                # Our leaf hashes from the sender's mirror on (at most a few thousand):
+                # what we sign in these receipts can be put back in order should we
+                # lose our log. The sender takes only those its receipts' checkpoint covers.
+                hashes = await run_in_threadpool(
+                    terminal.log_leaves, int(mirror), MAX_LEAVES_WITH_RECEIPTS
+                )
+                if hashes:
+                    leaves = {"start": int(mirror), "hashes": b64encode(b"".join(hashes))}
             for answer in answers:
                 if isinstance(answer, ParleyError):
                     await run_in_threadpool(
@@ -252,7 +269,10 @@ def create_peer_app(
                     results.append({"error": answer.code, "message": str(answer)})
                 else:
                     results.append({"receipt": b64encode(answer)})
-            return JSONResponse({"results": results})
+            body: dict[str, Any] = {"results": results}
+            if leaves is not None:
+                body["leaves"] = leaves
+            return JSONResponse(body)
 
         return await guarded(request, "envelopes/batch", work)
 

@@ -285,6 +285,12 @@ class Terminal(Records):
     ) -> bytes:
         return self._witnessing.witness(owner, offer, leaves)
 
+    def mirror_size(self, owner: str) -> int:
+        return self._witnessing.mirror_size(owner)
+
+    def extend_mirror(self, owner: str, start: int, leaves: Sequence[bytes]) -> int:
+        return self._witnessing.extend_mirror(owner, start, leaves)
+
     def mirror(self, owner: str, start: int, limit: int) -> list[bytes]:
         return self._witnessing.mirror(owner, start, limit)
 

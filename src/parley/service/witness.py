@@ -124,6 +124,20 @@ class Witnessing:
         got = list(leaves(plan.start, needed))[:needed] if needed and leaves else []
         return self.cosign(owner, plan, got)
 
+    def mirror_size(self, owner: str) -> int:
+        with self.kernel.lock:
+            return self.kernel.party.mirror_size(owner)
+
+    def extend_mirror(self, owner: str, start: int, leaves: Sequence[bytes]) -> int:
+        """Leaf hashes that came with ``owner``'s receipts: the mirror reaches what they
+        showed (``Party.extend_mirror``), stored before it is relied on."""
+        with self.kernel.lock:
+            before = self.kernel.party.mirror_size(owner)
+            size = self.kernel.party.extend_mirror(owner, start, leaves)
+            if size != before:
+                self._store_changes()
+            return size
+
     def mirror(self, owner: str, start: int, limit: int) -> list[bytes]:
         """Leaf hashes of ``owner``'s log from this terminal's mirror (verified ones only)."""
         with self.kernel.lock:
