@@ -379,3 +379,19 @@ def test_a_receipt_that_crosses_an_offer_is_not_a_rollback() -> None:
     assert pair.witness(pair.a) == pair.a.transcript.size
     with pytest.raises(CheckpointRollback):
         pair.b.witness(offer, leaves=pair.a.log_leaves)
+
+
+def test_leaves_that_come_with_receipts_extend_the_mirror_to_what_the_receipt_showed() -> None:
+    pair = PartyPair.create(ManualClock())
+    pair.deliver(pair.a.send_text(["RU-GS"], "m", operator="o"), pair.a)
+    shown = pair.a.largest_seen("RU-GS")
+    assert shown is not None
+    assert pair.a.mirror_size("RU-GS") == 0
+    # Wrong leaves, too few, and leaves from the wrong start change nothing.
+    assert pair.a.extend_mirror("RU-GS", 0, [bytes(32)] * 4) == 0
+    assert pair.a.extend_mirror("RU-GS", 0, pair.b.log_leaves(0, shown.size - 1)) == 0
+    assert pair.a.extend_mirror("RU-GS", 1, pair.b.log_leaves(1, 100)) == 0
+    # The receiver's own leaves, as far as they go (more than the receipt showed is fine).
+    pair.b.send_text(["US-EUCOM"], "not yet shown to US-EUCOM", operator="o")
+    assert pair.a.extend_mirror("RU-GS", 0, pair.b.log_leaves(0, 100)) == shown.size
+    assert pair.a.mirror("RU-GS", 0, 100) == pair.b.log_leaves(0, shown.size)
