@@ -153,18 +153,21 @@ class Receiving:
         if not reissued:
             return
         ids = {str(r["envelope_id"]) for r in reissued}
-        held = Counter(
-            conn.execute(
-                select(m.issued_receipts.c.envelope_id).where(
-                    m.issued_receipts.c.envelope_id.in_(ids)
-                )
-            ).scalars()
-        )
+        stored = conn.execute(
+            select(m.issued_receipts.c.envelope_id, m.issued_receipts.c.receipt).where(
+                m.issued_receipts.c.envelope_id.in_(ids)
+            )
+        ).all()
+        held = Counter(str(r.envelope_id) for r in stored)
+        known = {bytes(r.receipt) for r in stored}
         rows = []
         for row in reissued:
             envelope_id = str(row["envelope_id"])
-            if held[envelope_id] < REISSUED_KEPT:
+            receipt = row["receipt"]
+            assert isinstance(receipt, bytes)
+            if held[envelope_id] < REISSUED_KEPT and receipt not in known:
                 held[envelope_id] += 1
+                known.add(receipt)
                 rows.append(row)
         if rows:
             conn.execute(insert(m.issued_receipts), rows)
