@@ -126,19 +126,23 @@ def test_recovery_puts_back_the_witnessed_log_then_what_no_checkpoint_covered(
     assert audit(us.engine, us.identity.card).ok
 
 
-def test_what_no_peer_holds_is_listed_and_the_terminal_stays_frozen(world: World) -> None:
+def _lost_after_a_witnessed_message(world: World) -> Terminal:
+    """US-EUCOM sends m0, is backed up, sends m1, RU-GS witnesses; then its disk dies."""
     world.send(US, "m0")
     backup = world.copy(US, "backup")
     world.t[US] = Terminal.open(world.paths[US], PASSPHRASE)
     world.send(US, "m1")
     world.witness(US, RU)
-    us = world.lose_disk(US, backup)
-    guard = world.guard(US)
+    return world.lose_disk(US, backup)
+
+
+def test_what_no_peer_holds_is_listed_and_the_terminal_stays_frozen(world: World) -> None:
+    us = _lost_after_a_witnessed_message(world)
     # RU-GS holds the order, but its log lost the entries too (wiped): nothing to put back.
     with world.t[RU].engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM log_entries WHERE idx >= 1")
         conn.exec_driver_sql("DELETE FROM messages WHERE log_index >= 1")
-    report = asyncio.run(guard.recover())
+    report = asyncio.run(world.guard(US).recover())
     assert not report.complete
     assert report.holes
     assert [h.index for h in report.holes] == list(range(report.after, report.target))
@@ -146,20 +150,21 @@ def test_what_no_peer_holds_is_listed_and_the_terminal_stays_frozen(world: World
     assert us.frozen is not None
 
 
-def test_a_peer_that_does_not_answer_keeps_a_restored_terminal_frozen(world: World) -> None:
-    world.send(US, "m0")
-    backup = world.copy(US, "backup")
-    world.t[US] = Terminal.open(world.paths[US], PASSPHRASE)
-    world.send(US, "m1")
-    world.witness(US, RU)
-    us = world.lose_disk(US, backup)
+def test_a_restored_terminal_waits_for_every_peer_then_recovers(world: World) -> None:
+    us = _lost_after_a_witnessed_message(world)
+    with us.engine.begin() as conn:  # as parley restore leaves it
+        conn.exec_driver_sql("INSERT INTO settings (key, value) VALUES ('recovery_required', '1')")
+    us.engine.dispose()
+    us = world.t[US] = Terminal.open(world.paths[US], PASSPHRASE)
+    assert us.frozen is not None
+    assert "restored from a backup" in us.frozen
     world.down.add(RU)
     result = asyncio.run(world.guard(US).check())
     assert not result.everyone_answered
     assert "does not answer" in (result.views[RU].error or "")
-    # Nothing told it its log is behind; nor did every peer confirm it: a restored
-    # terminal would wait. This one was not marked restored, and goes on.
-    assert us.frozen is None
+    assert us.frozen is not None  # RU-GS may have seen more: it waits
     world.down.clear()
-    asyncio.run(world.guard(US).check())
-    assert us.frozen is not None  # RU-GS saw more than it holds
+    report = asyncio.run(world.guard(US).recover())
+    assert report.complete
+    assert us.frozen is None
+    assert _texts(us) == ["m0", "m1"]

@@ -248,6 +248,26 @@ class RecoveryReport:
         }
 
 
+def _signed_columns(
+    header: EnvelopeHeader, index: int, direction: str, now: datetime
+) -> dict[str, Any]:
+    """The message index's columns that come from the envelope's signed header."""
+    return {
+        "envelope_id": header.id,
+        "log_index": index,
+        "direction": direction,
+        "channel": header.channel,
+        "sender": header.sender,
+        "recipients": ",".join(header.recipients),
+        "seq": header.seq,
+        "kind": header.kind,
+        "precedence": header.precedence,
+        "exercise": header.exercise,
+        "created_at": header.created_at,
+        "stored_at": now,
+    }
+
+
 class Recovery:
     """Rebuild the missing tail of this terminal's own log from its peers' answers."""
 
@@ -420,18 +440,7 @@ class Recovery:
                 content, content_bytes = None, None
         conn.execute(
             insert(m.messages).values(
-                envelope_id=header.id,
-                log_index=index,
-                direction="out",
-                channel=header.channel,
-                sender=header.sender,
-                recipients=",".join(header.recipients),
-                seq=header.seq,
-                kind=header.kind,
-                precedence=header.precedence,
-                exercise=header.exercise,
-                created_at=header.created_at,
-                stored_at=now,
+                **_signed_columns(header, index, "out", now),
                 operator=content.operator if content else "",
                 lang=content.lang if content else "",
                 body=canonical_bytes(dict(content.body)).decode() if content else "{}",
@@ -485,18 +494,7 @@ class Recovery:
         human = header.kind in HUMAN_KINDS
         conn.execute(
             insert(m.messages).values(
-                envelope_id=header.id,
-                log_index=index,
-                direction="in",
-                channel=header.channel,
-                sender=header.sender,
-                recipients=",".join(header.recipients),
-                seq=header.seq,
-                kind=header.kind,
-                precedence=header.precedence,
-                exercise=header.exercise,
-                created_at=header.created_at,
-                stored_at=now,
+                **_signed_columns(header, index, "in", now),
                 operator=content.operator,
                 lang=content.lang,
                 body=canonical_bytes(dict(content.body)).decode(),
