@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -71,6 +72,9 @@ def measure(terminals: int, window: float, settle: float) -> dict[str, Any]:
             if dead:
                 raise RuntimeError(f"terminals exited during the window: {dead}")
         finally:
+            for terminal in procs:  # all at once: a large mesh stops in seconds, not minutes
+                if terminal.proc is not None and terminal.proc.poll() is None:
+                    terminal.proc.send_signal(signal.SIGTERM)
             for terminal in procs:
                 terminal.stop()
     percent = {p: 100.0 * (last[p] - first[p]) / elapsed for p in pids}
