@@ -141,6 +141,8 @@ class Config:
     alarm_command: list[str] = field(default_factory=list)
     ack_deadlines: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_ACK_DEADLINES))
     max_clock_skew: float = 600.0
+    #: The longest card validity ``peer add`` accepts (3 years).
+    max_card_validity_days: int = 1095
     #: Automatic backups by ``parley serve``: the directory ("" = DIR/backups),
     #: how often ("6h"; "off" = never) and how many files are kept.
     backup_dir: str = ""
@@ -167,7 +169,10 @@ class Config:
             "links": {"test_interval": self.link_test_interval, "timeout": self.link_timeout},
             "alarms": {"command": self.alarm_command},
             "ack_deadlines": self.ack_deadlines,
-            "protocol": {"max_clock_skew": self.max_clock_skew},
+            "protocol": {
+                "max_clock_skew": self.max_clock_skew,
+                "max_card_validity_days": self.max_card_validity_days,
+            },
             "backup": {
                 "dir": self.backup_dir,
                 "every": self.backup_every,
@@ -179,6 +184,7 @@ class Config:
             "# links.test_interval: how often each link is tested (3600 = hourly).\n"
             "# alarms.command: a program (and arguments) run for each alarm, with the\n"
             "#   alarm as JSON on its standard input; [] for none.\n"
+            "# protocol.max_card_validity_days: the longest card validity peer add accepts.\n"
             '# backup: automatic encrypted backups by parley serve: every ("6h", "30m";\n'
             '#   "off"), into dir ("" = DIR/backups), keeping the newest keep files.\n'
         )
@@ -207,11 +213,16 @@ class Config:
                 alarm_command=[str(c) for c in command],
                 ack_deadlines=deadlines,
                 max_clock_skew=float(data.get("protocol", {}).get("max_clock_skew", 600)),
+                max_card_validity_days=int(
+                    data.get("protocol", {}).get("max_card_validity_days", 1095)
+                ),
                 backup_dir=str(data.get("backup", {}).get("dir", "")),
                 backup_every=str(data.get("backup", {}).get("every", "off")),
                 backup_keep=int(data.get("backup", {}).get("keep", 7)),
             )
             parse_duration(config.backup_every, f"backup.every in {source}")
+            if config.max_card_validity_days < 1:
+                raise UsageError(f"protocol.max_card_validity_days in {source} must be at least 1")
             if config.backup_keep < 1:
                 raise UsageError(f"backup.keep in {source} must be at least 1")
             return config

@@ -13,6 +13,7 @@ Hierarchy::
     │   ├── NotPermitted                the operator's role does not allow the action
     │   ├── UnknownPeer                 no pinned card for that party
     │   ├── FingerprintMismatch         the card does not match the fingerprint read aloud
+    │   ├── UnacceptableCard            a sound card this terminal's card policy refuses
     │   ├── UnreadableFile              a file our own operator named cannot be read or parsed
     │   ├── RolledBack                  this terminal's log is behind what its peers saw: it
     │   │                               signs nothing new until it is recovered
@@ -89,6 +90,7 @@ __all__ = [
     "RolledBack",
     "SchemaViolation",
     "TimestampInFuture",
+    "UnacceptableCard",
     "UnknownKind",
     "UnknownPeer",
     "UnknownSender",
@@ -170,6 +172,15 @@ class UnknownPeer(LocalError):
 
 class FingerprintMismatch(LocalError):
     pass
+
+
+class UnacceptableCard(LocalError):
+    """A card that holds together but that this terminal's policy refuses.
+
+    Its validity is longer than the terminal accepts, begins beyond the allowed
+    clock skew in the future, or is over. Like a card file that cannot be read,
+    it was handed over by hand: the operator is the one who asks for another.
+    """
 
 
 class UnreadableFile(LocalError):

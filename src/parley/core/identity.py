@@ -30,13 +30,21 @@ from parley.core.canonical import (
     require_str,
 )
 from parley.core.encoding import b64decode, b64encode, check_party_id, format_time, parse_time
-from parley.errors import FingerprintMismatch, InvalidCard, SchemaViolation, UsageError
+from parley.errors import (
+    FingerprintMismatch,
+    InvalidCard,
+    SchemaViolation,
+    UnacceptableCard,
+    UsageError,
+)
 
 __all__ = [
     "CARD_TYPE",
     "HPKE_SUITE",
     "Identity",
     "IdentityCard",
+    "check_card_window",
+    "describe_span",
     "format_fingerprint",
     "normalize_fingerprint",
 ]
@@ -206,6 +214,54 @@ class IdentityCard:
         if not result.verify_mldsa65(b64decode(sigs["mldsa65"], "card mldsa65 signature"), message):
             raise InvalidCard(f"the ML-DSA-65 self-signature on the card of {party} is invalid")
         return result
+
+
+def describe_span(span: timedelta) -> str:
+    """A length of time as a person says it: "3 years", "1000 years", "90 days"."""
+    days = span / timedelta(days=1)
+    if days >= 365:
+        years = round(days / 365.25, 1)
+        return f"{years:g} year{'' if years == 1 else 's'}"
+    if days >= 1:
+        whole = round(days, 1)
+        return f"{whole:g} day{'' if whole == 1 else 's'}"
+    if span >= timedelta(hours=1):
+        hours = round(span / timedelta(hours=1), 1)
+        return f"{hours:g} hour{'' if hours == 1 else 's'}"
+    minutes = round(span / timedelta(minutes=1), 1)
+    return f"{minutes:g} minute{'' if minutes == 1 else 's'}"
+
+
+def check_card_window(
+    card: IdentityCard, *, now: datetime, max_validity: timedelta, clock_skew: timedelta
+) -> None:
+    """Refuse a card whose validity this terminal does not accept (``UnacceptableCard``).
+
+    A card is accepted only if its window is at most ``max_validity`` long and
+    includes ``now``, allowing ``clock_skew`` for a card that begins a little
+    ahead of this terminal's clock. A card valid from 1970 to 2970 would
+    otherwise vouch for messages dated anywhere in a thousand years.
+    """
+    window = f"({format_time(card.valid_from)[:10]} to {format_time(card.valid_until)[:10]})"
+    length = card.valid_until - card.valid_from
+    if length > max_validity:
+        raise UnacceptableCard(
+            f"{card.party}'s card is valid for {describe_span(length)} {window}; the most "
+            f"this terminal accepts is {describe_span(max_validity)} "
+            "(max_card_validity_days): ask for a card with a shorter validity"
+        )
+    if card.valid_from > now + clock_skew:
+        raise UnacceptableCard(
+            f"{card.party}'s card begins at {format_time(card.valid_from)}, "
+            f"{describe_span(card.valid_from - now)} ahead of this terminal's clock "
+            f"({format_time(now)}); the most allowed is {describe_span(clock_skew)} "
+            "(max_clock_skew): check both clocks"
+        )
+    if card.valid_until < now:
+        raise UnacceptableCard(
+            f"{card.party}'s card expired at {format_time(card.valid_until)} {window}; "
+            f"this terminal's clock reads {format_time(now)}: ask for a current card"
+        )
 
 
 def _card_signing_input(card_bytes: bytes) -> bytes:

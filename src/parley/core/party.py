@@ -54,7 +54,7 @@ from parley.core.checkpoint import (
     verify_cosignature,
     witness_name,
 )
-from parley.core.encoding import Clock, check_party_id, uuid7
+from parley.core.encoding import Clock, check_party_id, format_time, uuid7
 from parley.core.envelope import (
     Content,
     Limits,
@@ -80,6 +80,7 @@ from parley.errors import (
     CheckpointRejected,
     Equivocation,
     InvalidReceipt,
+    InvalidSignature,
     ParleyError,
     RemoteError,
     ReplayedEnvelope,
@@ -624,6 +625,14 @@ class Party:
         """Check a receipt against what this party sent and log it once."""
         self._refuse_if_frozen()  # logging it would change a log waiting to be recovered
         receipt = read_receipt(data, self._lookup_peer)
+        card = self._peers[receipt.receiver]  # read_receipt found it pinned
+        if not card.valid_at(receipt.issued_at):
+            # As for envelopes: a card vouches only for signatures dated in its window.
+            raise InvalidSignature(
+                f"the receipt from {receipt.receiver} is dated {format_time(receipt.issued_at)}, "
+                f"outside the validity of {receipt.receiver}'s card "
+                f"({format_time(card.valid_from)} to {format_time(card.valid_until)})"
+            )
         sent = self.ledger.sent(receipt.envelope_id)
         if sent is None or sent.digest != receipt.envelope_digest:
             raise InvalidReceipt(

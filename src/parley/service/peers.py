@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from sqlalchemy import Connection, and_, insert, select, update
 
 from parley.core.canonical import canonical_bytes
 from parley.core.encoding import check_party_id
-from parley.core.identity import IdentityCard
+from parley.core.identity import IdentityCard, check_card_window
 from parley.core.party import bilateral_channel
 from parley.errors import InvalidCard, ParleyError, UsageError
 from parley.service import tls
@@ -82,7 +83,13 @@ class Peers:
     def add_peer(
         self, bundle: CardBundle, fingerprint: str, links: Sequence[tuple[str, str]]
     ) -> IdentityCard:
-        """Pin a peer's card (after its fingerprint was read aloud) with its links."""
+        """Pin a peer's card (after its fingerprint was read aloud) with its links.
+
+        A new card must also pass the terminal's card policy: a validity no
+        longer than ``max_card_validity_days``, begun (within ``max_clock_skew``)
+        and not over. Re-pointing the links of a card already pinned does not
+        check it again.
+        """
         for name, url in links:
             check_party_id(name.upper(), "link name")
             if not url.startswith("https://"):
@@ -99,6 +106,14 @@ class Peers:
                         f"{known.fingerprint}); a new card needs a new terminal identity"
                     )
             now = self.kernel.clock()
+            if card.party not in self.kernel.party.peers:
+                config = self.kernel.config
+                check_card_window(
+                    card,
+                    now=now,
+                    max_validity=timedelta(days=config.max_card_validity_days),
+                    clock_skew=timedelta(seconds=config.max_clock_skew),
+                )
 
             def work(conn: Connection) -> None:
                 if card.party not in self.kernel.party.peers:
