@@ -73,6 +73,8 @@ user_app = typer.Typer(help="Operator accounts (Argon2id passwords, roles, locko
 app.add_typer(user_app, name="user")
 form_app = typer.Typer(help="The formatted notifications this terminal knows (en, ru, uk).")
 app.add_typer(form_app, name="form")
+keys_app = typer.Typer(help="This terminal's card and keys, and when each pinned card ends.")
+app.add_typer(keys_app, name="keys")
 exchange_app = typer.Typer(
     help=(
         "Prisoner and remains exchanges: each side's list, amendments, the manifest every "
@@ -509,18 +511,58 @@ def peer_add(
 
 @peer_app.command("list")
 def peer_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List pinned peers with their fingerprints and links."""
+    """List pinned peers with their card versions, fingerprints and links."""
     with backend(needs_keys=False) as (api, local):
         peers = api.call("GET", "/peers") if api else local.peers()  # type: ignore[union-attr]
 
     def render(items: list[dict[str, Any]]) -> None:
-        table = Table("Party", "Name", "Fingerprint", "Links")
+        table = Table("Party", "Name", "Card version", "Fingerprint", "Links")
         for p in items:
             links = ", ".join(f"{li['name']}={li['url']}" for li in p["links"])
-            table.add_row(p["party"], p["name"], p["fingerprint"], links)
+            table.add_row(p["party"], p["name"], str(p["card_version"]), p["fingerprint"], links)
         out.print(table)
 
     emit(peers, json_, render)
+
+
+@keys_app.command("status")
+def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """This terminal's card (version, validity), its encryption keys and their state, and
+    every pinned peer's card version and end. `parley serve` raises a card_expiry alarm
+    90 and 30 days (warning) and 7 days (critical) before a card ends, and when it has."""
+    with backend(needs_keys=False) as (api, local):
+        shown = api.call("GET", "/keys") if api else local.keys_status()  # type: ignore[union-attr]
+
+    def render(body: dict[str, Any]) -> None:
+        card = body["card"]
+        out.print(
+            f"{card['party']} ({card['name']})  card version {card['card_version']}  "
+            f"{card['state']}: {card['valid_from']} to {card['valid_until']} "
+            f"({card['days_left']} days left)"
+        )
+        out.print(f"fingerprint: {card['fingerprint']}", soft_wrap=True)
+        keys = Table("Encryption key", "Card version", "State", "Valid from", "Valid until")
+        for key in body["encryption_keys"]:
+            keys.add_row(
+                key["algorithm"],
+                str(key["card_version"]),
+                key["state"],
+                key["valid_from"],
+                key["valid_until"],
+            )
+        out.print(keys)
+        peers = Table("Peer", "Card version", "State", "Valid until", "Days left")
+        for peer in body["peers"]:
+            peers.add_row(
+                peer["party"],
+                str(peer["card_version"]),
+                peer["state"],
+                peer["valid_until"],
+                str(peer["days_left"]),
+            )
+        out.print(peers)
+
+    emit(shown, json_, render)
 
 
 @app.command()

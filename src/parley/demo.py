@@ -196,7 +196,8 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
                     f"--data {shlex.quote(row['data_dir'])} --user {row['username']}"
                 )
                 print(f"  {'':12} CLI: {cli} inbox")
-                print(f"  {'':12}      {cli} show ID --lang ru\n")
+                print(f"  {'':12}      {cli} show ID --lang ru")
+                print(f"  {'':12}      {cli} keys status\n")
             print("Stop with Ctrl-C.", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -327,6 +327,12 @@ def create_console_app(
         await _read(ops)
         return await run_in_threadpool(terminal.peers)
 
+    @app.get("/api/v1/keys")
+    async def keys(ops: Ops) -> dict[str, Any]:
+        """This terminal's card and keys, and every pinned peer's card (``parley keys status``)."""
+        await _read(ops)
+        return await run_in_threadpool(terminal.keys_status)
+
     @app.post("/api/v1/peers")
     async def add_peer(ops: Ops, req: PeerRequest, request: Request) -> dict[str, Any]:
         """Pin a peer (an administrator), or point a pinned peer's links elsewhere."""

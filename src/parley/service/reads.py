@@ -37,11 +37,13 @@ from parley import merkle
 from parley.core.canonical import JSONValue, canonical_bytes, parse_canonical, require_object
 from parley.core.checkpoint import verify_checkpoint
 from parley.core.dsse import parse_dsse
+from parley.core.encoding import format_time
 from parley.core.envelope import Content, EnvelopeHeader, Limits, decrypt_envelope, read_envelope
 from parley.core.identity import Identity, IdentityCard
 from parley.core.transcript import EntryType, split_entry
 from parley.core.translation import CERTIFIED_TRANSLATION_TYPE
 from parley.errors import ParleyError, UsageError, VerificationError
+from parley.service.keys import card_version, keys_report
 from parley.store import models as m
 from parley.store.db import reading
 
@@ -650,17 +652,29 @@ class Records:
         with reading(self.engine) as conn:
             links = conn.execute(select(m.links).order_by(m.links.c.peer, m.links.c.name)).all()
             rows = conn.execute(select(m.peers).order_by(m.peers.c.party)).all()
+        cards = {row.party: IdentityCard.from_bytes(row.card) for row in rows}
         return [
             {
                 "party": row.party,
-                "name": IdentityCard.from_bytes(row.card).name,
+                "name": cards[row.party].name,
                 "fingerprint": row.fingerprint,
+                "card_version": card_version(cards[row.party]),
+                "valid_until": format_time(cards[row.party].valid_until),
                 "links": [
                     {"name": link.name, "url": link.url} for link in links if link.peer == row.party
                 ],
             }
             for row in rows
         ]
+
+    def keys_status(self, now: datetime | None = None) -> dict[str, Any]:
+        """This terminal's card and keys, and every pinned peer's card (``parley keys status``)."""
+        if self._own_card is None:
+            raise UsageError("the terminal's own card is needed to show its keys")
+        with reading(self.engine) as conn:
+            rows = conn.execute(select(m.peers.c.card)).all()
+        peers = [IdentityCard.from_bytes(bytes(row.card)) for row in rows]
+        return keys_report(self._own_card, peers, now or datetime.now(UTC))
 
     def channels(self) -> list[dict[str, Any]]:
         with reading(self.engine) as conn:

@@ -55,6 +55,7 @@ from parley.service.kernel import (
     Kernel,
     utc_now,
 )
+from parley.service.keys import Keys
 from parley.service.ledger import StoreLedger
 from parley.service.links import Links
 from parley.service.messaging import Draft, Messaging
@@ -123,6 +124,7 @@ class Terminal(Records):
         self._channels = Channels(kernel, messaging)
         self._links = Links(kernel, alarms)
         self._deadlines = Deadlines(kernel, alarms)
+        self._keys = Keys(kernel, alarms)
         self._answers = RecoveryAnswers(kernel)
         self._recovery = Recovery(kernel, alarms)
 
@@ -385,7 +387,18 @@ class Terminal(Records):
     # Deadlines (service.deadlines) -------------------------------------------
 
     def check_deadlines(self) -> int:
-        return self._deadlines.check_deadlines()
+        """Acknowledgement deadlines, and (at most hourly) the cards' ends; returns alarms raised.
+
+        ``parley serve``'s deadlines loop calls this every few seconds.
+        """
+        return self._deadlines.check_deadlines() + self._keys.check_expiry()
+
+    def check_card_expiry(self, *, force: bool = False) -> int:
+        """Raise or clear the ``card_expiry`` alarms now (``force``) or when an hour is up."""
+        return self._keys.check_expiry(force=force)
+
+    def keys_status(self, now: datetime | None = None) -> dict[str, Any]:
+        return super().keys_status(now or self.kernel.clock())
 
     def status(self) -> dict[str, Any]:
         with self.lock:
