@@ -357,7 +357,7 @@ def run(path: Path, passphrase: str, *, standby: bool = False) -> None:
             holder = database_lock.holder() or "another process"
             database_lock.release()
             raise UsageError(
-                f"{config.party} is already served from its database by {holder}; "
+                f"{config.party} is already running: served from its database by {holder}; "
                 "`parley serve --standby` waits to take over from it"
             )
     lock = ServeLock(data)

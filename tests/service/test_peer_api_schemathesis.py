@@ -292,6 +292,7 @@ def test_schemathesis_finds_no_server_error_and_nothing_is_stored(target: Target
             "GET /v1/recovery/status",
             "GET /v1/recovery/leaves",
             "GET /v1/recovery/entries",
+            "GET /v1/log/leaves",
         }
         run = Run(client, target.ru.peer_url)
         for operation in operations:

@@ -152,7 +152,8 @@ def test_standby_takes_over_mid_traffic(pair: dict[str, TerminalProcess]) -> Non
         # A second active process is refused, naming the one that serves.
         refused = us.cli("serve", check=False, timeout=60)
         assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert "already served from its database by parley serve US-EUCOM" in refused.stderr
+        assert "already running" in refused.stderr
+        assert "served from its database by parley serve US-EUCOM" in refused.stderr
 
         stop = threading.Event()
         errors: list[BaseException] = []

@@ -69,6 +69,9 @@ WITNESS_EVERY = 2.0  # seconds between checkpoint rounds with a busy peer
 #: ``WITNESS_IDLE_MAX``; a round that finds it grown starts again from here.
 WITNESS_IDLE = 10.0
 WITNESS_IDLE_MAX = 60.0
+#: Seconds over which the first link tests after start are spread (then each
+#: round of tests is spread over the whole test interval).
+FIRST_LINK_TESTS = 300.0
 #: Idle rounds are spread over +/- this share of their interval, so that the
 #: rounds with many peers do not all fall in the same instant.
 WITNESS_JITTER = 0.2
@@ -154,6 +157,8 @@ class DeliveryWorker:
         #: peer -> monotonic time of the next idle witness round; quiet rounds in a row.
         self._next_idle_round: dict[str, float] = {}
         self._quiet_rounds: dict[str, int] = {}
+        #: Witness rounds failed in a row, per peer (their retries back off).
+        self._witness_failures: dict[str, int] = {}
         self._links_cache: tuple[float, list[dict[str, Any]]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Compares our log with what the peers saw of it; recovers it (docs/recovery.md).
@@ -332,6 +337,11 @@ class DeliveryWorker:
 
     async def _peer_loop(self, peer: str) -> None:
         event = self._peer_events.setdefault(peer, asyncio.Event())
+        # The first idle round with each peer comes within WITNESS_IDLE, not at once:
+        # a network that starts together does not ask everything of everyone at once.
+        self._next_idle_round.setdefault(
+            peer, time.monotonic() + self.rng.uniform(0.0, WITNESS_IDLE)
+        )
         while not self._stopping:
             event.clear()
             try:
@@ -712,6 +722,9 @@ class DeliveryWorker:
         await self._witness(peer)
         if self._last_witness.get(peer) == last:
             return  # too soon after the previous round: none ran
+        if peer in self._witness_failures:
+            self._quiet_rounds[peer] = 0
+            return  # it failed: _witness set when to try again
         quiet = not traffic and peer not in self._witness_due
         quiet = quiet and self._cosigned_size(peer) == before
         streak = self._quiet_rounds[peer] = self._quiet_rounds.get(peer, 0) + 1 if quiet else 0
@@ -749,8 +762,15 @@ class DeliveryWorker:
                 )
                 self._unsent_cosignature.pop(peer, None)
         except (LinkFailed, ParleyError) as exc:
-            self._witness_due.add(peer)
-            log.info("witness_round_failed", peer=peer, error=str(exc)[:300])
+            # Tried again after 2, 4, 8 … up to 60 s (jittered): a peer that cannot
+            # answer, or a network that is overloaded, is not asked every 2 s.
+            failures = self._witness_failures[peer] = self._witness_failures.get(peer, 0) + 1
+            delay = min(WITNESS_EVERY * 2.0 ** (failures - 1), WITNESS_IDLE_MAX)
+            spread = self.rng.uniform(1.0 - WITNESS_JITTER, 1.0 + WITNESS_JITTER)
+            self._next_idle_round[peer] = time.monotonic() + delay * spread
+            log.info("witness_round_failed", peer=peer, error=str(exc)[:300], retry_in=delay)
+            return
+        self._witness_failures.pop(peer, None)
 
     async def _mirror_leaves(self, peer: str, start: int, end: int) -> list[bytes]:
         """The peer's leaf hashes ``start`` .. ``end`` from its ``GET /v1/log/leaves``, paged."""
@@ -773,11 +793,26 @@ class DeliveryWorker:
     # Schedules ------------------------------------------------------------------
 
     async def _link_tests(self) -> None:
+        """Test every link once per interval, one link at a time, spread evenly over it.
+
+        The first round is spread over at most ``FIRST_LINK_TESTS`` seconds: a
+        network that starts at once (every terminal testing every link) would
+        otherwise flood itself.
+        """
         interval = max(1.0, self.terminal.config.link_test_interval)
+        period = min(interval, FIRST_LINK_TESTS)
         await asyncio.sleep(min(interval, 2.0))
         while not self._stopping:
-            await self.test_links()
-            await asyncio.sleep(interval)
+            links = await run_in_threadpool(self.terminal.links)
+            self.rng.shuffle(links)
+            gap = period / max(1, len(links))
+            for item in links:
+                try:
+                    await run_in_threadpool(self._queue_test, item["peer"], item["name"])
+                except ParleyError as exc:
+                    log.warning("link_test_not_queued", peer=item["peer"], error=str(exc))
+                await asyncio.sleep(gap * self.rng.uniform(0.5, 1.5))
+            period = interval
 
     async def test_links(self, peers: Sequence[str] | None = None) -> None:
         """Queue one ``test`` message per link (each pinned to its link)."""

@@ -1,0 +1,56 @@
+"""The delivery worker's schedule: failed witness rounds back off instead of hammering."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parley.service.delivery import WITNESS_EVERY, WITNESS_IDLE_MAX, DeliveryWorker, LinkFailed
+from parley.service.terminal import Terminal
+from parley.testing.network import PASSPHRASE, make_network
+
+US, RU = "US-EUCOM", "RU-GS"
+
+
+@pytest.fixture
+def us(tmp_path: Path) -> Iterator[Terminal]:
+    made = make_network(tmp_path, [(US, "US European Command"), (RU, "General Staff")])
+    terminal = Terminal.open(made[US].data, PASSPHRASE)
+    yield terminal
+    terminal.engine.dispose()
+
+
+def test_failed_witness_rounds_back_off_up_to_a_minute(
+    us: Terminal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = DeliveryWorker(us, rng=random.Random(7))
+    asked: list[str] = []
+
+    async def any_link(peer: str, method: str, path: str, **kwargs: Any) -> bytes:
+        asked.append(path)
+        raise LinkFailed("connection refused")
+
+    monkeypatch.setattr(worker, "_any_link", any_link)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    async def rounds() -> list[float]:
+        delays = []
+        for _ in range(8):
+            await worker._witness(RU)
+            delays.append(worker._next_idle_round[RU] - clock[0])
+            clock[0] += 61.0  # well past any retry
+        return delays
+
+    delays = asyncio.run(rounds())
+    expected = [min(WITNESS_EVERY * 2.0**n, WITNESS_IDLE_MAX) for n in range(8)]
+    for got, want in zip(delays, expected, strict=True):
+        assert want * 0.8 <= got <= want * 1.2
+    assert worker._witness_failures[RU] == 8
+    assert asked == ["/v1/checkpoint-offers"] * 8  # one small request per attempt
