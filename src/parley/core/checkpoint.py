@@ -10,8 +10,10 @@ signed by the log's owner twice, under the key name ``parley.transcript/<party>`
 
 * Ed25519, signature type ``0x01`` as in c2sp.org/signed-note;
 * ML-DSA-65 (FIPS 204, empty context) over the same note text. Signed-note
-  assigns no byte to ML-DSA, so Parley uses the reserved type ``0xff``
-  followed by the identifier ``parley.mldsa65/v1``: the key ID is
+  assigns no byte to an ML-DSA-65 signature (its only ML-DSA type, ``0x06``,
+  is an ML-DSA-44 cosignature over another message: docs/formats.md), so
+  Parley uses the reserved type ``0xff`` followed by the identifier
+  ``parley.mldsa65/v1``: the key ID is
   ``SHA-256(name || 0x0A || 0xff || "parley.mldsa65/v1" || public key)[:4]``.
 
 Both signatures must verify: the record must survive a future break of
