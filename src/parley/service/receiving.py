@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection, insert, select
@@ -18,7 +19,7 @@ from parley import merkle
 from parley.core.canonical import canonical_bytes, parse_canonical, require_object
 from parley.core.checkpoint import verify_checkpoint
 from parley.core.encoding import b64decode, b64encode
-from parley.core.envelope import read_envelope
+from parley.core.envelope import EnvelopeHeader, read_envelope
 from parley.core.party import AckReceived, DuplicateReceived, GapDetected, MessageReceived
 from parley.core.transcript import EntryType, entry_bytes
 from parley.errors import RemoteError, SchemaViolation, UnknownPeer
@@ -27,12 +28,32 @@ from parley.service.channels import apply_service
 from parley.service.kernel import HUMAN_KINDS, Kernel
 from parley.store import models as m
 
-__all__ = ["Receiving"]
+__all__ = ["REISSUED_KEPT", "Receiving", "signed_columns"]
 
 log = structlog.get_logger("parley.terminal")
 
 #: Receipts issued again for one duplicate envelope that are kept for its sender.
 REISSUED_KEPT = 8
+
+
+def signed_columns(
+    header: EnvelopeHeader, index: int, direction: str, now: datetime
+) -> dict[str, Any]:
+    """The message index's columns that come from the envelope's signed header."""
+    return {
+        "envelope_id": header.id,
+        "log_index": index,
+        "direction": direction,
+        "channel": header.channel,
+        "sender": header.sender,
+        "recipients": ",".join(header.recipients),
+        "seq": header.seq,
+        "kind": header.kind,
+        "precedence": header.precedence,
+        "exercise": header.exercise,
+        "created_at": header.created_at,
+        "stored_at": now,
+    }
 
 
 class Receiving:
@@ -104,7 +125,7 @@ class Receiving:
 
             def work(conn: Connection) -> None:
                 self.kernel.log_new_entries(conn, start)
-                self._store_received(conn, received, now)
+                self.store_received(conn, received, now)
                 self._keep_reissued(conn, reissued)
                 for ack in acked:
                     conn.execute(
@@ -172,9 +193,11 @@ class Receiving:
         if rows:
             conn.execute(insert(m.issued_receipts), rows)
 
-    def _store_received(
+    def store_received(
         self, conn: Connection, events: Sequence[MessageReceived], now: datetime
     ) -> None:
+        """The message index rows of envelopes received and logged (and what a service
+        message changes); recovery indexes the envelopes it puts back the same way."""
         rows = []
         for event in events:
             header = event.envelope.header
@@ -182,18 +205,7 @@ class Receiving:
             human = header.kind in HUMAN_KINDS
             rows.append(
                 {
-                    "envelope_id": header.id,
-                    "log_index": event.log_index,
-                    "direction": "in",
-                    "channel": header.channel,
-                    "sender": header.sender,
-                    "recipients": ",".join(header.recipients),
-                    "seq": header.seq,
-                    "kind": header.kind,
-                    "precedence": header.precedence,
-                    "exercise": header.exercise,
-                    "created_at": header.created_at,
-                    "stored_at": now,
+                    **signed_columns(header, event.log_index, "in", now),
                     "operator": content.operator,
                     "lang": content.lang,
                     "body": canonical_bytes(content.body).decode(),

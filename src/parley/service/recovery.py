@@ -28,13 +28,14 @@ from parley.core.canonical import canonical_bytes
 from parley.core.checkpoint import Checkpoint, verify_checkpoint
 from parley.core.encoding import b64encode
 from parley.core.envelope import Content, EnvelopeHeader, decrypt_envelope, read_envelope
+from parley.core.party import MessageReceived
 from parley.core.receipts import Receipt, read_receipt
 from parley.core.recovery import Hole, plan_recovery
 from parley.core.transcript import EntryType, entry_bytes, split_entry
 from parley.errors import ParleyError, UsageError, VerificationError
 from parley.service.alarms import Alarms
-from parley.service.channels import apply_service
 from parley.service.kernel import HUMAN_KINDS, Kernel
+from parley.service.receiving import Receiving, signed_columns
 from parley.store import models as m
 from parley.store.db import reading
 
@@ -248,32 +249,13 @@ class RecoveryReport:
         }
 
 
-def _signed_columns(
-    header: EnvelopeHeader, index: int, direction: str, now: datetime
-) -> dict[str, Any]:
-    """The message index's columns that come from the envelope's signed header."""
-    return {
-        "envelope_id": header.id,
-        "log_index": index,
-        "direction": direction,
-        "channel": header.channel,
-        "sender": header.sender,
-        "recipients": ",".join(header.recipients),
-        "seq": header.seq,
-        "kind": header.kind,
-        "precedence": header.precedence,
-        "exercise": header.exercise,
-        "created_at": header.created_at,
-        "stored_at": now,
-    }
-
-
 class Recovery:
     """Rebuild the missing tail of this terminal's own log from its peers' answers."""
 
     def __init__(self, kernel: Kernel, alarms: Alarms) -> None:
         self.kernel = kernel
         self.alarms = alarms
+        self.receiving = Receiving(kernel, alarms)
 
     def own_checkpoint(self, note: str) -> Checkpoint:
         """A checkpoint note a peer holds, checked to be this terminal's own signature."""
@@ -440,7 +422,7 @@ class Recovery:
                 content, content_bytes = None, None
         conn.execute(
             insert(m.messages).values(
-                **_signed_columns(header, index, "out", now),
+                **signed_columns(header, index, "out", now),
                 operator=content.operator if content else "",
                 lang=content.lang if content else "",
                 body=canonical_bytes(dict(content.body)).decode() if content else "{}",
@@ -487,28 +469,10 @@ class Recovery:
     def _index_received(
         self, conn: Connection, header: EnvelopeHeader, index: int, now: datetime
     ) -> None:
-        party = self.kernel.party
         opened = decrypt_envelope(header, self.kernel.identity)
         content = opened.content
-        rejection = party.content_rejection(opened)
-        human = header.kind in HUMAN_KINDS
-        conn.execute(
-            insert(m.messages).values(
-                **_signed_columns(header, index, "in", now),
-                operator=content.operator,
-                lang=content.lang,
-                body=canonical_bytes(dict(content.body)).decode(),
-                content=content.to_bytes(),
-                ack_due=now + self.kernel.config.ack_deadline(header.precedence)
-                if human and rejection is None
-                else None,
-                acked_at=None,
-                acked_by=None,
-                overdue=False,
-                rejection_code=rejection.code if rejection else None,
-                rejection_reason=rejection.reason if rejection else None,
-            )
-        )
+        rejection = self.kernel.party.content_rejection(opened)
+        self.receiving.store_received(conn, [MessageReceived(opened, index, rejection)], now)
         if header.kind == "ack":
             ack = content.body.get("ack")
             if isinstance(ack, dict):
@@ -521,8 +485,6 @@ class Recovery:
                         at=header.created_at,
                     )
                 )
-        elif header.kind == "service":
-            apply_service(conn, header.channel, header.sender, content.body, now)
 
     def _index_receipt(self, conn: Connection, raw: bytes, index: int, now: datetime) -> None:
         receipt = read_receipt(raw, self.kernel.party.card_of)
