@@ -62,6 +62,14 @@ class CheckResult:
         return all(v.answered for v in self.views.values())
 
 
+def _unordered(start: int, end: int) -> tuple[Hole, ...]:
+    """Indexes a peer saw but whose order no witness holds."""
+    return tuple(
+        Hole(i, b"", "no witness holds the leaf hashes of this part of the log")
+        for i in range(start, end)
+    )
+
+
 class LogGuard:
     """Compare our log with what peers saw of it; freeze, recover and thaw."""
 
@@ -170,10 +178,7 @@ class LogGuard:
         ]
         witnessed.sort(key=lambda v: v.witnessed.size if v.witnessed else 0, reverse=True)
         if not witnessed or witnessed[0].witnessed is None:
-            holes = tuple(
-                Hole(i, b"", "no witness holds the leaf hashes of this part of the log")
-                for i in range(size, largest)
-            )
+            holes = _unordered(size, largest)
             return RecoveryReport(size, largest, size, holes=holes, peers=peers)
         source = witnessed[0]
         target = source.witnessed
@@ -190,13 +195,7 @@ class LogGuard:
         )
         if report.complete and report.after < largest:
             report.complete = False
-            report.holes = (
-                *report.holes,
-                *(
-                    Hole(i, b"", "no witness holds the leaf hashes of this part of the log")
-                    for i in range(report.after, largest)
-                ),
-            )
+            report.holes = (*report.holes, *_unordered(report.after, largest))
         if report.complete:
             after = await self.check()
             report.complete = not after.beyond
