@@ -114,7 +114,7 @@ CULPRIT_PREFIX = {
 class ParleyError(Exception):
     """Base of every Parley error. ``str(err)`` is a sentence for a person."""
 
-    #: Who broke the rule, for operators: "us", "peer" or "record".
+    #: Who broke the rule, for operators: "us", "peer", "record" or "nobody".
     culprit = "us"
 
     @property
@@ -306,6 +306,14 @@ class Equivocation(CheckpointRejected):
 
 class CheckpointRollback(Equivocation):
     """A log offered smaller than a checkpoint of it already cosigned: both notes are evidence."""
+
+
+class StaleOffer(ParleyError):
+    """A peer's offered checkpoint fell behind its log as this terminal mirrors it
+    (its receipts showed more leaves while the offer's were fetched): nobody broke
+    a rule; the next witness round asks again."""
+
+    culprit = "nobody"
 
 
 class VerificationError(ParleyError):

@@ -73,7 +73,9 @@ def test_a_fabricated_larger_checkpoint_survives_a_restart(scene: Scene) -> None
         what="three witness rounds refused",
     )
     alarms = _rollback_alarms(s)
-    assert [(a["kind"], a["severity"]) for a in alarms] == [("rollback", "critical")]
+    assert [(a["kind"], a["severity"]) for a in alarms] == [("rollback", "critical")], json.dumps(
+        alarms
+    )
     assert s.witnessed() == cosigned_before  # nothing cosigned since
     with s.db.connect() as conn:
         rows = [json.loads(r) for r in conn.execute(select(m.evidence.c.evidence)).scalars()]

@@ -24,6 +24,7 @@ from parley.errors import (
     InvalidSignature,
     RemoteError,
     ReplayedEnvelope,
+    StaleOffer,
     UnknownSender,
 )
 from parley.testing import ManualClock, PartyPair, make_parties
@@ -395,3 +396,42 @@ def test_leaves_that_come_with_receipts_extend_the_mirror_to_what_the_receipt_sh
     pair.b.send_text(["US-EUCOM"], "not yet shown to US-EUCOM", operator="o")
     assert pair.a.extend_mirror("RU-GS", 0, pair.b.log_leaves(0, 100)) == shown.size
     assert pair.a.mirror("RU-GS", 0, 100) == pair.b.log_leaves(0, shown.size)
+
+
+def test_leaves_that_come_with_receipts_while_a_round_fetches_do_not_fail_it() -> None:
+    """The witness plans an offer, and while it fetches the leaves a receipt brings
+    some of them (the mirror grows under the plan): the round still cosigns, and
+    no alarm-worthy rejection is raised. Once the mirror has passed the offer, the
+    offer is stale (asked again), and leaves that differ from those held are refused."""
+    pair = PartyPair.create(ManualClock())
+    us, ru = pair.a, pair.b
+    pair.deliver(us.send_text(["RU-GS"], "m", operator="o"), us)
+    pair.witness(us)
+    us.send_text(["RU-GS"], "grows the log", operator="o")
+    us.send_text(["RU-GS"], "and again", operator="o")
+    plan, _ = ru.plan_witness(us.offer_checkpoint(ru.checkpoint_request("US-EUCOM")))
+    needed = plan.checkpoint.size - plan.start
+    fetched = us.log_leaves(plan.start, needed)
+    assert needed > 1
+    # Leaves with a receipt reach the offered checkpoint (the largest observed).
+    assert ru.extend_mirror("US-EUCOM", plan.start, us.log_leaves(plan.start, 100)) == (
+        plan.checkpoint.size
+    )
+    wrong = [bytes(32), *fetched[1:]]
+    with pytest.raises(CheckpointRejected, match="differ from those it showed before"):
+        ru.cosign(plan, wrong)
+    assert us.accept_cosignature(ru.cosign(plan, fetched)).size == plan.checkpoint.size
+
+    # A plan made before the mirror passed its checkpoint is stale, not a rejection.
+    us.send_text(["RU-GS"], "grows it again", operator="o")
+    old = us.offer_checkpoint(ru.checkpoint_request("US-EUCOM"))
+    plan, _ = ru.plan_witness(old)
+    fetched = us.log_leaves(plan.start, plan.checkpoint.size - plan.start)
+    pair.deliver(ru.send_text(["US-EUCOM"], "a receipt shows more", operator="o"), ru)
+    shown = ru.largest_seen("US-EUCOM")
+    assert shown is not None
+    assert shown.size > plan.checkpoint.size
+    assert ru.extend_mirror("US-EUCOM", plan.start, us.log_leaves(plan.start, 100)) == shown.size
+    with pytest.raises(StaleOffer):
+        ru.cosign(plan, fetched)
+    assert pair.witness(us) == us.transcript.size

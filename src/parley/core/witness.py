@@ -30,7 +30,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from parley.core.checkpoint import Checkpoint, parse_note
-from parley.errors import CheckpointRejected, CheckpointRollback, Equivocation, SchemaViolation
+from parley.errors import (
+    CheckpointRejected,
+    CheckpointRollback,
+    Equivocation,
+    SchemaViolation,
+    StaleOffer,
+)
 from parley.merkle import EMPTY_ROOT, MerkleLog
 
 __all__ = [
@@ -211,13 +217,26 @@ class LogWitness:
         """Append the owner's leaves up to the offered size, if they hash to its root."""
         checkpoint = plan.checkpoint
         start = self.mirror.size
-        if checkpoint.size < start:
-            return  # cannot happen for a plan of this witness: the mirror never passes it
-        if plan.start != start or len(leaves) != checkpoint.size - start:
+        if len(leaves) != checkpoint.size - plan.start or plan.start > start:
             raise CheckpointRejected(
                 f"{self.owner} served {len(leaves)} leaf hashes for its checkpoint "
-                f"{checkpoint.size}, which needs leaves {start} to {checkpoint.size}"
+                f"{checkpoint.size}, which needs leaves {plan.start} to {checkpoint.size}"
             )
+        if plan.start < start:
+            # The mirror grew while the leaves were fetched (leaf hashes that came
+            # with the owner's receipts): those it holds must be the ones served.
+            held = self.leaves(plan.start, min(start, checkpoint.size) - plan.start)
+            if list(leaves[: len(held)]) != held:
+                raise CheckpointRejected(
+                    f"{self.owner} served leaf hashes from {plan.start} that differ from "
+                    "those it showed before: its log is not the one this terminal witnessed"
+                )
+            if checkpoint.size < start:
+                raise StaleOffer(
+                    f"{self.owner}'s checkpoint {checkpoint.size} is behind what its receipts "
+                    f"showed since ({start} leaves): the next round asks again"
+                )
+            leaves = leaves[len(held) :]
         if any(len(leaf) != LEAF_SIZE for leaf in leaves):
             raise SchemaViolation(f"a leaf hash from {self.owner} is not {LEAF_SIZE} bytes")
         if self.mirror.root_with(leaves) != checkpoint.root:
