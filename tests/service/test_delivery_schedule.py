@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from parley.service.delivery import WITNESS_EVERY, WITNESS_IDLE_MAX, DeliveryWorker, LinkFailed
+from parley.service.delivery import (
+    WITNESS_EVERY,
+    WITNESS_IDLE,
+    WITNESS_IDLE_MAX,
+    WITNESS_JITTER,
+    DeliveryWorker,
+    LinkFailed,
+    first_round_window,
+)
 from parley.service.terminal import Terminal
 from parley.testing.network import PASSPHRASE, make_network
 
@@ -54,3 +62,49 @@ def test_failed_witness_rounds_back_off_up_to_a_minute(
         assert want * 0.8 <= got <= want * 1.2
     assert worker._witness_failures[RU] == 8
     assert asked == ["/v1/checkpoint-offers"] * 8  # one small request per attempt
+
+
+def test_a_log_grown_by_third_party_traffic_does_not_bring_idle_rounds_back(
+    us: Terminal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer's log grows at every round (its traffic with others): the rounds
+    with it still back off to a minute; traffic with us brings them back."""
+    worker = DeliveryWorker(us, rng=random.Random(7))
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    size = [5]
+
+    class Grown:
+        @property
+        def size(self) -> int:
+            return size[0]
+
+    monkeypatch.setattr(us.party, "last_cosigned_of", lambda peer: Grown())
+
+    async def witness(peer: str) -> None:  # a round that cosigned a larger log
+        worker._last_witness[peer] = clock[0]
+        worker._witness_due.discard(peer)
+        size[0] += 3
+
+    monkeypatch.setattr(worker, "_witness", witness)
+
+    async def rounds() -> list[float]:
+        delays = []
+        for n in range(7):
+            await worker._witness_scheduled(RU, traffic=n == 4)
+            delays.append(worker._next_idle_round[RU] - clock[0])
+            clock[0] += 61.0
+        return delays
+
+    delays = asyncio.run(rounds())
+    streaks = [1, 2, 3, 4, 0, 1, 2]
+    expected = [min(WITNESS_IDLE * 2.0**n, WITNESS_IDLE_MAX) for n in streaks]
+    for got, want in zip(delays, expected, strict=True):
+        assert want * (1 - WITNESS_JITTER) <= got <= want * (1 + WITNESS_JITTER)
+
+
+def test_the_first_rounds_of_a_large_network_are_spread_over_a_minute() -> None:
+    assert first_round_window(3) == WITNESS_IDLE
+    assert first_round_window(30) == 30.0
+    assert first_round_window(56) == 56.0
+    assert first_round_window(200) == WITNESS_IDLE_MAX

@@ -69,6 +69,8 @@ WITNESS_EVERY = 2.0  # seconds between checkpoint rounds with a busy peer
 #: ``WITNESS_IDLE_MAX``; a round that finds it grown starts again from here.
 WITNESS_IDLE = 10.0
 WITNESS_IDLE_MAX = 60.0
+#: Seconds of the first-round window per peer (see ``first_round_window``).
+FIRST_ROUND_PER_PEER = 1.0
 #: Seconds over which the first link tests after start are spread (then each
 #: round of tests is spread over the whole test interval).
 FIRST_LINK_TESTS = 300.0
@@ -98,6 +100,11 @@ CATCH_UP_GRACE = 1.0
 PROBE_EVERY = 2.0
 #: FLASH and IMMEDIATE messages taken at once (each goes in its own request).
 URGENT_BATCH = 32
+
+
+def first_round_window(peers: int) -> float:
+    """Seconds over which the first idle witness rounds after start are spread."""
+    return min(WITNESS_IDLE_MAX, max(WITNESS_IDLE, FIRST_ROUND_PER_PEER * peers))
 
 
 def backoff(attempts: int, precedence: str, rng: random.Random) -> float:
@@ -337,11 +344,11 @@ class DeliveryWorker:
 
     async def _peer_loop(self, peer: str) -> None:
         event = self._peer_events.setdefault(peer, asyncio.Event())
-        # The first idle round with each peer comes within WITNESS_IDLE, not at once:
-        # a network that starts together does not ask everything of everyone at once.
-        self._next_idle_round.setdefault(
-            peer, time.monotonic() + self.rng.uniform(0.0, WITNESS_IDLE)
-        )
+        # The first idle round with each peer comes within WITNESS_IDLE (or one
+        # second per peer, up to WITNESS_IDLE_MAX), not at once: a network that
+        # starts together does not ask everything of everyone at once.
+        window = first_round_window(len(self.terminal.party.peers))
+        self._next_idle_round.setdefault(peer, time.monotonic() + self.rng.uniform(0.0, window))
         while not self._stopping:
             event.clear()
             try:
@@ -705,20 +712,19 @@ class DeliveryWorker:
             except (LinkFailed, ParleyError) as exc:
                 log.info("catch_up_failed", peer=peer, channel=channel, error=str(exc)[:200])
 
-    def _cosigned_size(self, peer: str) -> int:
-        checkpoint = self.terminal.party.last_cosigned_of(peer)
-        return checkpoint.size if checkpoint is not None else 0
-
     async def _witness_scheduled(self, peer: str, *, traffic: bool) -> None:
         """A witness round, and when the next idle one is due.
 
-        A round that finds the peer's log as it was (and no traffic with it)
-        is quiet: each quiet round in a row doubles the wait before the next
-        idle one, from ``WITNESS_IDLE`` up to ``WITNESS_IDLE_MAX``, so a peer
-        that says nothing costs one small request a minute. Traffic, a grown
-        log or a failed round bring it back to ``WITNESS_IDLE``.
+        A round without traffic between the two terminals is quiet: each quiet
+        round in a row doubles the wait before the next idle one, from
+        ``WITNESS_IDLE`` up to ``WITNESS_IDLE_MAX``, so a peer that says
+        nothing to us costs one small request a minute. A log grown by the
+        peer's traffic with third parties is cosigned at that pace too (the
+        witnessing work grows with our traffic, not with peers x time); traffic
+        with us brings rounds back to ``WITNESS_IDLE`` (and each exchange has
+        its own round at once).
         """
-        last, before = self._last_witness.get(peer), self._cosigned_size(peer)
+        last = self._last_witness.get(peer)
         await self._witness(peer)
         if self._last_witness.get(peer) == last:
             return  # too soon after the previous round: none ran
@@ -726,7 +732,6 @@ class DeliveryWorker:
             self._quiet_rounds[peer] = 0
             return  # it failed: _witness set when to try again
         quiet = not traffic and peer not in self._witness_due
-        quiet = quiet and self._cosigned_size(peer) == before
         streak = self._quiet_rounds[peer] = self._quiet_rounds.get(peer, 0) + 1 if quiet else 0
         interval = min(WITNESS_IDLE * 2.0**streak, WITNESS_IDLE_MAX)
         spread = self.rng.uniform(1.0 - WITNESS_JITTER, 1.0 + WITNESS_JITTER)

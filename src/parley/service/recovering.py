@@ -35,6 +35,10 @@ log = structlog.get_logger("parley.recovery")
 #: Seconds between checks while frozen (a peer that was away may answer now).
 CHECK_EVERY = 10.0
 
+#: Peers asked at once: a network that starts together (57 terminals asking 56
+#: peers each) does not open every connection in the same instant.
+ASK_AT_ONCE = 4
+
 #: ``fetch(peer, method, path, params=...)``: the answer's body, or an exception.
 Fetch = Callable[..., Awaitable[bytes]]
 
@@ -109,9 +113,16 @@ class LogGuard:
         return view
 
     async def check(self) -> CheckResult:
-        """Ask every peer; freeze on a rollback; thaw a terminal its peers all confirm."""
+        """Ask every peer (``ASK_AT_ONCE`` at a time); freeze on a rollback; thaw a
+        terminal its peers all confirm."""
         peers = sorted(self.terminal.party.peers)
-        views = await asyncio.gather(*(self._view(p) for p in peers))
+        at_once = asyncio.Semaphore(ASK_AT_ONCE)
+
+        async def ask(peer: str) -> PeerView:
+            async with at_once:
+                return await self._view(peer)
+
+        views = await asyncio.gather(*(ask(p) for p in peers))
         result = CheckResult({v.peer: v for v in views})
         recovery = self.terminal.recovery
         for view in views:
