@@ -100,3 +100,26 @@ def test_a_changed_store_is_refused_at_start(
     # The entry no longer hashes to its (changed) stored leaf: named before any checkpoint.
     with pytest.raises(VerificationError, match="log entry 2 no longer hashes to its stored leaf"):
         Terminal.open(tmp_path / "us-eucom", PASSPHRASE)
+
+
+def test_gaps_are_read_back_as_ranges_across_a_restart(
+    pair: tuple[Terminal, Terminal], tmp_path: Path
+) -> None:
+    """The ranges held come back from the message index (one row per range), so a
+    restarted receiver reports the same gaps and fills them the same way."""
+    us, ru = pair
+    raws = _send(us, 30)
+    kept = [raws[i] for i in range(30) if i + 1 not in (1, 7, 8, 20)]
+    assert all(isinstance(r, bytes) for r in ru.receive_batch(kept, tls_party="US-EUCOM"))
+    before = ru.party.held_through(CHANNEL, "US-EUCOM")
+    assert before == (0, (1, 7, 8, 20))
+    ru.engine.dispose()
+    reopened = Terminal.open(tmp_path / "ru-gs", PASSPHRASE)
+    try:
+        assert reopened.party.held_ranges(CHANNEL, "US-EUCOM") == [(2, 6), (9, 19), (21, 30)]
+        assert reopened.party.held_through(CHANNEL, "US-EUCOM") == before
+        reopened.receive_batch([raws[0], raws[6], raws[7], raws[19]], tls_party="US-EUCOM")
+        assert reopened.party.held_ranges(CHANNEL, "US-EUCOM") == [(1, 30)]
+        assert reopened.party.held_through(CHANNEL, "US-EUCOM") == (30, ())
+    finally:
+        reopened.engine.dispose()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -74,6 +74,7 @@ from parley.core.receipts import (
     read_receipt,
     verify_receipt_leaf,
 )
+from parley.core.sequences import HeldSequences
 from parley.core.transcript import EntryType, Transcript, split_entry
 from parley.core.witness import LogWitness, Observation, OfferPlan
 from parley.errors import (
@@ -115,8 +116,6 @@ _OFFER_TYPE = "parley.checkpoint-offer/v2"
 _MAX_WITNESS_MESSAGE = 16 * 1024
 #: The most leaf hashes a witness takes into its mirror in one round (128 MB).
 MAX_MIRROR_STEP = 1 << 22
-#: The most missing sequence numbers one receipt lists (as read_receipt allows).
-_MAX_MISSING = 1000
 
 
 def bilateral_channel(a: str, b: str) -> str:
@@ -209,42 +208,6 @@ class ReceiveResult:
 # Bookkeeping ----------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _InboundStream:
-    """Sequence numbers held from one sender on one channel."""
-
-    contiguous: int = 0
-    ahead: set[int] = field(default_factory=set)
-    max_seen: int = 0
-
-    def holds(self, seq: int) -> bool:
-        return seq <= self.contiguous or seq in self.ahead
-
-    def add(self, seq: int) -> None:
-        self.max_seen = max(self.max_seen, seq)
-        if seq == self.contiguous + 1:
-            self.contiguous = seq
-            while self.contiguous + 1 in self.ahead:
-                self.contiguous += 1
-                self.ahead.discard(self.contiguous)
-        elif seq > self.contiguous:
-            self.ahead.add(seq)
-
-    def missing(self) -> tuple[int, ...]:
-        """The first missing sequence numbers (at most ``_MAX_MISSING``), lowest first.
-
-        A sender that jumps far ahead makes a huge gap; only its beginning is
-        ever listed, so the cost stays bounded whatever the sequence number.
-        """
-        found: list[int] = []
-        seq = self.contiguous + 1
-        while seq < self.max_seen and len(found) < _MAX_MISSING:
-            if seq not in self.ahead:
-                found.append(seq)
-            seq += 1
-        return tuple(found)
-
-
 @dataclass(frozen=True, slots=True)
 class RollbackSeen:
     """A peer holds a checkpoint of this party's log that its log does not bear out."""
@@ -265,8 +228,8 @@ class ResumeState:
     channels: dict[str, Sequence[str]]
     #: channel -> highest sequence number this party sent on it
     last_sent: dict[str, int]
-    #: (channel, sender) -> (highest contiguous sequence held, sequences held beyond it)
-    inbound: dict[tuple[str, str], tuple[int, Sequence[int]]]
+    #: (channel, sender) -> the sequence numbers held, as (start, end) ranges
+    inbound: Mapping[tuple[str, str], Sequence[tuple[int, int]]]
     #: (channel, receiver) -> highest through_seq receipted
     receipted_through: dict[tuple[str, str], int]
 
@@ -297,7 +260,7 @@ class Party:
         self._peers: dict[str, IdentityCard] = {}
         self._channels: dict[str, frozenset[str]] = {}
         self._next_seq: dict[str, int] = {}
-        self._inbound: dict[tuple[str, str], _InboundStream] = {}
+        self._inbound: dict[tuple[str, str], HeldSequences] = {}
         self._receipted_through: dict[tuple[str, str], int] = {}
         self._witness: dict[str, LogWitness] = {}
         #: Checkpoints of peers' logs seen for the first time, for the caller to store.
@@ -571,7 +534,7 @@ class Party:
                 f"{header.channel}, whose members are {', '.join(sorted(known_members))}"
             )
         key = (header.channel, header.sender)
-        stream = self._inbound.get(key) or _InboundStream()
+        stream = self._inbound.get(key) or HeldSequences()
         if stream.holds(header.seq):
             raise ReplayedEnvelope(
                 f"{header.sender} reused sequence number {header.seq} on channel "
@@ -675,6 +638,11 @@ class Party:
         if stream is None:
             return 0, ()
         return stream.contiguous, stream.missing()
+
+    def held_ranges(self, channel: str, sender: str) -> list[tuple[int, int]]:
+        """The sequence numbers this party holds from ``sender`` on ``channel``, as ranges."""
+        stream = self._inbound.get((channel, sender))
+        return stream.ranges() if stream is not None else []
 
     def received_digest(self, envelope_id: str) -> str | None:
         """Hex SHA-256 of a received envelope's bytes (how an ack names it)."""
@@ -1076,7 +1044,7 @@ class Party:
             )
             return
         key = (header.channel, header.sender)
-        self._inbound.setdefault(key, _InboundStream()).add(header.seq)
+        self._inbound.setdefault(key, HeldSequences()).add(header.seq)
         self.ledger.add_received(
             ReceivedRecord(header.id, digest, index, header.channel, header.sender, header.seq)
         )
@@ -1123,13 +1091,8 @@ class Party:
             self._channels[channel] = frozenset(members)
         for channel, seq in state.last_sent.items():
             self._next_seq[channel] = seq + 1
-        for key, seqs in state.inbound.items():
-            stream = _InboundStream()
-            contiguous, ahead = seqs
-            stream.contiguous = contiguous
-            stream.max_seen = max([contiguous, *ahead])
-            stream.ahead = set(ahead)
-            self._inbound[key] = stream
+        for key, ranges in state.inbound.items():
+            self._inbound[key] = HeldSequences(ranges)
         self._receipted_through.update(state.receipted_through)
 
     def restore_witnessed(self, owner: str, cosigned_note: str) -> None:

@@ -6,9 +6,7 @@ from the message index and the stored log (``Kernel.reload``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from parley.core.party import ResumeState
 from parley.service.reads import checked_leaves
@@ -29,29 +27,35 @@ def resume_state(conn: Connection, engine: Engine, me: str) -> ResumeState:
             .group_by(msg.channel)
         )
     }
-    inbound: dict[tuple[str, str], tuple[int, Sequence[int]]] = {}
+    inbound: dict[tuple[str, str], list[tuple[int, int]]] = {}
     streams = conn.execute(
         select(msg.channel, msg.sender, func.count().label("n"), func.max(msg.seq).label("top"))
         .where(msg.direction == "in")
         .group_by(msg.channel, msg.sender)
     ).all()
+    gapped: set[tuple[str, str]] = set()
     for s in streams:
         if s.n == s.top:  # 1..top, no gap: the usual case
-            inbound[(s.channel, s.sender)] = (s.top, ())
-            continue
-        seqs = sorted(
-            conn.execute(
-                select(msg.seq).where(
-                    and_(msg.direction == "in", msg.channel == s.channel, msg.sender == s.sender)
-                )
-            ).scalars()
+            inbound[(s.channel, s.sender)] = [(1, s.top)]
+        else:
+            gapped.add((s.channel, s.sender))
+    if gapped:
+        # The ranges held ("gaps and islands"): within a run of consecutive numbers,
+        # seq minus its rank is constant. One row per range, however wide.
+        rank = func.row_number().over(partition_by=(msg.channel, msg.sender), order_by=msg.seq)
+        numbered = (
+            select(msg.channel, msg.sender, msg.seq, (msg.seq - rank).label("island"))
+            .where(msg.direction == "in")
+            .subquery()
         )
-        contiguous = 0
-        for seq in seqs:
-            if seq != contiguous + 1:
-                break
-            contiguous = seq
-        inbound[(s.channel, s.sender)] = (contiguous, [q for q in seqs if q > contiguous])
+        n = numbered.c
+        for r in conn.execute(
+            select(n.channel, n.sender, func.min(n.seq).label("lo"), func.max(n.seq).label("hi"))
+            .group_by(n.channel, n.sender, n.island)
+            .order_by(n.channel, n.sender, "lo")
+        ):
+            if (r.channel, r.sender) in gapped:
+                inbound.setdefault((r.channel, r.sender), []).append((r.lo, r.hi))
     receipted = {
         (r.channel, r.receiver): r.through
         for r in conn.execute(
