@@ -33,6 +33,7 @@ Hierarchy::
     │   ├── UnknownKind
     │   ├── MissingSignature
     │   ├── InvalidSignature
+    │   │   └── SupersededKey             signed by a key after it was rotated out or revoked
     │   ├── UnknownSender
     │   ├── NotARecipient
     │   ├── DecryptionFailed
@@ -40,6 +41,8 @@ Hierarchy::
     │   ├── ReplayedEnvelope            an envelope id or sequence number seen before
     │   ├── InvalidReceipt              a receipt that proves nothing we sent
     │   ├── InvalidCard                 an identity card that does not hold together
+    │   │   ├── InvalidRotation           a new card that does not chain to the pinned one
+    │   │   └── InvalidRevocation         a revocation no key of the chain may sign
     │   └── CheckpointRejected
     │       ├── CheckpointRollback        smaller than one already cosigned
     │       └── Equivocation              two different histories for the same log
@@ -76,6 +79,8 @@ __all__ = [
     "InvalidCard",
     "InvalidJSON",
     "InvalidReceipt",
+    "InvalidRevocation",
+    "InvalidRotation",
     "InvalidSignature",
     "KeyFileError",
     "LocalError",
@@ -89,6 +94,7 @@ __all__ = [
     "ReplayedEnvelope",
     "RolledBack",
     "SchemaViolation",
+    "SupersededKey",
     "TimestampInFuture",
     "UnacceptableCard",
     "UnknownKind",
@@ -260,6 +266,11 @@ class InvalidSignature(RemoteError):
     pass
 
 
+class SupersededKey(InvalidSignature):
+    """A signature dated after its key was rotated out or revoked: an old key never
+    signs again, and a stolen one is refused."""
+
+
 class UnknownSender(RemoteError):
     pass
 
@@ -286,6 +297,15 @@ class InvalidReceipt(RemoteError):
 
 class InvalidCard(RemoteError):
     pass
+
+
+class InvalidRotation(InvalidCard):
+    """A rotation card that does not chain to the card pinned (or replays an older one)."""
+
+
+class InvalidRevocation(InvalidCard):
+    """A revocation that is forged, names no card of the chain, or is signed by a key
+    that may not revoke that card."""
 
 
 class CheckpointRejected(RemoteError):

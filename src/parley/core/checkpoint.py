@@ -39,11 +39,11 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from parley.core.encoding import PARTY_ID_PATTERN
 from parley.core.identity import Identity, IdentityCard
-from parley.errors import InvalidSignature, MalformedInput, SchemaViolation
+from parley.errors import InvalidSignature, MalformedInput, SchemaViolation, SupersededKey
 
 __all__ = [
     "COSIGNATURE_ED25519_TYPE",
@@ -194,14 +194,41 @@ def sign_checkpoint(identity: Identity, size: int, root: bytes) -> Checkpoint:
 def verify_checkpoint(note: str | bytes, card: IdentityCard) -> Checkpoint:
     """Verify both owner signatures of ``card``'s party on a checkpoint note.
 
+    ``card`` is the party's newest card; the note's key IDs say which card of
+    its chain signed (a checkpoint signed before a rotation still verifies).
+    A rotated-out card signs no checkpoint larger than the transcript size
+    its successor names (``SupersededKey``).
+
     Every receipt of a batch carries the same checkpoint: a small memo of
     notes already verified against the same card spares the repeated
     ML-DSA-65 verification (a pure function, so the memo changes nothing but
     the time).
     """
+    signer = _owner_card(note, card)
     if isinstance(note, str) and len(note) <= _MEMO_NOTE_MAX:
-        return _verify_checkpoint_memo(note, card)
-    return _verify_checkpoint(note, card)
+        checkpoint = _verify_checkpoint_memo(note, signer)
+    else:
+        checkpoint = _verify_checkpoint(note, signer)
+    if signer.max_log_size is not None and checkpoint.size > signer.max_log_size:
+        raise SupersededKey(
+            f"checkpoint {checkpoint.size} of {card.party} is signed by its card version "
+            f"{signer.version}, whose keys stopped at size {signer.max_log_size} when the "
+            "card was replaced: an old key never signs again"
+        )
+    return checkpoint
+
+
+def _owner_card(note: str | bytes, card: IdentityCard) -> IdentityCard:
+    """The card of ``card``'s chain whose Ed25519 key signed the note (default: ``card``)."""
+    if not card.history:
+        return card
+    _, signatures = parse_note(note)
+    origin = log_origin(card.party)
+    ids = {sig.key_id for sig in signatures if sig.name == origin}
+    for candidate in card.chain:
+        if key_id(origin, ED25519_TYPE, candidate.ed25519_public) in ids:
+            return candidate
+    return card
 
 
 _MEMO_NOTE_MAX = 16 * 1024  # an owner-signed note is about 4.5 kB (ML-DSA-65)
@@ -279,6 +306,14 @@ def verify_cosignature(checkpoint: Checkpoint, note: str | bytes, witness: Ident
     if body != checkpoint.body:
         raise SchemaViolation("the cosigned note is for a different checkpoint")
     name = witness_name(witness.party)
+    if witness.history:
+        # The key IDs say which card of the witness's chain cosigned.
+        ids = {sig.key_id for sig in signatures if sig.name == name}
+        chain = witness.chain
+        witness = next(
+            (c for c in chain if key_id(name, COSIGNATURE_ED25519_TYPE, c.ed25519_public) in ids),
+            witness,
+        )
     ed_id = key_id(name, COSIGNATURE_ED25519_TYPE, witness.ed25519_public)
     ml_id = key_id(name, COSIGNATURE_MLDSA_TYPE, witness.mldsa65_public)
     found: dict[str, int] = {}
@@ -304,5 +339,9 @@ def verify_cosignature(checkpoint: Checkpoint, note: str | bytes, witness: Ident
     if found["ed"] != found["ml"]:
         raise InvalidSignature(
             f"the two cosignatures of {witness.party} carry different timestamps"
+        )
+    if witness.signs_until is not None:
+        witness.check_signed_at(
+            datetime.fromtimestamp(found["ed"], UTC), f"the cosignature of {witness.party}"
         )
     return found["ed"]

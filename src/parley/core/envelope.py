@@ -186,6 +186,8 @@ class EnvelopeHeader:
     content_digest: str
     ciphertexts: Mapping[str, bytes] = field(repr=False)
     raw: bytes = field(repr=False)
+    #: The signing card's key id (DSSE ``keyid``): which card of the sender's chain signed.
+    key_id: str = ""
 
     @property
     def digest(self) -> str:
@@ -282,12 +284,19 @@ def read_envelope(data: bytes, lookup: CardLookup, limits: Limits = Limits()) ->
         raise UnknownSender(
             f"no pinned card for the sender {sender}; the envelope cannot be trusted"
         )
-    if dsse.key_id != card.key_id:
+    signer = card.for_key(dsse.key_id)
+    if signer is None:
         raise InvalidSignature(
-            f"the envelope names signing key {dsse.key_id[:16]}…, not the pinned key of {sender}"
+            f"the envelope names signing key {dsse.key_id[:16]}…, not the pinned key of {sender} "
+            "nor one its chain replaced"
         )
-    if not card.verify_ed25519(dsse.signature, pae(ENVELOPE_PAYLOAD_TYPE, dsse.payload)):
+    if not signer.verify_ed25519(dsse.signature, pae(ENVELOPE_PAYLOAD_TYPE, dsse.payload)):
         raise InvalidSignature(f"the signature of {sender} on this envelope does not verify")
+    if signer.signs_until is not None:
+        # A rotated-out or revoked key: only what it signed before it stopped counts.
+        signer.check_signed_at(
+            parse_time(obj.get("created_at"), "envelope created_at"), "the envelope"
+        )
     # From here on the sender is authenticated: what remains are its own mistakes.
     require_keys(
         obj,
@@ -338,6 +347,7 @@ def read_envelope(data: bytes, lookup: CardLookup, limits: Limits = Limits()) ->
         content_digest=digest,
         ciphertexts={p: b64decode(c, f"ciphertext for {p}") for p, c in raw_cts.items()},
         raw=data,
+        key_id=dsse.key_id,
     )
 
 
@@ -362,12 +372,9 @@ def open_envelope(
             f"more than {limits.clock_skew} ahead of this terminal's clock ({format_time(now)})"
         )
     card = lookup(header.sender)
-    if card is not None and not card.valid_at(header.created_at):
-        raise InvalidSignature(
-            f"envelope {header.id} is dated {format_time(header.created_at)}, outside the "
-            f"validity of {header.sender}'s card ({format_time(card.valid_from)} to "
-            f"{format_time(card.valid_until)})"
-        )
+    signer = card.for_key(header.key_id) if card is not None else None
+    if signer is not None:
+        signer.check_signed_at(header.created_at, f"envelope {header.id}")
     return decrypt_envelope(header, me)
 
 

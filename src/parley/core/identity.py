@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
 from parley.core.canonical import (
+    JSONValue,
     canonical_bytes,
     parse_canonical,
     require_int,
@@ -33,7 +34,9 @@ from parley.core.encoding import b64decode, b64encode, check_party_id, format_ti
 from parley.errors import (
     FingerprintMismatch,
     InvalidCard,
+    InvalidSignature,
     SchemaViolation,
+    SupersededKey,
     UnacceptableCard,
     UsageError,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "describe_span",
     "format_fingerprint",
     "normalize_fingerprint",
+    "rotation_signing_input",
 ]
 
 CARD_TYPE = "parley.card/v1"
@@ -111,6 +115,26 @@ class IdentityCard:
     _ed25519: ed25519.Ed25519PublicKey = field(repr=False, compare=False)
     _mldsa65: mldsa.MLDSA65PublicKey = field(repr=False, compare=False)
     _hpke: hpke.MLKEM768X25519PublicKey = field(repr=False, compare=False)
+    #: A rotation card names the card it replaces (its ``key_id``); None for a first card.
+    previous: str | None = None
+    #: A rotation card: the size of its owner's transcript when the old keys stopped
+    #: signing. No checkpoint signed by the old keys may be larger.
+    log_size: int | None = None
+    #: Hex SHA-256 of the offline revocation keys (``parley.core.revocation``), or None.
+    revocation: str | None = None
+    #: The old keys' signatures over a rotation card (Ed25519, ML-DSA-65), checked
+    #: against the pinned card by ``parley.core.rotation.check_successor``.
+    previous_signatures: tuple[bytes, bytes] | None = field(default=None, repr=False, compare=False)
+    # What the holder of a chain knows about this card (set by parley.core.rotation,
+    # never part of the signed bytes):
+    #: The cards this one replaced, newest first, each with its ``signs_until``.
+    history: tuple[IdentityCard, ...] = field(default=(), repr=False, compare=False)
+    #: No signature by these keys dated later is accepted (rotated out or revoked).
+    signs_until: datetime | None = field(default=None, compare=False)
+    #: No checkpoint signed by these keys may be larger (rotated out).
+    max_log_size: int | None = field(default=None, compare=False)
+    #: Set when the card was revoked: the revocation's reason.
+    revoked: str | None = field(default=None, compare=False)
 
     @property
     def fingerprint_digest(self) -> bytes:
@@ -146,6 +170,38 @@ class IdentityCard:
     def valid_at(self, moment: datetime) -> bool:
         return self.valid_from <= moment <= self.valid_until
 
+    def signs_at(self, moment: datetime) -> bool:
+        """Whether a signature by these keys dated ``moment`` can be accepted."""
+        return self.valid_at(moment) and (self.signs_until is None or moment <= self.signs_until)
+
+    @property
+    def chain(self) -> tuple[IdentityCard, ...]:
+        """This card and every card it replaced, newest first."""
+        return (self, *self.history)
+
+    def for_key(self, key_id: str) -> IdentityCard | None:
+        """The card of this chain whose keys have ``key_id`` (as DSSE ``keyid``), or None."""
+        for card in self.chain:
+            if card.key_id == key_id:
+                return card
+        return None
+
+    def check_signed_at(self, moment: datetime, what: str) -> None:
+        """Refuse a signature dated outside this card's window or after its keys stopped."""
+        if not self.valid_at(moment):
+            raise InvalidSignature(
+                f"{what} is dated {format_time(moment)}, outside the validity of "
+                f"{self.party}'s card version {self.version} ({format_time(self.valid_from)} "
+                f"to {format_time(self.valid_until)})"
+            )
+        if self.signs_until is not None and moment > self.signs_until:
+            why = f"revoked ({self.revoked})" if self.revoked is not None else "rotated out"
+            raise SupersededKey(
+                f"{what} is signed by {self.party}'s card version {self.version}, whose keys "
+                f"were {why} at {format_time(self.signs_until)}; it is dated "
+                f"{format_time(moment)}: an old key never signs again"
+            )
+
     def pinned(self, fingerprint: str) -> IdentityCard:
         """Return self if ``fingerprint`` (read aloud by the peer) matches."""
         expected = normalize_fingerprint(fingerprint)
@@ -166,11 +222,26 @@ class IdentityCard:
         require_keys(outer, "signed card", {"card", "signatures"})
         card = require_object(outer["card"], "card")
         sigs = require_object(outer["signatures"], "card signatures")
-        require_keys(sigs, "card signatures", {"ed25519", "mldsa65"})
+        rotation = "previous" in card
+        require_keys(
+            sigs,
+            "card signatures",
+            {"ed25519", "mldsa65", *(_ROTATION_SIGNATURES if rotation else ())},
+        )
         require_keys(
             card,
             "card",
-            {"type", "party", "name", "version", "valid_from", "valid_until", "keys"},
+            {
+                "type",
+                "party",
+                "name",
+                "version",
+                "valid_from",
+                "valid_until",
+                "keys",
+                *(("previous", "log_size") if rotation else ()),
+                *(("revocation",) if "revocation" in card else ()),
+            },
         )
         if card["type"] != CARD_TYPE:
             raise InvalidCard(f"card type {str(card['type'])[:40]!r} is not {CARD_TYPE}")
@@ -192,6 +263,19 @@ class IdentityCard:
         except ValueError as exc:
             raise InvalidCard(f"card of {party} holds a malformed signature key: {exc}") from None
         hpke_key = _hpke_public_from_bytes(hpke_raw)
+        previous = _hex_digest(card, "previous", party) if rotation else None
+        log_size = require_int(card, "log_size", "card", minimum=0) if rotation else None
+        if rotation and version < 2:
+            raise InvalidCard(f"the rotation card of {party} has version {version}; it must be 2+")
+        revocation = _hex_digest(card, "revocation", party) if "revocation" in card else None
+        previous_signatures = (
+            (
+                b64decode(sigs["previous_ed25519"], "card previous ed25519 signature"),
+                b64decode(sigs["previous_mldsa65"], "card previous mldsa65 signature"),
+            )
+            if rotation
+            else None
+        )
         card_bytes = canonical_bytes(card)
         result = cls(
             party=party,
@@ -207,6 +291,10 @@ class IdentityCard:
             _ed25519=ed_key,
             _mldsa65=ml_key,
             _hpke=hpke_key,
+            previous=previous,
+            log_size=log_size,
+            revocation=revocation,
+            previous_signatures=previous_signatures,
         )
         message = _card_signing_input(card_bytes)
         if not result.verify_ed25519(b64decode(sigs["ed25519"], "card ed25519 signature"), message):
@@ -268,6 +356,25 @@ def _card_signing_input(card_bytes: bytes) -> bytes:
     return b"parley card v1\n" + card_bytes
 
 
+def rotation_signing_input(card_bytes: bytes) -> bytes:
+    """What the old keys sign over a rotation card (another domain than the self-signature)."""
+    return b"parley card rotation v1\n" + card_bytes
+
+
+_ROTATION_SIGNATURES = ("previous_ed25519", "previous_mldsa65")
+
+
+def _hex_digest(card: Mapping[str, object], key: str, party: str) -> str:
+    value = card[key]
+    if (
+        not isinstance(value, str)
+        or len(value) != 64
+        or any(c not in "0123456789abcdef" for c in value)
+    ):
+        raise InvalidCard(f"the card of {party}: {key} must be 64 lowercase hex digits")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """The private keys of one terminal and its signed card."""
@@ -292,8 +399,10 @@ class Identity:
         now: datetime,
         validity: timedelta = timedelta(days=730),
         version: int = 1,
+        revocation: str | None = None,
     ) -> Identity:
         return cls.from_private_material(
+            revocation=revocation,
             party=party,
             name=name,
             valid_from=now,
@@ -318,12 +427,18 @@ class Identity:
         mldsa65_seed: bytes,
         mlkem_seed: bytes,
         x25519_raw: bytes,
+        previous: Identity | None = None,
+        log_size: int | None = None,
+        revocation: str | None = None,
     ) -> Identity:
-        """Rebuild an identity (and re-sign its card) from stored private keys.
+        """Build an identity (and sign its card) from private keys.
 
         Both signature schemes are deterministic for the card (Ed25519 always;
         ML-DSA's hedged signatures differ but verify), so a reloaded identity
-        has the same card bytes and therefore the same fingerprint.
+        has the same card bytes and therefore the same fingerprint. With
+        ``previous`` the card is a rotation card: it names the previous card
+        and the transcript size ``log_size`` at which the old keys stop, and
+        the old keys sign it too (``rotation_signing_input``).
         """
         try:
             check_party_id(party, "party id")
@@ -340,7 +455,7 @@ class Identity:
         hpke_public_raw = (
             kem_key.public_key().public_bytes_raw() + x_key.public_key().public_bytes_raw()
         )
-        card = {
+        card: dict[str, JSONValue] = {
             "type": CARD_TYPE,
             "party": party,
             "name": name,
@@ -353,16 +468,22 @@ class Identity:
                 "hpke_mlkem768_x25519": b64encode(hpke_public_raw),
             },
         }
-        message = _card_signing_input(canonical_bytes(card))
-        signed = canonical_bytes(
-            {
-                "card": card,
-                "signatures": {
-                    "ed25519": b64encode(ed_key.sign(message)),
-                    "mldsa65": b64encode(ml_key.sign(message)),
-                },
-            }
-        )
+        if revocation is not None:
+            card["revocation"] = revocation
+        if previous is not None:
+            card["previous"] = previous.card.key_id
+            card["log_size"] = log_size if log_size is not None else 0
+        card_bytes = canonical_bytes(card)
+        message = _card_signing_input(card_bytes)
+        signatures: dict[str, JSONValue] = {
+            "ed25519": b64encode(ed_key.sign(message)),
+            "mldsa65": b64encode(ml_key.sign(message)),
+        }
+        if previous is not None:
+            endorsed = rotation_signing_input(card_bytes)
+            signatures["previous_ed25519"] = b64encode(previous.sign_ed25519(endorsed))
+            signatures["previous_mldsa65"] = b64encode(previous.sign_mldsa65(endorsed))
+        signed = canonical_bytes({"card": card, "signatures": signatures})
         try:
             public_card = IdentityCard.from_bytes(signed)
         except (SchemaViolation, InvalidCard) as exc:
@@ -376,6 +497,32 @@ class Identity:
             x25519_raw=x25519_raw,
         )
 
+    def successor(
+        self, *, now: datetime, validity: timedelta, log_size: int, name: str | None = None
+    ) -> Identity:
+        """A new identity for a rotation: card version n+1 with fresh signature keys.
+
+        The new card is signed by the new keys and by these (``previous``); it
+        keeps the encryption key (encryption keys have their own schedule) and
+        the offline revocation keys this card names. ``log_size`` is this
+        terminal's transcript size now: checkpoints the old keys signed go no
+        further.
+        """
+        return Identity.from_private_material(
+            party=self.party,
+            name=name if name is not None else self.card.name,
+            valid_from=now,
+            valid_until=now + validity,
+            version=self.card.version + 1,
+            ed25519_seed=ed25519.Ed25519PrivateKey.generate().private_bytes_raw(),
+            mldsa65_seed=mldsa.MLDSA65PrivateKey.generate().private_bytes_raw(),
+            mlkem_seed=self.mlkem_seed,
+            x25519_raw=self.x25519_raw,
+            previous=self,
+            log_size=log_size,
+            revocation=self.card.revocation,
+        )
+
     def sign_ed25519(self, data: bytes) -> bytes:
         return self.ed25519_private.sign(data)
 
@@ -386,8 +533,9 @@ class Identity:
     def from_stored(cls, card: IdentityCard, material: Mapping[str, bytes]) -> Identity:
         """Rebuild an identity from its signed card and ``private_material()``.
 
-        The stored card is kept as it is (its ML-DSA self-signature is not
-        reproducible); the keys must be the ones the card names.
+        The stored card is kept as it is (its ML-DSA signatures are not
+        reproducible, nor are a rotation card's old-key signatures); the keys
+        must be the ones the card names.
         """
         try:
             identity = cls.from_private_material(
@@ -403,7 +551,12 @@ class Identity:
             )
         except KeyError as exc:
             raise UsageError(f"the private key material lacks the {exc} key") from None
-        if identity.card.card_bytes != card.card_bytes:
+        rebuilt = identity.card
+        if (rebuilt.ed25519_public, rebuilt.mldsa65_public, rebuilt.hpke_public) != (
+            card.ed25519_public,
+            card.mldsa65_public,
+            card.hpke_public,
+        ):
             raise UsageError(f"the private keys do not match the identity card of {card.party}")
         return dataclasses.replace(identity, card=card)
 

@@ -31,6 +31,7 @@ The rules it enforces, in one place:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,7 +55,7 @@ from parley.core.checkpoint import (
     verify_cosignature,
     witness_name,
 )
-from parley.core.encoding import Clock, check_party_id, format_time, uuid7
+from parley.core.encoding import Clock, check_party_id, uuid7
 from parley.core.envelope import (
     Content,
     Limits,
@@ -66,6 +67,12 @@ from parley.core.envelope import (
 )
 from parley.core.forms import FormRegistry, FormRejected, InvalidFormData
 from parley.core.identity import Identity, IdentityCard
+from parley.core.keychain import (
+    Revocation,
+    apply_revocation,
+    check_successor,
+    read_revocation,
+)
 from parley.core.ledger import Ledger, MemoryLedger, ReceivedRecord, SentRecord
 from parley.core.receipts import (
     Receipt,
@@ -81,6 +88,7 @@ from parley.errors import (
     CheckpointRejected,
     Equivocation,
     InvalidReceipt,
+    InvalidRotation,
     InvalidSignature,
     ParleyError,
     RemoteError,
@@ -94,7 +102,9 @@ from parley.errors import (
 )
 
 __all__ = [
+    "CARD_ROTATION",
     "AckReceived",
+    "CardRotated",
     "CosignatureAccepted",
     "DuplicateReceived",
     "EquivocationDetected",
@@ -118,9 +128,22 @@ _MAX_WITNESS_MESSAGE = 16 * 1024
 MAX_MIRROR_STEP = 1 << 22
 
 
+#: The key of a service message's body that announces a rotation card.
+CARD_ROTATION = "card_rotation"
+
+
 def bilateral_channel(a: str, b: str) -> str:
     """The default channel name between two parties, the same on both sides."""
     return ".".join(sorted((a, b)))
+
+
+def _revocation_party(data: bytes) -> str:
+    """The party a revocation names (checked again when it is verified)."""
+    outer = require_object(
+        parse_canonical(data, max_size=16 * 1024, what="revocation"), "revocation"
+    )
+    statement = require_object(outer.get("revocation"), "revocation statement")
+    return check_party_id(statement.get("party"), "revocation party")
 
 
 # Events ---------------------------------------------------------------------
@@ -132,6 +155,17 @@ class MessageReceived:
     log_index: int
     #: Set when the content was refused (a negative receipt was issued).
     rejection: Rejection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CardRotated:
+    """A peer replaced its card by a rotation card that chains to the one pinned."""
+
+    party: str
+    #: The new card, holding the chain (``history``) of the cards it replaced.
+    card: IdentityCard
+    #: The rotation message's ``card_rotation`` object (the card and the TLS certificate).
+    announcement: dict[str, JSONValue]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +216,7 @@ Event = (
     | ReceiptAccepted
     | CosignatureAccepted
     | EquivocationDetected
+    | CardRotated
 )
 
 
@@ -543,6 +578,10 @@ class Party:
         events: list[Event] = []
         if header.kind == "ack":
             events.append(self._check_ack(opened))
+        rotated = self._check_rotation(opened) if header.kind == "service" else None
+        if rotated is not None:
+            events.append(rotated)
+            self._peers[rotated.party] = rotated.card
         # Everything is checked: now the state changes.
         self._channels[header.channel] = members
         self._inbound[key] = stream
@@ -582,6 +621,93 @@ class Party:
     def _lookup_peer(self, party: str) -> IdentityCard | None:
         return self._peers.get(party)
 
+    # Rotation and revocation ----------------------------------------------------
+
+    def _check_rotation(self, opened: OpenedEnvelope) -> CardRotated | None:
+        """A service message announcing the sender's next card: check that it chains.
+
+        The same card again (a replayed announcement) or an older card of the
+        chain changes nothing; a card that does not chain is refused.
+        """
+        service = opened.content.body.get("service")
+        if not isinstance(service, dict) or CARD_ROTATION not in service:
+            return None
+        sender = opened.header.sender
+        announcement = require_object(service[CARD_ROTATION], "card rotation")
+        require_keys(announcement, "card rotation", {"card", "tls_certificate"})
+        require_str(announcement, "tls_certificate", "card rotation", max_len=8192)
+        card = IdentityCard.from_bytes(
+            canonical_bytes(require_object(announcement["card"], "rotation card"))
+        )
+        current = self._peers[sender]
+        if card.party != sender:
+            raise InvalidRotation(f"{sender} announced a card of {card.party}")
+        if current.for_key(card.key_id) is not None:
+            return None  # already in the chain: a replay, or a rotation seen twice
+        return CardRotated(sender, check_successor(current, card), announcement)
+
+    def rotate(self, successor: Identity, announcement: dict[str, JSONValue]) -> list[Outgoing]:
+        """Replace this terminal's keys by ``successor`` (a rotation card of our chain).
+
+        The last thing the old keys sign is one service message per peer
+        carrying ``announcement`` (the new card and its TLS certificate): the
+        peers accept the new card by themselves because it chains to the one
+        they pinned. Every later signature is the new keys'.
+        """
+        self._refuse_if_frozen()
+        chained = check_successor(self.identity.card, successor.card)
+        if successor.card.log_size != self.transcript.size:
+            raise UsageError(
+                f"the rotation card ends the old keys at transcript size {successor.card.log_size}"
+                f", but the transcript holds {self.transcript.size} entries"
+            )
+        # The old keys' last checkpoint is of this size: sign it now, under them.
+        self.checkpoint()
+        sent = [
+            self.send(
+                [peer],
+                kind="service",
+                body={"service": {CARD_ROTATION: announcement}},
+                operator="terminal",
+                precedence="IMMEDIATE",
+            )
+            for peer in sorted(self._peers)
+        ]
+        self.identity = dataclasses.replace(successor, card=chained)
+        return sent
+
+    def adopt_chain(self, card: IdentityCard) -> None:
+        """Use ``card`` (this terminal's own card, with its history) for verification."""
+        if card.key_id != self.identity.card.key_id:
+            raise UsageError("the chain does not end in this terminal's own card")
+        self.identity = dataclasses.replace(self.identity, card=card)
+
+    def set_peer_chain(self, card: IdentityCard) -> None:
+        """Replace a pinned peer's card by ``card`` with its history (as stored)."""
+        if card.party not in self._peers:
+            raise UnknownPeer(f"{card.party} is not a pinned peer of {self.party}")
+        self._peers[card.party] = card
+
+    def accept_revocation(self, data: bytes) -> tuple[Revocation, IdentityCard]:
+        """Verify and apply a revocation of one of a peer's (or our own) cards.
+
+        Returns the revocation and the party's chain with it applied. Nothing
+        signed by the revoked card dated after the compromise is accepted from
+        now on; if the revoked card is the party's current one, no rotation can
+        follow it (``check_successor``): the next card is pinned by fingerprint.
+        """
+        party = _revocation_party(data)
+        chain = self.card_of(party)
+        if chain is None:
+            raise UnknownSender(f"a revocation for {party}, who is not a pinned peer")
+        revocation = read_revocation(data, chain)
+        revoked = apply_revocation(chain, revocation)
+        if party == self.party:
+            self.identity = dataclasses.replace(self.identity, card=revoked)
+        else:
+            self._peers[party] = revoked
+        return revocation, revoked
+
     # Receipts -------------------------------------------------------------------
 
     def receive_receipt(self, data: bytes) -> ReceiptAccepted:
@@ -589,13 +715,12 @@ class Party:
         self._refuse_if_frozen()  # logging it would change a log waiting to be recovered
         receipt = read_receipt(data, self._lookup_peer)
         card = self._peers[receipt.receiver]  # read_receipt found it pinned
-        if not card.valid_at(receipt.issued_at):
-            # As for envelopes: a card vouches only for signatures dated in its window.
-            raise InvalidSignature(
-                f"the receipt from {receipt.receiver} is dated {format_time(receipt.issued_at)}, "
-                f"outside the validity of {receipt.receiver}'s card "
-                f"({format_time(card.valid_from)} to {format_time(card.valid_until)})"
-            )
+        signer = card.for_key(receipt.key_id)
+        if signer is None:  # read_receipt found it in the chain
+            raise InvalidSignature(f"the receipt from {receipt.receiver} names no key of its chain")
+        # As for envelopes: a card vouches only for signatures dated in its window,
+        # and a rotated-out or revoked key for none dated after it stopped.
+        signer.check_signed_at(receipt.issued_at, f"the receipt from {receipt.receiver}")
         sent = self.ledger.sent(receipt.envelope_id)
         if sent is None or sent.digest != receipt.envelope_digest:
             raise InvalidReceipt(

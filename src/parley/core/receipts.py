@@ -102,6 +102,8 @@ class Receipt:
     issued_at: datetime
     raw: bytes
     rejection: Rejection | None = None
+    #: The key id of the receiver's card that signed it (one of its chain).
+    key_id: str = ""
 
 
 def issue_receipt(
@@ -165,10 +167,13 @@ def read_receipt(data: bytes, lookup: Callable[[str], IdentityCard | None]) -> R
     card = lookup(receiver)
     if card is None or card.party != receiver:
         raise UnknownSender(f"no pinned card for {receiver}, who signed this receipt")
-    if dsse.key_id != card.key_id or not card.verify_ed25519(
+    signer = card.for_key(dsse.key_id)
+    if signer is None or not signer.verify_ed25519(
         dsse.signature, pae(RECEIPT_PAYLOAD_TYPE, dsse.payload)
     ):
         raise InvalidSignature(f"the signature of {receiver} on this receipt does not verify")
+    if signer.signs_until is not None:
+        signer.check_signed_at(parse_time(obj.get("issued_at"), "receipt issued_at"), "the receipt")
     require_keys(
         obj,
         "receipt",
@@ -223,6 +228,7 @@ def read_receipt(data: bytes, lookup: Callable[[str], IdentityCard | None]) -> R
         issued_at=parse_time(obj["issued_at"], "receipt issued_at"),
         raw=data,
         rejection=rejection,
+        key_id=dsse.key_id,
     )
     return receipt
 
