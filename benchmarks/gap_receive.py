@@ -30,7 +30,7 @@ import structlog
 
 from parley.core.party import bilateral_channel
 from parley.service.terminal import Draft, Terminal
-from parley.testing.network import PASSPHRASE, make_network
+from parley.testing.network import PASSPHRASE, make_network, set_peer_quota
 
 PARTIES = [("US-EUCOM", "US"), ("RU-GS", "RU"), ("UA-GS", "UA")]
 
@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = args.gap + args.batches * args.batch
     with tempfile.TemporaryDirectory(prefix="parley-gap-") as tmp:
         network = make_network(Path(tmp), PARTIES)
+        for party, _ in PARTIES:
+            set_peer_quota(network[party].data)  # this measures the receive path, not the quota
         us, ru, ua = (Terminal.open(network[p].data, PASSPHRASE) for p, _ in PARTIES)
         try:
             started = time.perf_counter()

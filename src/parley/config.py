@@ -32,6 +32,7 @@ from parley.errors import UsageError
 
 __all__ = [
     "DEFAULT_ACK_DEADLINES",
+    "DEFAULT_PEER_QUOTA",
     "Config",
     "DataDir",
     "console_hosts",
@@ -48,6 +49,15 @@ DEFAULT_ACK_DEADLINES = {
     "ROUTINE": 6 * 3600,
 }
 """Human acknowledgement targets per precedence, in seconds."""
+
+DEFAULT_PEER_QUOTA = {
+    "envelopes_per_minute": 600,
+    "burst": 3000,
+    "stored_bytes_per_day": 1 << 30,
+}
+"""What one peer may send, by default: far above any traffic a crisis line carries
+(the busiest real one, the NRRC, sends about 500 notifications a month), far below
+a flood (15,360 FLASH messages at 958 a second)."""
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
@@ -148,6 +158,12 @@ class Config:
     backup_dir: str = ""
     backup_every: str = "off"
     backup_keep: int = 7
+    #: What one peer may send this terminal's peer listener (``[peer_quota]``,
+    #: ``parley.service.quotas``; 0 = no limit): envelopes a minute, sustained;
+    #: envelopes at once after a quiet spell; bytes of envelopes a day.
+    quota_envelopes_per_minute: int = DEFAULT_PEER_QUOTA["envelopes_per_minute"]
+    quota_burst: int = DEFAULT_PEER_QUOTA["burst"]
+    quota_bytes_per_day: int = DEFAULT_PEER_QUOTA["stored_bytes_per_day"]
 
     @property
     def backup_interval(self) -> float | None:
@@ -178,6 +194,11 @@ class Config:
                 "every": self.backup_every,
                 "keep": self.backup_keep,
             },
+            "peer_quota": {
+                "envelopes_per_minute": self.quota_envelopes_per_minute,
+                "burst": self.quota_burst,
+                "stored_bytes_per_day": self.quota_bytes_per_day,
+            },
         }
         header = (
             "# Parley terminal configuration. Times are in seconds.\n"
@@ -187,6 +208,8 @@ class Config:
             "# protocol.max_card_validity_days: the longest card validity peer add accepts.\n"
             '# backup: automatic encrypted backups by parley serve: every ("6h", "30m";\n'
             '#   "off"), into dir ("" = DIR/backups), keeping the newest keep files.\n'
+            "# peer_quota: what each peer may send (0 = no limit): envelopes_per_minute\n"
+            "#   sustained, burst at once, stored_bytes_per_day; beyond it: 429.\n"
         )
         return header + tomli_w.dumps(data)
 
@@ -199,6 +222,8 @@ class Config:
         try:
             deadlines = dict(DEFAULT_ACK_DEADLINES)
             deadlines.update({str(k): int(v) for k, v in data.get("ack_deadlines", {}).items()})
+            quota = dict(DEFAULT_PEER_QUOTA)
+            quota.update(data.get("peer_quota", {}))
             command = data.get("alarms", {}).get("command", [])
             if isinstance(command, str):
                 command = [command] if command else []
@@ -219,7 +244,16 @@ class Config:
                 backup_dir=str(data.get("backup", {}).get("dir", "")),
                 backup_every=str(data.get("backup", {}).get("every", "off")),
                 backup_keep=int(data.get("backup", {}).get("keep", 7)),
+                quota_envelopes_per_minute=int(quota["envelopes_per_minute"]),
+                quota_burst=int(quota["burst"]),
+                quota_bytes_per_day=int(quota["stored_bytes_per_day"]),
             )
+            for key, value in quota.items():
+                if key not in DEFAULT_PEER_QUOTA or not int(value) >= 0:
+                    raise UsageError(
+                        f"peer_quota.{key} in {source}: expected one of "
+                        f"{', '.join(DEFAULT_PEER_QUOTA)}, a whole number, 0 for no limit"
+                    )
             parse_duration(config.backup_every, f"backup.every in {source}")
             if config.max_card_validity_days < 1:
                 raise UsageError(f"protocol.max_card_validity_days in {source} must be at least 1")

@@ -43,6 +43,7 @@ Hierarchy::
     │   ├── InvalidCard                 an identity card that does not hold together
     │   │   ├── InvalidRotation           a new card that does not chain to the pinned one
     │   │   └── InvalidRevocation         a revocation no key of the chain may sign
+    │   ├── QuotaExceeded               a peer sent more than its rate or storage quota
     │   └── CheckpointRejected
     │       ├── CheckpointRollback        smaller than one already cosigned
     │       └── Equivocation              two different histories for the same log
@@ -90,6 +91,7 @@ __all__ = [
     "NotARecipient",
     "NotPermitted",
     "ParleyError",
+    "QuotaExceeded",
     "RemoteError",
     "ReplayedEnvelope",
     "RolledBack",
@@ -306,6 +308,19 @@ class InvalidRotation(InvalidCard):
 class InvalidRevocation(InvalidCard):
     """A revocation that is forged, names no card of the chain, or is signed by a key
     that may not revoke that card."""
+
+
+class QuotaExceeded(RemoteError):
+    """A peer sent more than its quota (``parley.service.quotas``): refused, not stored.
+
+    ``retry_after`` is the seconds until the same request would fit; ``new_incident``
+    is true for the first refusal of an incident (recorded as one security event).
+    """
+
+    def __init__(self, message: str, *, retry_after: float, new_incident: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.new_incident = new_incident
 
 
 class CheckpointRejected(RemoteError):

@@ -40,7 +40,7 @@ import httpx
 from parley.bench.floors import peak_rss_mb, proc_status_mb
 from parley.config import DataDir
 from parley.testing.faultproxy import FaultProxy
-from parley.testing.network import TerminalProcess, free_port, make_network
+from parley.testing.network import TerminalProcess, free_port, make_network, set_peer_quota
 
 __all__ = [
     "RECEIVER",
@@ -256,6 +256,8 @@ def two_terminals(
     try:
         terminals = make_network(root, [SENDER, RECEIVER], links=links)
         sender, receiver = terminals[SENDER[0]], terminals[RECEIVER[0]]
+        for terminal in (sender, receiver):
+            set_peer_quota(terminal.data)  # the throughput and backlog figures run far past it
         try:
             for terminal in (sender, receiver):
                 terminal.start(wait=False)

@@ -45,7 +45,14 @@ class Alarms:
         self._alarm_lock = threading.Lock()
 
     def raise_alarm(
-        self, kind: str, severity: str, subject: str, message: str, *, once: bool = False
+        self,
+        kind: str,
+        severity: str,
+        subject: str,
+        message: str,
+        *,
+        once: bool = False,
+        count: int = 1,
     ) -> dict[str, Any] | None:
         """Store, log and hand over an alarm; returns it, or None when it only repeated.
 
@@ -74,7 +81,7 @@ class Alarms:
                     conn.execute(
                         update(m.alarms)
                         .where(m.alarms.c.id == open_id)
-                        .values(count=m.alarms.c.count + 1, last_at=now)
+                        .values(count=m.alarms.c.count + count, last_at=now)
                     )
                     return None
             alarm_id = conn.execute(
@@ -84,7 +91,7 @@ class Alarms:
                     severity=severity,
                     subject=subject,
                     message=message,
-                    count=1,
+                    count=count,
                     last_at=now,
                 )
             ).inserted_primary_key
@@ -95,7 +102,7 @@ class Alarms:
             "severity": severity,
             "subject": subject,
             "message": message,
-            "count": 1,
+            "count": count,
             "party": self.kernel.me,
         }
         log.warning("alarm", **{k: v for k, v in alarm.items() if k != "at"})

@@ -130,7 +130,28 @@ def _forget(sending: set[str], ids: set[str], _: object) -> None:
 
 
 class Rejected(Exception):
-    """The peer answered with a 4xx: retrying the same bytes will not help soon."""
+    """The peer answered with a 4xx: retrying the same bytes will not help soon.
+
+    ``retry_after``: the seconds a peer's ``429`` (over its quota for us) asks us
+    to wait before sending again, or None.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """A 429's ``Retry-After`` in seconds (bounded to an hour), or None."""
+    if response.status_code != 429:
+        return None
+    value = response.headers.get("retry-after", "")
+    return float(min(int(value), 3600)) if value.isdigit() else BACKOFF_CAP["ROUTINE"]
+
+
+def _longest_wait(errors: Sequence[BaseException]) -> float | None:
+    waits = [e.retry_after for e in errors if isinstance(e, Rejected) and e.retry_after]
+    return max(waits) if waits else None
 
 
 @dataclass(slots=True)
@@ -310,7 +331,10 @@ class DeliveryWorker:
             self._links_cache = None
             await self._reachable_again(link.peer)
         if response.status_code >= 400:
-            raise Rejected(f"HTTP {response.status_code}: {response.text[:300]}")
+            raise Rejected(
+                f"HTTP {response.status_code}: {response.text[:300]}",
+                retry_after=_retry_after(response),
+            )
         return response.content
 
     def _unreachable(self, peer: str) -> bool:
@@ -485,6 +509,7 @@ class DeliveryWorker:
     async def _deliver_batch(self, peer: str, items: list[dict[str, Any]]) -> None:
         """Non-urgent messages in one request over the best link, failing over to the next."""
         errors: list[str] = []
+        refusals: list[BaseException] = []
         # The receiver sends its leaf hashes from our mirror's size with the receipts:
         # what it signs in them can be put back in order should it lose its log.
         mirror = await run_in_threadpool(self.terminal.mirror_size, peer)
@@ -500,11 +525,15 @@ class DeliveryWorker:
                 )
             except (LinkFailed, Rejected) as exc:
                 errors.append(f"{link.name}: {exc}")
+                refusals.append(exc)
+                if isinstance(exc, Rejected) and exc.retry_after:
+                    break  # over the peer's quota for us: every link would say the same
                 continue
             await self._batch_answers(link, items, data)
             return
+        wait = _longest_wait(refusals)
         for item in items:
-            await self._failed(item, "; ".join(errors)[:500] or f"no link to {peer}")
+            await self._failed(item, "; ".join(errors)[:500] or f"no link to {peer}", wait)
 
     async def _mirror_after_receipt(self, link: Link) -> None:
         """A receipt showed a checkpoint of the peer's log beyond our mirror: take the leaf
@@ -597,6 +626,7 @@ class DeliveryWorker:
             await self._failed(item, f"no link to {peer}")
             return False
         errors: list[str] = []
+        refusals: list[BaseException] = []
         if item["precedence"] in ("FLASH", "IMMEDIATE") and not item["via"]:
             usable = [li for li in links if li.state != "down"] or links
             tasks = [asyncio.create_task(self._post(li, item)) for li in usable]
@@ -607,6 +637,7 @@ class DeliveryWorker:
                         return True
                     except (LinkFailed, Rejected, ParleyError) as exc:
                         errors.append(str(exc))
+                        refusals.append(exc)
             finally:
                 for task in tasks:
                     task.cancel()
@@ -618,7 +649,8 @@ class DeliveryWorker:
                     return True
                 except (LinkFailed, Rejected, ParleyError) as exc:
                     errors.append(f"{link.name}: {exc}")
-        await self._failed(item, "; ".join(errors)[:500] or "failed")
+                    refusals.append(exc)
+        await self._failed(item, "; ".join(errors)[:500] or "failed", _longest_wait(refusals))
         return False
 
     async def _post(self, link: Link, item: dict[str, Any]) -> None:
@@ -657,8 +689,12 @@ class DeliveryWorker:
                 return float(rtt) if rtt is not None else None
         return None
 
-    async def _failed(self, item: dict[str, Any], error: str) -> None:
+    async def _failed(self, item: dict[str, Any], error: str, wait: float | None = None) -> None:
+        """Schedule the next attempt: after the backoff, or after ``wait`` seconds if longer
+        (the ``Retry-After`` of a peer that refused it over its quota)."""
         delay = backoff(item["attempts"], item["precedence"], self.rng)
+        if wait is not None:
+            delay = max(delay, wait)
         retry_at = self.terminal.clock() + timedelta(seconds=delay)
         await run_in_threadpool(
             self.terminal.delivery_failed, item["envelope_id"], item["peer"], error, retry_at

@@ -3,7 +3,10 @@
 Every handler reads the raw body (bounded), hands the bytes to the core,
 which verifies signatures before it trusts any field, and only then stores
 anything. A rejected request gets a 4xx with a machine-readable ``error``
-code, is recorded as a security event, and leaves nothing else behind.
+code, is recorded as a security event, and leaves nothing else behind. A
+delivery beyond the peer's quota (``parley.service.quotas``, charged by the
+application layer) is answered ``429`` with ``Retry-After``; one security
+event is recorded per incident, not per refused request.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from parley.errors import (
     CheckpointRejected,
     NotARecipient,
     ParleyError,
+    QuotaExceeded,
     RemoteError,
     ReplayedEnvelope,
     RolledBack,
@@ -30,6 +34,7 @@ from parley.errors import (
     UnknownPeer,
     UnknownSender,
     VerificationError,
+    error_body,
 )
 from parley.service.terminal import Terminal
 
@@ -57,6 +62,7 @@ STATUS_FOR: list[tuple[type[ParleyError], int]] = [
     (ReplayedEnvelope, 409),
     (CheckpointRejected, 409),
     (RolledBack, 503),
+    (QuotaExceeded, 429),
 ]
 
 ERROR_SCHEMA = {
@@ -79,6 +85,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: ERROR_SCHEMA,
     409: ERROR_SCHEMA,
     413: ERROR_SCHEMA,
+    429: {
+        **ERROR_SCHEMA,
+        "description": "The peer sent more than its quota (quota_exceeded): nothing was "
+        "stored; send it again after Retry-After seconds.",
+    },
 }
 
 
@@ -134,6 +145,13 @@ def error_response(exc: ParleyError) -> JSONResponse:
         if isinstance(exc, cls):
             status = code
             break
+    if isinstance(exc, QuotaExceeded):
+        retry = max(1, round(exc.retry_after))
+        return JSONResponse(
+            {**error_body(exc), "retry_after": retry},
+            status_code=status,
+            headers={"Retry-After": str(retry)},
+        )
     return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status)
 
 
@@ -187,6 +205,18 @@ def create_peer_app(
         except RolledBack as exc:
             # Not the peer's fault: this terminal signs nothing until it is recovered.
             # The peer keeps its traffic in its outbox and retries.
+            return error_response(exc)
+        except QuotaExceeded as exc:
+            # One security event per incident (the application layer says which refusal
+            # opens one), not one per refused request of a flood.
+            if exc.new_incident:
+                await run_in_threadpool(
+                    terminal.record_security_event,
+                    endpoint=endpoint,
+                    remote=remote,
+                    tls_party=party,
+                    error=exc,
+                )
             return error_response(exc)
         except (RemoteError, VerificationError, UnknownPeer) as exc:
             await run_in_threadpool(

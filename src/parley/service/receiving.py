@@ -26,6 +26,7 @@ from parley.errors import RemoteError, SchemaViolation, UnknownPeer
 from parley.service.alarms import Alarms
 from parley.service.channels import apply_service
 from parley.service.kernel import HUMAN_KINDS, Kernel
+from parley.service.quotas import PeerQuotas
 from parley.store import models as m
 
 __all__ = ["REISSUED_KEPT", "Receiving", "signed_columns"]
@@ -62,10 +63,13 @@ class Receiving:
     def __init__(self, kernel: Kernel, alarms: Alarms) -> None:
         self.kernel = kernel
         self.alarms = alarms
+        self.quotas = PeerQuotas(kernel.config)
 
     def receive_envelope(self, raw: bytes, *, tls_party: str | None = None) -> bytes:
-        """Verify, log and commit one envelope, then return its signed receipt."""
-        result = self.receive_batch([raw], tls_party=tls_party)[0]
+        """Verify, log and commit one envelope a peer delivered, then return its signed
+        receipt (a single delivery: FLASH, IMMEDIATE and link tests come this way)."""
+        self.admit(tls_party, [raw], bulk=False)
+        result = self._receive([raw], tls_party=tls_party)[0]
         if isinstance(result, RemoteError):
             raise result
         return result
@@ -73,12 +77,41 @@ class Receiving:
     def receive_batch(
         self, raws: Sequence[bytes], *, tls_party: str | None = None
     ) -> list[bytes | RemoteError]:
-        """Receive envelopes under one checkpoint signature and one commit.
+        """Receive envelopes a peer delivered in bulk, under one checkpoint signature
+        and one commit.
 
         Each item yields its signed receipt, or the ``RemoteError`` that
         rejected it (a rejected envelope leaves no trace). Receipts are
         returned only after the commit.
         """
+        self.admit(tls_party, raws, bulk=True)
+        return self._receive(raws, tls_party=tls_party)
+
+    def admit(self, peer: str | None, raws: Sequence[bytes], *, bulk: bool) -> None:
+        """Charge a delivery to the quota of ``peer`` (whose certificate the connection
+        presented; ``parley.service.quotas``), or refuse it whole with ``QuotaExceeded``."""
+        if peer is None:
+            return  # not from the peer listener: our own calls, nothing to charge
+        refusal = self.quotas.charge(
+            peer, len(raws), sum(len(r) for r in raws), bulk=bulk, now=self.kernel.clock()
+        )
+        if refusal is None:
+            return
+        if refusal.count:
+            self.alarms.raise_alarm(
+                "peer_quota_exceeded",
+                "warning",
+                peer,
+                f"{peer} sends more than its quota ({self.quotas.describe()}): its deliveries "
+                "are refused (429) until the rate allows; its outbox keeps them",
+                once=True,
+                count=refusal.count,
+            )
+        raise refusal.error
+
+    def _receive(
+        self, raws: Sequence[bytes], *, tls_party: str | None
+    ) -> list[bytes | RemoteError]:
         with self.kernel.lock:
             start = self.kernel.party.transcript.size
             results = self.kernel.party.receive_envelopes(raws)
@@ -287,4 +320,4 @@ class Receiving:
             raws.append(raw)
         if not raws:
             return []
-        return self.receive_batch(raws, tls_party=peer)
+        return self._receive(raws, tls_party=peer)  # asked for: not charged to a quota

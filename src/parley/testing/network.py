@@ -34,6 +34,7 @@ __all__ = [
     "free_port",
     "make_network",
     "postgres_database",
+    "set_peer_quota",
     "wait_until",
 ]
 
@@ -261,6 +262,19 @@ class TerminalProcess:
                 f"{result.stdout}\n{result.stderr}"
             )
         return result
+
+
+def set_peer_quota(
+    data: Path, *, envelopes_per_minute: int = 0, burst: int = 0, stored_bytes_per_day: int = 0
+) -> None:
+    """Write a terminal's ``[peer_quota]`` (before it starts; 0 = no limit, the default
+    here: benchmarks measure the receive path, not the quota)."""
+    store = DataDir(data)
+    config = store.load_config()
+    config.quota_envelopes_per_minute = envelopes_per_minute
+    config.quota_burst = burst
+    config.quota_bytes_per_day = stored_bytes_per_day
+    store.save_config(config)
 
 
 def make_network(
