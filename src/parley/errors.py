@@ -37,6 +37,8 @@ Hierarchy::
     │   ├── UnknownSender
     │   ├── NotARecipient
     │   ├── DecryptionFailed
+    │   │   └── KeyDestroyed              encrypted to a key this terminal has destroyed
+    │   ├── StaleKeyAnnouncement        an encryption key older than the current one
     │   ├── TimestampInFuture
     │   ├── ReplayedEnvelope            an envelope id or sequence number seen before
     │   ├── InvalidReceipt              a receipt that proves nothing we sent
@@ -83,6 +85,7 @@ __all__ = [
     "InvalidRevocation",
     "InvalidRotation",
     "InvalidSignature",
+    "KeyDestroyed",
     "KeyFileError",
     "LocalError",
     "MalformedInput",
@@ -96,6 +99,7 @@ __all__ = [
     "ReplayedEnvelope",
     "RolledBack",
     "SchemaViolation",
+    "StaleKeyAnnouncement",
     "SupersededKey",
     "TimestampInFuture",
     "UnacceptableCard",
@@ -282,6 +286,14 @@ class NotARecipient(RemoteError):
 
 
 class DecryptionFailed(RemoteError):
+    pass
+
+
+class KeyDestroyed(DecryptionFailed):
+    """The ciphertext is for a medium-term key whose private half was destroyed."""
+
+
+class StaleKeyAnnouncement(RemoteError):
     pass
 
 

@@ -3,7 +3,8 @@
 An envelope is a DSSE envelope whose payload is canonical JSON::
 
     {"channel", "ciphertexts": {party: base64}, "content_digest", "created_at",
-     "exercise", "id", "kind", "precedence", "recipients", "sender", "seq", "v"}
+     ["encrypted_to": {party: key id},] "exercise", "id", "kind", "precedence",
+     "recipients", "sender", "seq", "v"}
 
 Each recipient (and the sender itself, so its own transcript stays readable
 to it) gets an HPKE base-mode ciphertext of the same inner content; ``info``
@@ -13,6 +14,13 @@ SHA-256 of the inner content, which carries a random salt: the sender's
 signature therefore commits to the plaintext itself, and a recipient can
 later prove to a mediator what was said by disclosing the inner content
 alone, without disclosing any key.
+
+A ciphertext is for the reader's current medium-term key
+(``parley.core.enckeys``) when the sender holds one, and ``encrypted_to``
+names that key's id (the field is left out when every ciphertext is for a
+card's own HPKE key, as in envelopes from before medium-term keys). The key id
+is also bound into ``info``. A reader whose key was destroyed learns which key
+and when (``KeyDestroyed``), and nothing of the content.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
+
+from cryptography.hazmat.primitives import hpke
 
 from parley.core.canonical import (
     JSONValue,
@@ -36,6 +46,7 @@ from parley.core.canonical import (
     require_str,
 )
 from parley.core.dsse import pae, parse_dsse, sign_dsse
+from parley.core.enckeys import DestroyedKey, EncryptionKey
 from parley.core.encoding import (
     b64decode,
     b64encode,
@@ -48,6 +59,7 @@ from parley.core.identity import HPKE_SUITE, Identity, IdentityCard
 from parley.errors import (
     DecryptionFailed,
     InvalidSignature,
+    KeyDestroyed,
     NotARecipient,
     SchemaViolation,
     TimestampInFuture,
@@ -79,6 +91,9 @@ KINDS: Final = ("text", "form", "ack", "test", "service")
 _MAX_RECIPIENTS: Final = 64
 
 CardLookup = Callable[[str], IdentityCard | None]
+#: A key id -> the private key, the date it was destroyed, or None (not held).
+PrivateKeyLookup = Callable[[str], hpke.MLKEM768X25519PrivateKey | DestroyedKey | None]
+_KEY_ID_LEN: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +203,8 @@ class EnvelopeHeader:
     raw: bytes = field(repr=False)
     #: The signing card's key id (DSSE ``keyid``): which card of the sender's chain signed.
     key_id: str = ""
+    #: party -> id of the medium-term key its ciphertext is for (absent: the card's key).
+    encrypted_to: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -209,8 +226,9 @@ def envelope_digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _hpke_info(envelope_id: str, sender: str, recipient: str) -> bytes:
-    return f"parley/v1 envelope\n{envelope_id}\n{sender}\n{recipient}".encode()
+def _hpke_info(envelope_id: str, sender: str, recipient: str, key_id: str | None) -> bytes:
+    info = f"parley/v1 envelope\n{envelope_id}\n{sender}\n{recipient}"
+    return (info if key_id is None else f"{info}\n{key_id}").encode()
 
 
 def seal_envelope(
@@ -225,8 +243,13 @@ def seal_envelope(
     kind: str,
     content: Content,
     exercise: bool = False,
+    encryption_keys: Mapping[str, EncryptionKey] | None = None,
 ) -> bytes:
-    """Sign and encrypt ``content`` for ``recipients``; return the envelope bytes."""
+    """Sign and encrypt ``content`` for ``recipients``; return the envelope bytes.
+
+    ``encryption_keys`` gives the medium-term key of each reader that has one
+    (the sender included); the others' ciphertexts are for their card's key.
+    """
     if precedence not in PRECEDENCES:
         raise UsageError(f"precedence must be one of {', '.join(PRECEDENCES)}, not {precedence!r}")
     if kind not in KINDS:
@@ -240,28 +263,37 @@ def seal_envelope(
         raise UsageError("the sender cannot be one of the recipients")
     readers[sender] = identity.card
     inner = content.to_bytes()
-    ciphertexts = {
-        party: b64encode(
-            HPKE_SUITE.encrypt(inner, card.hpke_key, info=_hpke_info(envelope_id, sender, party))
+    keys = {p: k for p, k in (encryption_keys or {}).items() if p in readers}
+    for party, announced in keys.items():
+        if announced.party != party:
+            raise UsageError(f"the encryption key {announced.key_id[:16]}… is not {party}'s")
+    ciphertexts: dict[str, JSONValue] = {}
+    for party, card in sorted(readers.items()):
+        key = keys.get(party)
+        ciphertexts[party] = b64encode(
+            HPKE_SUITE.encrypt(
+                inner,
+                card.hpke_key if key is None else key.hpke_key,
+                info=_hpke_info(envelope_id, sender, party, None if key is None else key.key_id),
+            )
         )
-        for party, card in sorted(readers.items())
+    fields: dict[str, JSONValue] = {
+        "channel": channel,
+        "ciphertexts": ciphertexts,
+        "content_digest": hashlib.sha256(inner).hexdigest(),
+        "created_at": format_time(created_at),
+        "exercise": exercise,
+        "id": envelope_id,
+        "kind": kind,
+        "precedence": precedence,
+        "recipients": sorted(card.party for card in recipients),
+        "sender": sender,
+        "seq": seq,
+        "v": ENVELOPE_VERSION,
     }
-    payload = canonical_bytes(
-        {
-            "channel": channel,
-            "ciphertexts": ciphertexts,
-            "content_digest": hashlib.sha256(inner).hexdigest(),
-            "created_at": format_time(created_at),
-            "exercise": exercise,
-            "id": envelope_id,
-            "kind": kind,
-            "precedence": precedence,
-            "recipients": sorted(card.party for card in recipients),
-            "sender": sender,
-            "seq": seq,
-            "v": ENVELOPE_VERSION,
-        }
-    )
+    if keys:
+        fields["encrypted_to"] = {p: k.key_id for p, k in sorted(keys.items())}
+    payload = canonical_bytes(fields)
     return sign_dsse(ENVELOPE_PAYLOAD_TYPE, payload, identity.card.key_id, identity.sign_ed25519)
 
 
@@ -315,6 +347,7 @@ def read_envelope(data: bytes, lookup: CardLookup, limits: Limits = Limits()) ->
             "seq",
             "v",
         },
+        {"encrypted_to"},
     )
     kind = require_str(obj, "kind", "envelope", max_len=40)
     if kind not in KINDS:
@@ -331,6 +364,16 @@ def read_envelope(data: bytes, lookup: CardLookup, limits: Limits = Limits()) ->
     raw_cts = require_object(obj["ciphertexts"], "envelope ciphertexts")
     if set(raw_cts) != {*checked, sender}:
         raise SchemaViolation("the envelope must hold one ciphertext per recipient and the sender")
+    encrypted_to: dict[str, str] = {}
+    if "encrypted_to" in obj:
+        named = require_object(obj["encrypted_to"], "envelope encrypted_to")
+        if not named or not set(named) <= set(raw_cts):
+            raise SchemaViolation("encrypted_to names key ids of some of the envelope's readers")
+        for party in named:
+            key_id = require_str(named, party, "envelope encrypted_to", max_len=_KEY_ID_LEN)
+            if len(key_id) != _KEY_ID_LEN or any(c not in "0123456789abcdef" for c in key_id):
+                raise SchemaViolation("an encryption key id is 64 lowercase hex digits")
+            encrypted_to[party] = key_id
     digest = require_str(obj, "content_digest", "envelope", max_len=64)
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise SchemaViolation("content_digest must be 64 lowercase hex digits")
@@ -348,6 +391,7 @@ def read_envelope(data: bytes, lookup: CardLookup, limits: Limits = Limits()) ->
         ciphertexts={p: b64decode(c, f"ciphertext for {p}") for p, c in raw_cts.items()},
         raw=data,
         key_id=dsse.key_id,
+        encrypted_to=encrypted_to,
     )
 
 
@@ -358,6 +402,7 @@ def open_envelope(
     lookup: CardLookup,
     now: datetime,
     limits: Limits = Limits(),
+    keys: PrivateKeyLookup | None = None,
 ) -> OpenedEnvelope:
     """Verify, check and decrypt an envelope addressed to (or sent by) ``me``."""
     header = read_envelope(data, lookup, limits)
@@ -375,14 +420,34 @@ def open_envelope(
     signer = card.for_key(header.key_id) if card is not None else None
     if signer is not None:
         signer.check_signed_at(header.created_at, f"envelope {header.id}")
-    return decrypt_envelope(header, me)
+    return decrypt_envelope(header, me, keys)
 
 
-def decrypt_envelope(header: EnvelopeHeader, me: Identity) -> OpenedEnvelope:
+def decrypt_envelope(
+    header: EnvelopeHeader, me: Identity, keys: PrivateKeyLookup | None = None
+) -> OpenedEnvelope:
+    """Open ``me``'s ciphertext: with the medium-term key it names (from ``keys``), else
+    with the card's key. Raises ``KeyDestroyed`` for a key whose private half is gone."""
     ciphertext = header.ciphertexts[me.party]
+    key_id = header.encrypted_to.get(me.party)
+    private = me.hpke_private
+    if key_id is not None:
+        found = keys(key_id) if keys is not None else None
+        if isinstance(found, DestroyedKey):
+            raise KeyDestroyed(
+                f"envelope {header.id} from {header.sender} is encrypted to key {key_id[:16]}…, "
+                f"destroyed on {format_time(found.destroyed_at)}: its content cannot be read "
+                "here any more (forward secrecy)"
+            )
+        if found is None:
+            raise DecryptionFailed(
+                f"envelope {header.id} from {header.sender} is encrypted to key {key_id[:16]}…, "
+                f"which {me.party} never held"
+            )
+        private = found
     try:
         inner = HPKE_SUITE.decrypt(
-            ciphertext, me.hpke_private, info=_hpke_info(header.id, header.sender, me.party)
+            ciphertext, private, info=_hpke_info(header.id, header.sender, me.party, key_id)
         )
     except Exception:  # cryptography raises InvalidTag or ValueError; both mean "does not open"
         raise DecryptionFailed(

@@ -55,6 +55,7 @@ from parley.core.checkpoint import (
     verify_cosignature,
     witness_name,
 )
+from parley.core.enckeys import EncryptionKey, Keyring, read_announcement
 from parley.core.encoding import Clock, check_party_id, uuid7
 from parley.core.envelope import (
     Content,
@@ -90,6 +91,7 @@ from parley.errors import (
     InvalidReceipt,
     InvalidRotation,
     InvalidSignature,
+    KeyDestroyed,
     ParleyError,
     RemoteError,
     ReplayedEnvelope,
@@ -110,6 +112,7 @@ __all__ = [
     "EquivocationDetected",
     "Event",
     "GapDetected",
+    "KeyAnnounced",
     "MessageReceived",
     "Outgoing",
     "Party",
@@ -190,6 +193,14 @@ class AckReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyAnnounced:
+    """A peer's new current encryption key, from a service message that verified."""
+
+    key: EncryptionKey
+    envelope_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiptAccepted:
     receipt: Receipt
 
@@ -213,6 +224,7 @@ Event = (
     | DuplicateReceived
     | GapDetected
     | AckReceived
+    | KeyAnnounced
     | ReceiptAccepted
     | CosignatureAccepted
     | EquivocationDetected
@@ -292,6 +304,8 @@ class Party:
         self._rand = rand
         self.transcript = Transcript(entry_loader)
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        #: Medium-term encryption keys: this party's own and its peers' current ones.
+        self.keyring = Keyring()
         self._peers: dict[str, IdentityCard] = {}
         self._channels: dict[str, frozenset[str]] = {}
         self._next_seq: dict[str, int] = {}
@@ -382,6 +396,9 @@ class Party:
         seq = self._next_seq.get(channel, 1)
         envelope_id = uuid7(now, self._rand)
         content = Content(lang=lang, operator=operator, body=body, salt=self._rand(16))
+        keys = self.keyring.recipient_keys(recipients)
+        if self.keyring.current is not None:
+            keys[self.party] = self.keyring.current.key
         raw = seal_envelope(
             self.identity,
             cards,
@@ -393,6 +410,7 @@ class Party:
             kind=kind,
             content=content,
             exercise=exercise,
+            encryption_keys=keys,
         )
         if len(raw) > self.limits.max_body_bytes:
             raise UsageError(
@@ -546,7 +564,12 @@ class Party:
         logged, in order, and answered by a negative receipt.
         """
         opened = open_envelope(
-            data, me=self.identity, lookup=self._lookup_peer, now=now, limits=self.limits
+            data,
+            me=self.identity,
+            lookup=self._lookup_peer,
+            now=now,
+            limits=self.limits,
+            keys=self.keyring.private,
         )
         header = opened.header
         rejection = self.content_rejection(opened)
@@ -582,6 +605,10 @@ class Party:
         if rotated is not None:
             events.append(rotated)
             self._peers[rotated.party] = rotated.card
+        announced = self._announced_key(opened)
+        if announced is not None:
+            events.append(KeyAnnounced(announced, header.id))
+            self.keyring.adopt(announced)
         # Everything is checked: now the state changes.
         self._channels[header.channel] = members
         self._inbound[key] = stream
@@ -595,6 +622,19 @@ class Party:
         if after and after != before:
             events.append(GapDetected(header.channel, header.sender, after))
         return True, record, events, rejection
+
+    def _announced_key(self, opened: OpenedEnvelope) -> EncryptionKey | None:
+        """The new current key a service message announces, checked; None if it has none
+        (or announces the current key again). Refuses one not signed by the sender's card,
+        or older than the sender's current key."""
+        if opened.header.kind != "service":
+            return None
+        service = opened.content.body["service"]
+        if not isinstance(service, dict) or "encryption_key" not in service:
+            return None
+        card = self._peers[opened.header.sender]  # read_envelope found it pinned
+        key = read_announcement(service["encryption_key"], card)
+        return key if self.keyring.check_announcement(key) else None
 
     def _check_ack(self, opened: OpenedEnvelope) -> AckReceived:
         ack = opened.content.body["ack"]
@@ -1174,7 +1214,11 @@ class Party:
             ReceivedRecord(header.id, digest, index, header.channel, header.sender, header.seq)
         )
         if header.kind == "ack":
-            self._check_ack(decrypt_envelope(header, self.identity))
+            try:
+                opened = decrypt_envelope(header, self.identity, self.keyring.private)
+            except KeyDestroyed:
+                return  # its key is gone: the acknowledgement was checked when it came
+            self._check_ack(opened)
 
     def _restore_receipt(self, raw: bytes) -> None:
         receipt = read_receipt(raw, self.card_of)
