@@ -528,8 +528,15 @@ def peer_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 @keys_app.command("status")
 def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """This terminal's card (version, validity), its encryption keys and their state, and
-    every pinned peer's card version and end. `parley serve` raises a card_expiry alarm
-    90 and 30 days (warning) and 7 days (critical) before a card ends, and when it has."""
+    every pinned peer's card version, end and announced encryption key. Medium-term
+    encryption keys are current (peers encrypt to it), grace (replaced; still opens what
+    was sent to it until the date shown) or destroyed (its private half overwritten on
+    the date shown: what was sent to it opens nowhere). The card's own key is current
+    until a medium-term key exists, then the fallback for peers that have had no
+    announcement. `parley serve` makes a new key every keys.encryption_key_rotation
+    (7d) and destroys a replaced one after keys.encryption_key_grace (14d); it raises a
+    card_expiry alarm 90 and 30 days (warning) and 7 days (critical) before a card ends,
+    and when it has."""
     with backend(needs_keys=False) as (api, local):
         shown = api.call("GET", "/keys") if api else local.keys_status()  # type: ignore[union-attr]
 
@@ -541,24 +548,28 @@ def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
             f"({card['days_left']} days left)"
         )
         out.print(f"fingerprint: {card['fingerprint']}", soft_wrap=True)
-        keys = Table("Encryption key", "Card version", "State", "Valid from", "Valid until")
+        keys = Table("Encryption key", "Id", "State", "From", "Until", "Destroyed / due")
         for key in body["encryption_keys"]:
+            medium = key["kind"] == "medium-term"
             keys.add_row(
-                key["algorithm"],
-                str(key["card_version"]),
+                f"{key['algorithm']} #{key['serial']}" if medium else f"{key['algorithm']} (card)",
+                key["key_id"][:16] if medium else f"card v{key['card_version']}",
                 key["state"],
                 key["valid_from"],
-                key["valid_until"],
+                key["valid_until"] or "",
+                key["destroyed_at"] or key["destroy_after"] or "",
             )
         out.print(keys)
-        peers = Table("Peer", "Card version", "State", "Valid until", "Days left")
+        peers = Table("Peer", "Card version", "State", "Valid until", "Days left", "Encrypt to")
         for peer in body["peers"]:
+            held = peer.get("encryption_key")
             peers.add_row(
                 peer["party"],
                 str(peer["card_version"]),
                 peer["state"],
                 peer["valid_until"],
                 str(peer["days_left"]),
+                f"#{held['serial']} {held['key_id'][:16]}" if held else "card key",
             )
         out.print(peers)
 

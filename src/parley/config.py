@@ -164,6 +164,20 @@ class Config:
     quota_envelopes_per_minute: int = DEFAULT_PEER_QUOTA["envelopes_per_minute"]
     quota_burst: int = DEFAULT_PEER_QUOTA["burst"]
     quota_bytes_per_day: int = DEFAULT_PEER_QUOTA["stored_bytes_per_day"]
+    #: Medium-term encryption keys (forward secrecy): a new key this often, and the
+    #: private half of a replaced key destroyed this long after it was replaced.
+    encryption_key_rotation: str = "7d"
+    encryption_key_grace: str = "14d"
+
+    @property
+    def rotation_interval(self) -> timedelta:
+        """How long one encryption key stays current (``keys.encryption_key_rotation``)."""
+        return _required_span(self.encryption_key_rotation, "keys.encryption_key_rotation")
+
+    @property
+    def grace_period(self) -> timedelta:
+        """How long a replaced key still opens what was sent to it (``encryption_key_grace``)."""
+        return _required_span(self.encryption_key_grace, "keys.encryption_key_grace")
 
     @property
     def backup_interval(self) -> float | None:
@@ -199,6 +213,10 @@ class Config:
                 "burst": self.quota_burst,
                 "stored_bytes_per_day": self.quota_bytes_per_day,
             },
+            "keys": {
+                "encryption_key_rotation": self.encryption_key_rotation,
+                "encryption_key_grace": self.encryption_key_grace,
+            },
         }
         header = (
             "# Parley terminal configuration. Times are in seconds.\n"
@@ -210,6 +228,9 @@ class Config:
             '#   "off"), into dir ("" = DIR/backups), keeping the newest keep files.\n'
             "# peer_quota: what each peer may send (0 = no limit): envelopes_per_minute\n"
             "#   sustained, burst at once, stored_bytes_per_day; beyond it: 429.\n"
+            "# keys.encryption_key_rotation: a new encryption key this often (forward\n"
+            "#   secrecy); keys.encryption_key_grace: a replaced key's private half is\n"
+            '#   destroyed this long after it was replaced ("7d", "14d", "30m").\n'
         )
         return header + tomli_w.dumps(data)
 
@@ -247,6 +268,10 @@ class Config:
                 quota_envelopes_per_minute=int(quota["envelopes_per_minute"]),
                 quota_burst=int(quota["burst"]),
                 quota_bytes_per_day=int(quota["stored_bytes_per_day"]),
+                encryption_key_rotation=str(
+                    data.get("keys", {}).get("encryption_key_rotation", "7d")
+                ),
+                encryption_key_grace=str(data.get("keys", {}).get("encryption_key_grace", "14d")),
             )
             for key, value in quota.items():
                 if key not in DEFAULT_PEER_QUOTA or not int(value) >= 0:
@@ -254,6 +279,7 @@ class Config:
                         f"peer_quota.{key} in {source}: expected one of "
                         f"{', '.join(DEFAULT_PEER_QUOTA)}, a whole number, 0 for no limit"
                     )
+            config.rotation_interval, config.grace_period  # noqa: B018 - refuse a bad value now
             parse_duration(config.backup_every, f"backup.every in {source}")
             if config.max_card_validity_days < 1:
                 raise UsageError(f"protocol.max_card_validity_days in {source} must be at least 1")
@@ -262,6 +288,13 @@ class Config:
             return config
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"{source}: missing or invalid setting {exc}") from None
+
+
+def _required_span(text: str, what: str) -> timedelta:
+    seconds = parse_duration(text, what)
+    if seconds is None:
+        raise UsageError(f"{what} cannot be off: give a duration like 7d, 14d or 30m")
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True, slots=True)

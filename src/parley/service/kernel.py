@@ -30,6 +30,7 @@ from parley.core.party import Party
 from parley.errors import VerificationError
 from parley.forms import default_registry
 from parley.service import tls
+from parley.service.keystore import load_keyring
 from parley.service.ledger import StoreLedger
 from parley.service.resume import resume_state, witness_state
 from parley.store import models as m
@@ -80,8 +81,12 @@ class Kernel:
         engine: Engine,
         *,
         clock: Callable[[], datetime] = utc_now,
+        store_key: bytes | None = None,
     ) -> None:
         self.data = data
+        #: Seals the private halves of the medium-term encryption keys (``keystore``);
+        #: None: the terminal was opened without the passphrase and makes no new keys.
+        self.store_key = store_key
         self.config = config
         self.identity = identity
         self.engine = engine
@@ -135,6 +140,7 @@ class Kernel:
                 party.add_peer(card, row.fingerprint)
                 certs[row.party] = row.tls_certificate
             state = resume_state(conn, self.engine, self.me)
+            party.keyring = load_keyring(conn, self.identity, party.peers, self.store_key)
             cosignatures = conn.execute(
                 select(m.cosignatures).order_by(
                     m.cosignatures.c.size.desc(), m.cosignatures.c.id.desc()

@@ -1,4 +1,16 @@
-"""The terminal's keys and cards over time: expiry alarms and ``parley keys status``.
+"""The terminal's keys and cards over time: expiry alarms, encryption key rotation and
+``parley keys status``.
+
+Forward secrecy (``parley.core.enckeys``): the same loop calls
+``Keys.check_encryption_keys``. When the current medium-term encryption key is
+older than ``keys.encryption_key_rotation`` (or there is none) a new one is
+made, kept sealed (``parley.service.keystore``) and announced to every pinned
+peer in a service message on the bilateral channel (logged in both
+transcripts); a peer pinned later gets the current announcement at the next
+check. The replaced key still opens what was sent to it until
+``keys.encryption_key_grace`` has passed; then its private half is
+overwritten. A frozen terminal (docs/recovery.md) makes and announces no key,
+but still destroys those that are due.
 
 ``parley serve``'s deadlines loop calls ``Keys.check_expiry`` every few
 seconds; it looks at the cards at most once an hour. For the terminal's own
@@ -12,22 +24,25 @@ threshold took its place, or the card is no longer in use).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import and_, insert, select
 
+from parley.core.enckeys import EncryptionKeyPair
 from parley.core.encoding import format_time
 from parley.core.expiry import EXPIRY_THRESHOLDS, card_state, days_left, expiry_alarm
 from parley.core.identity import IdentityCard
+from parley.service.keystore import destroy_key, store_key_pair
 from parley.store import models as m
 from parley.store.db import reading
 
 if TYPE_CHECKING:  # the read model (reads.py) imports this module; the kernel imports it
     from parley.service.alarms import Alarms
     from parley.service.kernel import Kernel
+    from parley.service.messaging import Messaging
 
 __all__ = ["CARD_EXPIRY", "CHECK_EVERY", "Keys", "card_version", "keys_report"]
 
@@ -38,6 +53,8 @@ CARD_EXPIRY: Final = "card_expiry"
 HPKE_SUITE_NAME: Final = "MLKEM768_X25519 + HKDF-SHA256 + ChaCha20-Poly1305 (RFC 9180 base mode)"
 #: How often ``parley serve`` looks at the cards' ends.
 CHECK_EVERY: Final = timedelta(hours=1)
+#: The operator named in the service messages that announce encryption keys.
+KEYS_OPERATOR: Final = "parley-keys"
 
 
 def card_version(card: IdentityCard) -> int:
@@ -69,11 +86,94 @@ def _message(card: IdentityCard, days: int, now: datetime, *, own: bool) -> str:
 class Keys:
     """Raise and clear the ``card_expiry`` alarms of this terminal's and its peers' cards."""
 
-    def __init__(self, kernel: Kernel, alarms: Alarms) -> None:
+    def __init__(self, kernel: Kernel, alarms: Alarms, messaging: Messaging) -> None:
         self.kernel = kernel
         self.alarms = alarms
+        self.messaging = messaging
         self._next_check: datetime | None = None
         self._check_lock = threading.Lock()
+
+    # Forward secrecy: rotation, announcement, destruction ---------------------------
+
+    def check_encryption_keys(self) -> dict[str, list[str]]:
+        """Destroy the keys past their grace, make a new key when the current one is due,
+        announce it to the peers that lack it. Returns the key ids destroyed and made, and
+        the peers announced to. Cheap when nothing is due (one small query)."""
+        done: dict[str, list[str]] = {"destroyed": [], "created": [], "announced_to": []}
+        store_key = self.kernel.store_key
+        if store_key is None:
+            return done  # opened without the passphrase: no key can be sealed
+        now = self.kernel.clock()
+        with reading(self.kernel.engine) as conn:
+            due = conn.execute(
+                select(m.encryption_keys.c.key_id).where(
+                    and_(
+                        m.encryption_keys.c.destroyed_at.is_(None),
+                        m.encryption_keys.c.destroy_after.is_not(None),
+                        m.encryption_keys.c.destroy_after <= now,
+                    )
+                )
+            ).all()
+        for row in due:
+            with self.kernel.lock:
+                destroy_key(self.kernel.engine, row.key_id, now)
+                self.kernel.party.keyring.destroyed(row.key_id, now)
+            done["destroyed"].append(row.key_id)
+        if self.kernel.frozen is not None:
+            return done
+        with self.kernel.lock:
+            current = self.kernel.party.keyring.current
+            if (
+                current is None
+                or current.key.created_at + self.kernel.config.rotation_interval <= now
+            ):
+                with reading(self.kernel.engine) as conn:
+                    serials = conn.execute(select(m.encryption_keys.c.serial)).scalars().all()
+                pair = EncryptionKeyPair.generate(
+                    self.kernel.identity, serial=max(serials, default=0) + 1, now=now
+                )
+                with self.kernel.engine.begin() as conn:
+                    store_key_pair(conn, store_key, pair, self.kernel.config.grace_period)
+                self.kernel.party.keyring.add_own(pair, current=True)
+                done["created"].append(pair.key_id)
+                log.info("encryption_key_created", key_id=pair.key_id, serial=pair.key.serial)
+                current = pair
+        done["announced_to"] = self._announce(current)
+        return done
+
+    def _announce(self, current: EncryptionKeyPair) -> list[str]:
+        """Send the current key's announcement to every pinned peer that lacks it."""
+        from parley.service.messaging import Draft  # messaging imports the kernel
+
+        with reading(self.kernel.engine) as conn:
+            sent = set(
+                conn.execute(
+                    select(m.encryption_key_sent.c.party).where(
+                        m.encryption_key_sent.c.key_id == current.key_id
+                    )
+                ).scalars()
+            )
+        with self.kernel.lock:
+            missing = sorted(set(self.kernel.party.peers) - sent)
+        if not missing:
+            return []
+        body: dict[str, Any] = {"service": {"encryption_key": dict(current.key.announcement)}}
+        drafts: Sequence[Draft] = [
+            Draft((peer,), "service", body, KEYS_OPERATOR, precedence="PRIORITY")
+            for peer in missing
+        ]
+        results = self.messaging.send_many(drafts)
+        now = self.kernel.clock()
+        with self.kernel.engine.begin() as conn:
+            conn.execute(
+                insert(m.encryption_key_sent),
+                [
+                    {"party": peer, "key_id": current.key_id, "envelope_id": r["id"], "at": now}
+                    for peer, r in zip(missing, results, strict=True)
+                ],
+            )
+        log.info("encryption_key_announced", key_id=current.key_id, to=missing)
+        return missing
 
     def check_expiry(self, *, force: bool = False) -> int:
         """Look at every card's end (at most once per ``CHECK_EVERY``); returns alarms raised."""
@@ -130,23 +230,87 @@ def _card_row(card: IdentityCard, now: datetime) -> dict[str, Any]:
     }
 
 
-def keys_report(own: IdentityCard, peers: Iterable[IdentityCard], now: datetime) -> dict[str, Any]:
-    """What ``parley keys status`` shows: own card and keys, every peer's card, at ``now``."""
+def _time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return format_time(value if value.tzinfo else value.replace(tzinfo=UTC))
+
+
+def _key_state(row: Any) -> str:
+    if row.destroyed_at is not None:
+        return "destroyed"
+    return "grace" if row.retired_at is not None else "current"
+
+
+def keys_report(
+    own: IdentityCard,
+    peers: Iterable[IdentityCard],
+    now: datetime,
+    own_keys: Sequence[Any] = (),
+    peer_keys: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """What ``parley keys status`` shows: own card and keys, every peer's card, at ``now``.
+
+    ``own_keys`` are rows of ``encryption_keys``, ``peer_keys`` of
+    ``peer_encryption_keys``. Medium-term keys come first, newest first; the
+    card's own key last: ``current`` while no medium-term key is (peers that
+    have had no announcement still use it), else ``fallback``.
+    """
     state = card_state(own, now)
+    medium = [
+        {
+            "kind": "medium-term",
+            "key_id": row.key_id,
+            "serial": row.serial,
+            "algorithm": "MLKEM768_X25519",
+            "suite": HPKE_SUITE_NAME,
+            "card_version": card_version(own),
+            "state": _key_state(row),
+            "valid_from": _time(row.created_at),
+            "valid_until": _time(row.retired_at),
+            "destroy_after": _time(row.destroy_after),
+            "destroyed_at": _time(row.destroyed_at),
+        }
+        for row in sorted(own_keys, key=lambda r: -int(r.serial))
+    ]
+    any_current = any(k["state"] == "current" for k in medium)
+    card_key = {
+        "kind": "card",
+        "key_id": "card",
+        "serial": 0,
+        "algorithm": "MLKEM768_X25519",
+        "suite": HPKE_SUITE_NAME,
+        "card_version": card_version(own),
+        "state": ("fallback" if any_current else "current")
+        if state in ("valid", "expiring")
+        else state,
+        "valid_from": format_time(own.valid_from),
+        "valid_until": format_time(own.valid_until),
+        "destroy_after": None,
+        "destroyed_at": None,
+    }
+    latest: dict[str, Any] = {}
+    for row in peer_keys:
+        if row.party not in latest or row.serial > latest[row.party].serial:
+            latest[row.party] = row
+    peer_rows = []
+    for card in sorted(peers, key=lambda c: c.party):
+        row = _card_row(card, now)
+        held = latest.get(card.party)
+        row["encryption_key"] = (
+            None
+            if held is None
+            else {
+                "key_id": held.key_id,
+                "serial": held.serial,
+                "received_at": _time(held.received_at),
+            }
+        )
+        peer_rows.append(row)
     return {
         "at": format_time(now),
         "card": _card_row(own, now),
-        "encryption_keys": [
-            {
-                "algorithm": "MLKEM768_X25519",
-                "suite": HPKE_SUITE_NAME,
-                "card_version": card_version(own),
-                # One key, the card's: it is current while the card is.
-                "state": "current" if state in ("valid", "expiring") else state,
-                "valid_from": format_time(own.valid_from),
-                "valid_until": format_time(own.valid_until),
-            }
-        ],
+        "encryption_keys": [*medium, card_key],
         "signature_keys": [
             {
                 "algorithm": "Ed25519",
@@ -154,6 +318,6 @@ def keys_report(own: IdentityCard, peers: Iterable[IdentityCard], now: datetime)
             },
             {"algorithm": "ML-DSA-65", "signs": "the card, checkpoints, cosignatures"},
         ],
-        "peers": [_card_row(card, now) for card in sorted(peers, key=lambda c: c.party)],
+        "peers": peer_rows,
         "alarm_days": [days for days, _ in EXPIRY_THRESHOLDS if days],
     }

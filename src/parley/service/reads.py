@@ -673,8 +673,12 @@ class Records:
             raise UsageError("the terminal's own card is needed to show its keys")
         with reading(self.engine) as conn:
             rows = conn.execute(select(m.peers.c.card)).all()
+            own_keys = conn.execute(
+                select(*(c for c in m.encryption_keys.c if c.name != "sealed"))
+            ).all()
+            peer_keys = conn.execute(select(m.peer_encryption_keys)).all()
         peers = [IdentityCard.from_bytes(bytes(row.card)) for row in rows]
-        return keys_report(self._own_card, peers, now or datetime.now(UTC))
+        return keys_report(self._own_card, peers, now or datetime.now(UTC), own_keys, peer_keys)
 
     def channels(self) -> list[dict[str, Any]]:
         with reading(self.engine) as conn:

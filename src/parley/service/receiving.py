@@ -20,7 +20,13 @@ from parley.core.canonical import canonical_bytes, parse_canonical, require_obje
 from parley.core.checkpoint import verify_checkpoint
 from parley.core.encoding import b64decode, b64encode
 from parley.core.envelope import EnvelopeHeader, read_envelope
-from parley.core.party import AckReceived, DuplicateReceived, GapDetected, MessageReceived
+from parley.core.party import (
+    AckReceived,
+    DuplicateReceived,
+    GapDetected,
+    KeyAnnounced,
+    MessageReceived,
+)
 from parley.core.transcript import EntryType, entry_bytes
 from parley.errors import RemoteError, SchemaViolation, UnknownPeer
 from parley.service.alarms import Alarms
@@ -119,6 +125,7 @@ class Receiving:
             answers: list[bytes | RemoteError] = []
             received: list[MessageReceived] = []
             acked: list[AckReceived] = []
+            announced: list[KeyAnnounced] = []
             reissued: list[dict[str, object]] = []
             for result in results:
                 if isinstance(result, RemoteError):
@@ -146,6 +153,8 @@ class Receiving:
                         received.append(event)
                     elif isinstance(event, AckReceived):
                         acked.append(event)
+                    elif isinstance(event, KeyAnnounced):
+                        announced.append(event)
                     elif isinstance(event, GapDetected):
                         key = (event.channel, event.sender)
                         held, _ = self.kernel.party.held_through(*key)
@@ -168,6 +177,17 @@ class Receiving:
                             operator=ack.operator,
                             ack_envelope_id=ack.ack_envelope_id,
                             at=now,
+                        )
+                    )
+                for key in announced:
+                    conn.execute(
+                        insert(m.peer_encryption_keys).values(
+                            party=key.key.party,
+                            key_id=key.key.key_id,
+                            serial=key.key.serial,
+                            announcement=key.key.announcement_bytes,
+                            envelope_id=key.envelope_id,
+                            received_at=now,
                         )
                     )
 

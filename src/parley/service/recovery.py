@@ -469,7 +469,7 @@ class Recovery:
     def _index_received(
         self, conn: Connection, header: EnvelopeHeader, index: int, now: datetime
     ) -> None:
-        opened = decrypt_envelope(header, self.kernel.identity)
+        opened = decrypt_envelope(header, self.kernel.identity, self.kernel.party.keyring.private)
         content = opened.content
         rejection = self.kernel.party.content_rejection(opened)
         self.receiving.store_received(conn, [MessageReceived(opened, index, rejection)], now)

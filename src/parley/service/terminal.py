@@ -56,6 +56,7 @@ from parley.service.kernel import (
     utc_now,
 )
 from parley.service.keys import Keys
+from parley.service.keystore import key_store_key
 from parley.service.ledger import StoreLedger
 from parley.service.links import Links
 from parley.service.messaging import Draft, Messaging
@@ -108,8 +109,11 @@ class Terminal(Records):
         engine: Engine,
         *,
         clock: Callable[[], datetime] = utc_now,
+        store_key: bytes | None = None,
     ) -> None:
-        self.kernel = kernel = Kernel(data, config, identity, engine, clock=clock)
+        self.kernel = kernel = Kernel(
+            data, config, identity, engine, clock=clock, store_key=store_key
+        )
         super().__init__(
             engine, identity.party, own_card=identity.card, tree=lambda: self.party.transcript.tree
         )
@@ -124,7 +128,7 @@ class Terminal(Records):
         self._channels = Channels(kernel, messaging)
         self._links = Links(kernel, alarms)
         self._deadlines = Deadlines(kernel, alarms)
-        self._keys = Keys(kernel, alarms)
+        self._keys = Keys(kernel, alarms, messaging)
         self._answers = RecoveryAnswers(kernel)
         self._recovery = Recovery(kernel, alarms)
 
@@ -143,7 +147,8 @@ class Terminal(Records):
         if not schema_is_current(engine):
             migrate(engine)
             fill_contents(engine, identity)  # rows kept before messages.content existed
-        return cls(data, config, identity, engine, clock=clock)
+        store_key = key_store_key(engine, data.key_file, passphrase)
+        return cls(data, config, identity, engine, clock=clock, store_key=store_key)
 
     @contextmanager
     def joined(self, work: Callable[[Connection], None]) -> Iterator[Callable[[], bool]]:
@@ -391,7 +396,12 @@ class Terminal(Records):
 
         ``parley serve``'s deadlines loop calls this every few seconds.
         """
+        self._keys.check_encryption_keys()  # rotation and destruction: no alarms
         return self._deadlines.check_deadlines() + self._keys.check_expiry()
+
+    def check_encryption_keys(self) -> dict[str, list[str]]:
+        """Make, announce and destroy medium-term encryption keys as they fall due."""
+        return self._keys.check_encryption_keys()
 
     def check_card_expiry(self, *, force: bool = False) -> int:
         """Raise or clear the ``card_expiry`` alarms now (``force``) or when an hour is up."""

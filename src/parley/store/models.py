@@ -360,3 +360,43 @@ link_samples = Table(
     Column("rtt_ms", Float),
 )
 Index("link_samples_by_link", link_samples.c.peer, link_samples.c.link, link_samples.c.at)
+
+encryption_keys = Table(
+    "encryption_keys",
+    metadata,
+    # This terminal's medium-term encryption keys (parley.core.enckeys). ``sealed``
+    # holds the private half, encrypted under a key derived from the key passphrase;
+    # it is overwritten (NULL, with SQLite's secure_delete) when the key is destroyed.
+    Column("key_id", String(64), primary_key=True),
+    Column("serial", Integer, nullable=False, unique=True),
+    Column("announcement", LargeBinary, nullable=False),  # signed, canonical JSON
+    Column("created_at", Time, nullable=False),
+    Column("retired_at", Time),  # when the next key replaced it: from then on, grace
+    Column("destroy_after", Time),  # retired_at + the grace period then configured
+    Column("destroyed_at", Time),
+    Column("sealed", LargeBinary),
+)
+
+peer_encryption_keys = Table(
+    "peer_encryption_keys",
+    metadata,
+    # Every encryption key a peer announced and this terminal took as current.
+    Column("party", String(63), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("serial", Integer, nullable=False),
+    Column("announcement", LargeBinary, nullable=False),  # signed, canonical JSON
+    Column("envelope_id", String(36), nullable=False),  # the service message it came in
+    Column("received_at", Time, nullable=False),
+    PrimaryKeyConstraint("party", "key_id"),
+)
+
+encryption_key_sent = Table(
+    "encryption_key_sent",
+    metadata,
+    # Which of this terminal's keys was announced to which peer, in which message.
+    Column("party", String(63), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("envelope_id", String(36), nullable=False),
+    Column("at", Time, nullable=False),
+    PrimaryKeyConstraint("party", "key_id"),
+)
