@@ -216,6 +216,15 @@ def test_a_peer_pinned_later_gets_the_current_key_and_a_frozen_terminal_makes_no
     again = Terminal.open(us.data.path, PASSPHRASE, clock=clock)
     assert again.party.keyring.peer_key(RU) is not None
     again.engine.dispose()
+    # A frozen terminal destroys nothing either: recovery may need the keys.
+    clock.advance(WEEK)
+    assert len(ru.check_encryption_keys()["created"]) == 1
+    clock.advance(GRACE + timedelta(seconds=1))
+    ru.kernel.freeze("test: recovering")
+    assert ru.check_encryption_keys() == {"destroyed": [], "created": [], "announced_to": []}
+    assert ru.party.keyring.private(made["created"][0]) is not None
+    ru.kernel.thaw()
+    assert ru.check_encryption_keys()["destroyed"] == made["created"]
 
 
 def test_a_changed_stored_announcement_is_not_used(

@@ -9,8 +9,9 @@ peer in a service message on the bilateral channel (logged in both
 transcripts); a peer pinned later gets the current announcement at the next
 check. The replaced key still opens what was sent to it until
 ``keys.encryption_key_grace`` has passed; then its private half is
-overwritten. A frozen terminal (docs/recovery.md) makes and announces no key,
-but still destroys those that are due.
+overwritten. A frozen terminal (docs/recovery.md) makes, announces and
+destroys no key until it is recovered (recovery reads received envelopes
+again with their keys).
 
 ``parley serve``'s deadlines loop calls ``Keys.check_expiry`` every few
 seconds; it looks at the cards at most once an hour. For the terminal's own
@@ -104,6 +105,10 @@ class Keys:
         if store_key is None:
             return done  # opened without the passphrase: no key can be sealed
         now = self.kernel.clock()
+        if self.kernel.frozen is not None:
+            # Recovery re-reads received envelopes with these keys: none is destroyed,
+            # and none made (announcing one would sign something new), until it is done.
+            return done
         with reading(self.kernel.engine) as conn:
             due = conn.execute(
                 select(m.encryption_keys.c.key_id).where(
@@ -119,8 +124,6 @@ class Keys:
                 destroy_key(self.kernel.engine, row.key_id, now)
                 self.kernel.party.keyring.destroyed(row.key_id, now)
             done["destroyed"].append(row.key_id)
-        if self.kernel.frozen is not None:
-            return done
         with self.kernel.lock:
             current = self.kernel.party.keyring.current
             if (
