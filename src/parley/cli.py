@@ -712,7 +712,10 @@ def _summary(body: dict[str, Any]) -> str:
 @app.command()
 def inbox(
     json_: Annotated[bool, typer.Option("--json")] = False,
-    all_: Annotated[bool, typer.Option("--all", help="Include acks and link tests.")] = False,
+    all_: Annotated[
+        bool,
+        typer.Option("--all", help="Include acks, link tests and encryption key announcements."),
+    ] = False,
 ) -> None:
     """Messages received, most urgent first."""
     with backend(needs_keys=False) as (api, local):

@@ -209,7 +209,9 @@ def test_a_peer_pinned_later_gets_the_current_key_and_a_frozen_terminal_makes_no
     with us.engine.connect() as conn:
         [row] = conn.execute(select(m.peer_encryption_keys)).all()
     assert (row.party, row.serial, row.key_id) == (RU, 1, made["created"][0])
-    assert us.show(row.envelope_id)["kind"] == "service"
+    assert us.show(row.envelope_id)["kind"] == "key"
+    assert row.envelope_id not in {m["id"] for m in us.messages("in")}  # not in the inbox
+    assert row.envelope_id in {m["id"] for m in us.messages("in", all_kinds=True)}
     status = us.keys_status()
     assert [p["encryption_key"]["key_id"] for p in status["peers"]] == [made["created"][0]]
     # A restart re-verifies the stored announcement against the pinned card.

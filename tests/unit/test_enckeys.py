@@ -33,8 +33,8 @@ def _announce(pair: PartyPair, owner: Party, key: EncryptionKeyPair) -> tuple[An
     owner.keyring.add_own(key, current=True)
     out = owner.send(
         [pair.peer_of(owner).party],
-        kind="service",
-        body={"service": {"encryption_key": dict(key.key.announcement)}},
+        kind="key",
+        body={"key": dict(key.key.announcement)},
         operator="keys",
     )
     events, _ = pair.deliver(out, owner)
@@ -109,8 +109,8 @@ def test_an_announcement_not_signed_by_the_card_is_refused(pair: PartyPair) -> N
     # Sent inside a genuine envelope of RU-GS, it is refused and nothing is logged.
     out = ru.send(
         [us.party],
-        kind="service",
-        body={"service": {"encryption_key": dict(forged.key.announcement)}},
+        kind="key",
+        body={"key": dict(forged.key.announcement)},
         operator="o",
     )
     size = us.transcript.size
@@ -146,8 +146,8 @@ def test_an_older_key_replayed_as_current_is_refused(pair: PartyPair) -> None:
     _announce(pair, ru, second)
     assert us.keyring.peer_key(ru.party) == second.key
     # The old announcement again, in a new envelope (a sender tricked, or its old key stolen):
-    body: dict[str, JSONValue] = {"service": {"encryption_key": dict(first.key.announcement)}}
-    out = ru.send([us.party], kind="service", body=body, operator="o")
+    body: dict[str, JSONValue] = {"key": dict(first.key.announcement)}
+    out = ru.send([us.party], kind="key", body=body, operator="o")
     size = us.transcript.size
     with pytest.raises(StaleKeyAnnouncement, match="never taken back"):
         us.receive_envelope(out.raw)
@@ -156,8 +156,8 @@ def test_an_older_key_replayed_as_current_is_refused(pair: PartyPair) -> None:
     # The current key announced again is no news, and accepted.
     again = ru.send(
         [us.party],
-        kind="service",
-        body={"service": {"encryption_key": dict(second.key.announcement)}},
+        kind="key",
+        body={"key": dict(second.key.announcement)},
         operator="o",
     )
     events, _ = pair.deliver(again, ru)

@@ -242,7 +242,7 @@ def test_every_precedence(
 
 def test_precedences_and_kinds_are_as_specified() -> None:
     assert PRECEDENCES == ("FLASH", "IMMEDIATE", "PRIORITY", "ROUTINE")
-    assert set(KINDS) == {"text", "form", "ack", "test", "service"}
+    assert set(KINDS) == {"text", "form", "ack", "test", "service", "key"}
 
 
 def test_read_envelope_verifies_without_decrypting(

@@ -87,7 +87,7 @@ __all__ = [
 ENVELOPE_PAYLOAD_TYPE: Final = "application/vnd.parley.envelope.v1+json"
 ENVELOPE_VERSION: Final = 1
 PRECEDENCES: Final = ("FLASH", "IMMEDIATE", "PRIORITY", "ROUTINE")
-KINDS: Final = ("text", "form", "ack", "test", "service")
+KINDS: Final = ("text", "form", "ack", "test", "service", "key")
 _MAX_RECIPIENTS: Final = 64
 
 CardLookup = Callable[[str], IdentityCard | None]
@@ -110,8 +110,8 @@ class Content:
     """The inner, encrypted content of an envelope.
 
     ``body`` depends on the kind: ``{"text": str}``, ``{"form": {...}}``,
-    ``{"ack": {"envelope_id", "digest"}}``, ``{"test": {...}}`` or
-    ``{"service": {...}}``.
+    ``{"ack": {"envelope_id", "digest"}}``, ``{"test": {...}}``,
+    ``{"service": {...}}`` or ``{"key": ANNOUNCEMENT}`` (``parley.core.enckeys``).
     """
 
     lang: str

@@ -624,16 +624,13 @@ class Party:
         return True, record, events, rejection
 
     def _announced_key(self, opened: OpenedEnvelope) -> EncryptionKey | None:
-        """The new current key a service message announces, checked; None if it has none
+        """The new current key a ``key`` message announces, checked; None if it is none
         (or announces the current key again). Refuses one not signed by the sender's card,
         or older than the sender's current key."""
-        if opened.header.kind != "service":
-            return None
-        service = opened.content.body["service"]
-        if not isinstance(service, dict) or "encryption_key" not in service:
+        if opened.header.kind != "key":
             return None
         card = self._peers[opened.header.sender]  # read_envelope found it pinned
-        key = read_announcement(service["encryption_key"], card)
+        key = read_announcement(opened.content.body["key"], card)
         return key if self.keyring.check_announcement(key) else None
 
     def _check_ack(self, opened: OpenedEnvelope) -> AckReceived:

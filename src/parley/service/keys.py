@@ -5,7 +5,7 @@ Forward secrecy (``parley.core.enckeys``): the same loop calls
 ``Keys.check_encryption_keys``. When the current medium-term encryption key is
 older than ``keys.encryption_key_rotation`` (or there is none) a new one is
 made, kept sealed (``parley.service.keystore``) and announced to every pinned
-peer in a service message on the bilateral channel (logged in both
+peer in a message of kind ``key`` on the bilateral channel (logged in both
 transcripts); a peer pinned later gets the current announcement at the next
 check. The replaced key still opens what was sent to it until
 ``keys.encryption_key_grace`` has passed; then its private half is
@@ -160,10 +160,9 @@ class Keys:
             missing = sorted(set(self.kernel.party.peers) - sent)
         if not missing:
             return []
-        body: dict[str, Any] = {"service": {"encryption_key": dict(current.key.announcement)}}
+        body: dict[str, Any] = {"key": dict(current.key.announcement)}
         drafts: Sequence[Draft] = [
-            Draft((peer,), "service", body, KEYS_OPERATOR, precedence="PRIORITY")
-            for peer in missing
+            Draft((peer,), "key", body, KEYS_OPERATOR, precedence="PRIORITY") for peer in missing
         ]
         results = self.messaging.send_many(drafts)
         now = self.kernel.clock()

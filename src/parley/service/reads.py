@@ -63,7 +63,7 @@ __all__ = [
 
 PRECEDENCE_RANK = {"FLASH": 0, "IMMEDIATE": 1, "PRIORITY": 2, "ROUTINE": 3}
 SHOWN_KINDS = ("text", "form", "service")
-ALL_KINDS = ("text", "form", "service", "ack", "test")
+ALL_KINDS = ("text", "form", "service", "ack", "test", "key")
 
 #: Signatures checked (by leaf hash) and contents parsed (by digest) kept in memory.
 CACHE_SIZE = 20_000
