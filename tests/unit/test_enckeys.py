@@ -24,6 +24,7 @@ from parley.errors import (
     KeyDestroyed,
     SchemaViolation,
     StaleKeyAnnouncement,
+    SupersededKey,
 )
 from parley.testing import ManualClock, PartyPair
 
@@ -194,3 +195,41 @@ def test_encrypted_to_must_name_readers_with_key_ids(pair: PartyPair) -> None:
     payload = json.loads(read_envelope(out.raw, us.card_of).raw)
     assert set(payload) == {"payload", "payloadType", "signatures"}
     assert canonical_bytes(payload) == out.raw
+
+
+def test_keys_survive_an_identity_rotation_and_an_old_card_cannot_announce_after_it(
+    pair: PartyPair,
+) -> None:
+    us, ru = pair.a, pair.b
+    clock = us.clock
+    assert isinstance(clock, ManualClock)
+    first = EncryptionKeyPair.generate(ru.identity, serial=1, now=clock.now)
+    _announce(pair, ru, first)
+    old = ru.identity
+    clock.advance(timedelta(hours=1))
+    new = old.successor(now=clock.now, validity=timedelta(days=365), log_size=ru.transcript.size)
+    announcement: dict[str, JSONValue] = {
+        "card": json.loads(new.card.signed_bytes),
+        "tls_certificate": "PEM",
+    }
+    for out in ru.rotate(new, announcement):
+        pair.deliver(out, ru)
+    assert us.card_of(ru.party) is not None
+    # The medium-term key announced under the old card is still RU-GS's current key:
+    # what US-EUCOM sends still opens at RU-GS (the key is not the card's).
+    out = us.send_text([ru.party], "after the card rotation", operator="o")
+    assert read_envelope(out.raw, us.card_of).encrypted_to == {ru.party: first.key_id}
+    events, _ = pair.deliver(out, us)
+    assert [e.envelope.content.body for e in events if isinstance(e, MessageReceived)] == [
+        {"text": "after the card rotation"}
+    ]
+    # The old card's keys, stolen, cannot announce a key after the rotation.
+    clock.advance(timedelta(minutes=1))
+    forged = EncryptionKeyPair.generate(old, serial=5, now=clock.now)
+    with pytest.raises(SupersededKey, match="never signs again"):
+        read_announcement(dict(forged.key.announcement), us.card_of(ru.party))  # type: ignore[arg-type]
+    # The new card announces the next key, and it is taken.
+    second = EncryptionKeyPair.generate(ru.identity, serial=2, now=clock.now)
+    events = _announce(pair, ru, second)
+    assert [e.key.key_id for e in events if isinstance(e, KeyAnnounced)] == [second.key_id]
+    assert second.key.card == new.card.key_id

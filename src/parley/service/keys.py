@@ -129,11 +129,13 @@ class Keys:
             if (
                 current is None
                 or current.key.created_at + self.kernel.config.rotation_interval <= now
+                # A new card (identity rotation): its keys announce a new key at once.
+                or current.key.card != self.kernel.party.identity.card.key_id
             ):
                 with reading(self.kernel.engine) as conn:
                     serials = conn.execute(select(m.encryption_keys.c.serial)).scalars().all()
                 pair = EncryptionKeyPair.generate(
-                    self.kernel.identity, serial=max(serials, default=0) + 1, now=now
+                    self.kernel.party.identity, serial=max(serials, default=0) + 1, now=now
                 )
                 with self.kernel.engine.begin() as conn:
                     store_key_pair(conn, store_key, pair, self.kernel.config.grace_period)
