@@ -124,6 +124,8 @@ class Keys:
                 destroy_key(self.kernel.engine, row.key_id, now)
                 self.kernel.party.keyring.destroyed(row.key_id, now)
             done["destroyed"].append(row.key_id)
+        if not self.kernel.party.identity.card.valid_at(now):
+            return done  # an expired card signs nothing: no key can be announced
         with self.kernel.lock:
             current = self.kernel.party.keyring.current
             if (

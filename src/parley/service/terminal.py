@@ -392,12 +392,14 @@ class Terminal(Records):
     # Deadlines (service.deadlines) -------------------------------------------
 
     def check_deadlines(self) -> int:
-        """Acknowledgement deadlines, and (at most hourly) the cards' ends; returns alarms raised.
+        """Acknowledgement deadlines, (at most hourly) the cards' ends, and the encryption keys
+        (made, announced, destroyed as they fall due); returns alarms raised.
 
         ``parley serve``'s deadlines loop calls this every few seconds.
         """
+        raised = self._deadlines.check_deadlines() + self._keys.check_expiry()
         self._keys.check_encryption_keys()  # rotation and destruction: no alarms
-        return self._deadlines.check_deadlines() + self._keys.check_expiry()
+        return raised
 
     def check_encryption_keys(self) -> dict[str, list[str]]:
         """Make, announce and destroy medium-term encryption keys as they fall due."""
