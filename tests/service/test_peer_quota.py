@@ -231,19 +231,23 @@ def test_a_flood_is_refused_with_429_one_event_and_one_alarm_per_incident(
     assert len(ru.messages("in")) == 40
 
 
-def test_the_catch_up_a_terminal_asks_for_is_not_charged(
+def test_a_catch_up_is_charged_never_refused_and_not_asked_for_over_the_quota(
     scene: tuple[Terminal, Terminal, ManualClock, TestClient],
 ) -> None:
-    us, ru, _, _ = scene
+    """Refused deliveries leave gaps; filling them by catch-up must not let the same
+    traffic in past the quota."""
+    us, ru, clock, _ = scene
     _flash(us, 30)
+    assert ru.catch_up_allowed("US-EUCOM")
     got = ru.apply_catch_up("US-EUCOM", us.catch_up(CHANNEL, 0, for_party="RU-GS"))
-    assert all(isinstance(r, bytes) for r in got)
     assert len(got) == 30
-    assert _quota_rows(ru) == ([], [])
-    # What the peer pushes is charged: a full bucket takes one batch, not the next.
-    assert all(isinstance(r, bytes) for r in ru.receive_batch(_flash(us, 5), tls_party="US-EUCOM"))
+    assert all(isinstance(r, bytes) for r in got)  # asked for: taken, though over the burst
+    assert _quota_rows(ru) == ([], [])  # our own request is no incident
+    assert not ru.catch_up_allowed("US-EUCOM")
     with pytest.raises(QuotaExceeded):
-        ru.receive_batch(_flash(us, 5), tls_party="US-EUCOM")
+        ru.receive_envelope(_flash(us, 1)[0], tls_party="US-EUCOM")
+    clock.advance(timedelta(seconds=21))  # 20 owed, then one to spend
+    assert ru.catch_up_allowed("US-EUCOM")
 
 
 # Two real terminals ----------------------------------------------------------------

@@ -738,6 +738,8 @@ class DeliveryWorker:
             for key, after in list(self.terminal.gaps.items())
             if key[1] == peer and now - since.get(key, now) >= CATCH_UP_GRACE
         ]
+        if gaps and not await run_in_threadpool(self.terminal.catch_up_allowed, peer):
+            return  # over its quota: what it sent comes again once the rate allows
         for (channel, sender), after in gaps:
             try:
                 data = await self._any_link(

@@ -10,7 +10,10 @@ Each pinned peer has two token buckets (``[peer_quota]`` in ``parley.toml``):
 A delivery is charged before anything in it is opened: one that does not fit
 is refused whole (the peer API answers ``429`` with ``quota_exceeded`` and
 ``Retry-After``) and the sender's outbox sends it again later; nothing is
-lost. Bulk batches (``POST /v1/envelopes/batch``) leave a tenth of the
+lost. What a terminal fetches from a peer's catch-up endpoint to fill a gap
+is charged too (never refused: it was asked for), and no catch-up is asked of
+a peer that has no room left, so refusals that leave gaps do not let the
+same traffic in through catch-up. Bulk batches (``POST /v1/envelopes/batch``) leave a tenth of the
 envelope burst untouched, which only single deliveries (``POST
 /v1/envelopes``: FLASH and IMMEDIATE, link tests) may spend, so that a backlog
 drained in bulk never holds up a well-behaved peer's FLASH. A delivery larger
@@ -154,6 +157,21 @@ class PeerQuotas:
                 ),
                 count,
             )
+
+    def debit(self, peer: str, envelopes: int, size: int, *, now: datetime) -> None:
+        """Charge what this terminal asked the peer for (catch-up): never refused, it may
+        leave the buckets owing, and what the peer pushes waits until that is repaid."""
+        with self._lock:
+            state = self._state(peer, now)
+            for bucket, cost in ((state.envelopes, envelopes), (state.octets, size)):
+                if bucket is not None:
+                    bucket.level -= cost
+
+    def within(self, peer: str, *, now: datetime) -> bool:
+        """Whether ``peer`` has room left (the delivery worker asks for a catch-up only then)."""
+        with self._lock:
+            state = self._state(peer, now)
+            return all(b is None or b.level >= 1 for b in (state.envelopes, state.octets))
 
     def describe(self) -> str:
         parts = []

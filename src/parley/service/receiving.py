@@ -340,4 +340,9 @@ class Receiving:
             raws.append(raw)
         if not raws:
             return []
-        return self._receive(raws, tls_party=peer)  # asked for: not charged to a quota
+        self.quotas.debit(peer, len(raws), sum(len(r) for r in raws), now=self.kernel.clock())
+        return self._receive(raws, tls_party=peer)
+
+    def catch_up_allowed(self, peer: str) -> bool:
+        """Whether to ask ``peer`` for a catch-up now: only while it has room in its quota."""
+        return self.quotas.within(peer, now=self.kernel.clock())

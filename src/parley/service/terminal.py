@@ -227,6 +227,9 @@ class Terminal(Records):
     def apply_catch_up(self, peer: str, data: bytes) -> list[bytes | RemoteError]:
         return self._receiving.apply_catch_up(peer, data)
 
+    def catch_up_allowed(self, peer: str) -> bool:
+        return self._receiving.catch_up_allowed(peer)
+
     # Receipts (service.receipts) ---------------------------------------------
 
     def receive_receipt(self, raw: bytes, *, peer: str, link: str | None = None) -> dict[str, Any]:
