@@ -100,6 +100,7 @@ __all__ = [
     "RolledBack",
     "SchemaViolation",
     "StaleKeyAnnouncement",
+    "StaleOffer",
     "SupersededKey",
     "TimestampInFuture",
     "UnacceptableCard",
@@ -126,7 +127,7 @@ CULPRIT_PREFIX = {
 class ParleyError(Exception):
     """Base of every Parley error. ``str(err)`` is a sentence for a person."""
 
-    #: Who broke the rule, for operators: "us", "peer", "record" or "nobody".
+    #: Who broke the rule, for operators: "us", "peer" or "record".
     culprit = "us"
 
     @property
@@ -355,12 +356,10 @@ class CheckpointRollback(Equivocation):
     """A log offered smaller than a checkpoint of it already cosigned: both notes are evidence."""
 
 
-class StaleOffer(ParleyError):
+class StaleOffer(LocalError):
     """A peer's offered checkpoint fell behind its log as this terminal mirrors it
     (its receipts showed more leaves while the offer's were fetched): nobody broke
     a rule; the next witness round asks again."""
-
-    culprit = "nobody"
 
 
 class VerificationError(ParleyError):

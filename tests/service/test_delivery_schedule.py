@@ -108,3 +108,59 @@ def test_the_first_rounds_of_a_large_network_are_spread_over_a_minute() -> None:
     assert first_round_window(30) == 30.0
     assert first_round_window(56) == 56.0
     assert first_round_window(200) == WITNESS_IDLE_MAX
+
+
+def test_a_scheduled_link_test_is_one_signed_round_over_that_link_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link test is a witness round over the link tested: the peer's signed offer
+    (and, its log having grown, the leaves and our cosignature), no test message and
+    nothing logged on either side; a link that does not answer fails the test."""
+    made = make_network(tmp_path, [(US, "US European Command"), (RU, "General Staff")])
+    us = Terminal.open(made[US].data, PASSPHRASE)
+    ru = Terminal.open(made[RU].data, PASSPHRASE)
+    worker = DeliveryWorker(us, rng=random.Random(7))
+    used: list[tuple[str, str]] = []
+    down = [False]
+
+    async def request(link: Any, method: str, path: str, **kwargs: Any) -> bytes:
+        used.append((link.name, path))
+        if down[0]:
+            raise LinkFailed("connection refused")
+        if path.endswith("/checkpoint-offers"):
+            return ru.offer_checkpoint(kwargs["content"], tls_party=US)
+        if path.endswith("/log/leaves"):
+            params = kwargs["params"]
+            return b"".join(ru.log_leaves(params["start"], params["limit"]))
+        ru.accept_cosignature(kwargs["content"], tls_party=US)
+        return b"{}"
+
+    monkeypatch.setattr(worker, "_request", request)
+    try:
+        name = sorted(item["name"] for item in us.links() if item["peer"] == RU)[0]
+        sizes = us.party.transcript.size, ru.party.transcript.size
+
+        asyncio.run(worker._test_link(RU, name))
+        assert {link for link, _ in used} == {name}
+        assert used[0][1] == "/v1/checkpoint-offers"
+        tested = {item["name"]: item for item in us.links() if item["peer"] == RU}[name]
+        assert tested["last_test"] is not None
+        assert tested["state"] == "up"
+        assert tested["rtt_ms"] is not None
+        assert (us.party.transcript.size, ru.party.transcript.size) == sizes
+
+        used.clear()
+        asyncio.run(worker._test_link(RU, name))
+        assert used == [(name, "/v1/checkpoint-offers")]  # nothing grew: one request
+
+        down[0] = True
+        used.clear()
+        asyncio.run(worker._test_link(RU, name))
+        assert used == [(name, "/v1/checkpoint-offers")]
+        failed = {item["name"]: item for item in us.links() if item["peer"] == RU}[name]
+        assert failed["state"] == "degraded"
+        alarms = [a for a in us.alarms() if a["kind"] == "link_test_failed"]
+        assert [a["subject"] for a in alarms] == [f"{RU}/{name}"]
+    finally:
+        us.engine.dispose()
+        ru.engine.dispose()

@@ -24,7 +24,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -58,6 +58,9 @@ from parley.service.terminal import Terminal
 __all__ = ["BACKOFF_CAP", "DeliveryWorker", "backoff"]
 
 log = structlog.get_logger("parley.delivery")
+
+#: ``send(method, path, **kwargs)``: the answer's body from one peer (any link, or one).
+Send = Callable[..., Awaitable[bytes]]
 
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = {"FLASH": 2.0, "IMMEDIATE": 5.0, "PRIORITY": 30.0, "ROUTINE": 60.0}
@@ -184,6 +187,7 @@ class DeliveryWorker:
         self._last_probe: dict[str, float] = {}
         #: peer -> monotonic time of the next idle witness round; quiet rounds in a row.
         self._next_idle_round: dict[str, float] = {}
+        self._round_locks: dict[str, asyncio.Lock] = {}
         self._quiet_rounds: dict[str, int] = {}
         #: Witness rounds failed in a row, per peer (their retries back off).
         self._witness_failures: dict[str, int] = {}
@@ -790,20 +794,7 @@ class DeliveryWorker:
         self._witnessed_activity[peer] = self.terminal.activity.get(peer, 0)
         self._witness_due.discard(peer)
         try:
-            request = await run_in_threadpool(self.terminal.checkpoint_request, peer)
-            offer = await self._any_link(peer, "POST", "/v1/checkpoint-offers", content=request)
-            plan = await run_in_threadpool(self.terminal.plan_witness, peer, offer)
-            cosigned = self._unsent_cosignature.pop(peer, None)
-            if plan.fresh:
-                leaves = await self._mirror_leaves(peer, plan.start, plan.checkpoint.size)
-                cosigned = await run_in_threadpool(self.terminal.cosign, peer, plan, leaves)
-            if cosigned is not None:
-                self._unsent_cosignature[peer] = cosigned
-                # Our cosignature travels back to the log owner.
-                await self._any_link(
-                    peer, "POST", "/v1/cosignatures", content=cosigned, content_type="text/plain"
-                )
-                self._unsent_cosignature.pop(peer, None)
+            await self._round(peer, partial(self._any_link, peer))
         except (LinkFailed, ParleyError) as exc:
             # Tried again after 2, 4, 8 … up to 60 s (jittered): a peer that cannot
             # answer, or a network that is overloaded, is not asked every 2 s.
@@ -815,15 +806,76 @@ class DeliveryWorker:
             return
         self._witness_failures.pop(peer, None)
 
-    async def _mirror_leaves(self, peer: str, start: int, end: int) -> list[bytes]:
+    async def _round(self, peer: str, send: Send) -> None:
+        """One witness round with ``peer``, its requests made by ``send(method, path, ...)``
+        (any link, or one link for a link test); one round with a peer at a time."""
+        lock = self._round_locks.setdefault(peer, asyncio.Lock())
+        async with lock:
+            request = await run_in_threadpool(self.terminal.checkpoint_request, peer)
+            offer = await send("POST", "/v1/checkpoint-offers", content=request)
+            plan = await run_in_threadpool(self.terminal.plan_witness, peer, offer)
+            cosigned = self._unsent_cosignature.pop(peer, None)
+            if plan.fresh:
+                leaves = await self._mirror_leaves(peer, plan.start, plan.checkpoint.size, send)
+                cosigned = await run_in_threadpool(self.terminal.cosign, peer, plan, leaves)
+            if cosigned is not None:
+                self._unsent_cosignature[peer] = cosigned
+                # Our cosignature travels back to the log owner.
+                await send("POST", "/v1/cosignatures", content=cosigned, content_type="text/plain")
+                self._unsent_cosignature.pop(peer, None)
+
+    async def _test_link(self, peer: str, name: str) -> None:
+        """A scheduled link test: a witness round over that link alone.
+
+        Its first answer is the peer's checkpoint offer, signed by its
+        identity and carried over the pinned TLS link, so the link is shown
+        to reach the real peer with one small request when the peer's log has
+        not grown (a test message, with its envelope, receipt and two log
+        entries, is what an operator's ``link test`` sends instead). The
+        round-trip time is that of the offer.
+        """
+        link = next((li for li in await self._links(peer) if li.name == name), None)
+        if link is None:
+            return
+        timings: list[float] = []
+
+        async def send(method: str, path: str, **kwargs: Any) -> bytes:
+            started = time.perf_counter()
+            data = await self._request(link, method, path, **kwargs)
+            timings.append((time.perf_counter() - started) * 1000)
+            return data
+
+        try:
+            await self._round(peer, send)
+        except (LinkFailed, Rejected) as exc:
+            # The failed request was already counted against the link; this marks the test.
+            await run_in_threadpool(
+                self.terminal.record_link,
+                peer,
+                name,
+                ok=False,
+                error=str(exc),
+                test=True,
+                count=False,
+            )
+            log.info("link_test_failed", peer=peer, link=name, error=str(exc)[:200])
+            return
+        except ParleyError as exc:
+            # The peer's signed answer came over the link: the link passed; what the
+            # answer held is the witness's business (it raised its own alarm).
+            log.info("link_test_round_refused", peer=peer, link=name, error=str(exc)[:200])
+        if timings:
+            await run_in_threadpool(
+                self.terminal.record_link, peer, name, ok=True, test=True, rtt_ms=timings[0]
+            )
+
+    async def _mirror_leaves(self, peer: str, start: int, end: int, send: Send) -> list[bytes]:
         """The peer's leaf hashes ``start`` .. ``end`` from its ``GET /v1/log/leaves``, paged."""
         leaves: list[bytes] = []
         while start + len(leaves) < end:
             at = start + len(leaves)
             limit = min(MAX_LEAVES_PAGE, end - at)
-            data = await self._any_link(
-                peer, "GET", "/v1/log/leaves", params={"start": at, "limit": limit}
-            )
+            data = await send("GET", "/v1/log/leaves", params={"start": at, "limit": limit})
             page = split_leaves(data, limit)
             if not page:
                 raise CheckpointRejected(
@@ -851,9 +903,11 @@ class DeliveryWorker:
             gap = period / max(1, len(links))
             for item in links:
                 try:
-                    await run_in_threadpool(self._queue_test, item["peer"], item["name"])
-                except ParleyError as exc:
-                    log.warning("link_test_not_queued", peer=item["peer"], error=str(exc))
+                    await self._test_link(item["peer"], item["name"])
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("link_test_error", peer=item["peer"], link=item["name"])
                 await asyncio.sleep(gap * self.rng.uniform(0.5, 1.5))
             period = interval
 
