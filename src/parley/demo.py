@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -55,6 +57,19 @@ def _receipted(terminal: TerminalProcess, message_id: str, parties: list[str]) -
 
 def _has_channel(terminal: TerminalProcess, name: str) -> Callable[[], bool]:
     return lambda: any(c["name"] == name for c in terminal.api("GET", "/channels"))
+
+
+def _cli_argv(data: Path, user: str) -> list[str]:
+    """The ``parley`` command of this environment (``.venv/bin/parley`` after ``make``)."""
+    here = Path(sys.executable).parent / "parley"
+    program = str(here) if here.exists() else "parley"
+    return [program, "--data", str(data), "--user", user]
+
+
+def _cli(data: Path, user: str, password: str) -> str:
+    """A CLI hint that runs as printed, in any shell, from any directory."""
+    argv = " ".join(shlex.quote(a) for a in _cli_argv(data, user))
+    return f"PARLEY_PASSWORD={shlex.quote(password)} {argv}"
 
 
 def _conversation(t: dict[str, TerminalProcess], quiet: bool) -> None:
@@ -180,6 +195,7 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
                 "peer_url": t.peer_url,
                 "username": OPERATOR,
                 "password": passwords[party],
+                "cli": _cli(t.data, OPERATOR, passwords[party]),
             }
             for party, t in terminals.items()
         ]
@@ -191,13 +207,21 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
             for row in rows:
                 print(f"  {row['party']:12} console {row['console_url']}  peers {row['peer_url']}")
                 print(f"  {'':12} operator {row['username']} / {row['password']}")
-                cli = (
-                    f"PARLEY_PASSWORD={shlex.quote(row['password'])} parley "
-                    f"--data {shlex.quote(row['data_dir'])} --user {row['username']}"
-                )
+                cli = row["cli"]
                 print(f"  {'':12} CLI: {cli} inbox")
                 print(f"  {'':12}      {cli} show ID --lang ru")
                 print(f"  {'':12}      {cli} keys status\n")
+            first = rows[0]
+            print(f"{first['party']}'s keys ({first['cli']} keys status):\n", flush=True)
+            shown = subprocess.run(  # noqa: S603 - our own CLI, as the hint prints it
+                [*_cli_argv(Path(first["data_dir"]), OPERATOR), "keys", "status"],
+                env={**os.environ, "PARLEY_PASSWORD": first["password"]},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            print(shown.stdout or shown.stderr, flush=True)
             print("Stop with Ctrl-C.", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

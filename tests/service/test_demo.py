@@ -54,6 +54,7 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
                 "peer_url",
                 "username",
                 "password",
+                "cli",
             }
             status = httpx.get(
                 row["console_url"] + "/api/v1/status",
@@ -108,6 +109,19 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
             env={**os.environ, "PARLEY_PASSWORD": ru["password"]},
         ).stdout
         assert "Предложение о встрече" in shown
+        # The CLI hint runs as printed, from another directory, in a plain shell.
+        keys = subprocess.run(
+            ["/bin/sh", "-c", rows[0]["cli"] + " keys status --json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        ).stdout
+        status = json.loads(keys)
+        assert status["card"]["party"] == "US-EUCOM"
+        assert {p["party"] for p in status["peers"]} == {"RU-GS", "UA-GS", "AE-MEDIATOR"}
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
         for row in rows:

@@ -45,6 +45,10 @@ TEST_SCRYPT_N = 2**10
 #: Ports handed out under pytest-xdist: 10000-32767, below Linux's ephemeral
 #: range (32768-60999), split evenly between the workers.
 _WORKER_PORTS = (10_000, 32_768)
+#: Ports handed out elsewhere (the demo, benchmarks, a single pytest process):
+#: above the ephemeral range, so that the outgoing connections of terminals
+#: already running never take a port a terminal started later will listen on.
+_OTHER_PORTS = (61_000, 65_536)
 _next_port: list[int] = []
 
 
@@ -54,17 +58,16 @@ def free_port() -> int:
     Under pytest-xdist (``PYTEST_XDIST_WORKER``) each worker takes ports from
     its own slice of ``_WORKER_PORTS`` in turn, from a random start, so two
     workers never hand out the same port and a worker does not hand one out
-    twice; otherwise the kernel picks one from the ephemeral range.
+    twice; otherwise from ``_OTHER_PORTS`` (above the ephemeral range) the same way.
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if not worker.startswith("gw"):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    index = int(worker[2:]) % count
-    size = (_WORKER_PORTS[1] - _WORKER_PORTS[0]) // count
-    low = _WORKER_PORTS[0] + index * size
+    if worker.startswith("gw"):
+        count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+        index = int(worker[2:]) % count
+        size = (_WORKER_PORTS[1] - _WORKER_PORTS[0]) // count
+        low = _WORKER_PORTS[0] + index * size
+    else:
+        low, size = _OTHER_PORTS[0], _OTHER_PORTS[1] - _OTHER_PORTS[0]
     if not _next_port:
         _next_port.append(secrets.randbelow(size))
     for _ in range(size):
