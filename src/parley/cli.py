@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -429,7 +430,7 @@ def init(
     scrypt_n: Annotated[int, typer.Option(hidden=True)] = 2**17,
 ) -> None:
     """Create keys, database, configuration and console token in DIR."""
-    from parley.service.setup import init_terminal
+    from parley.service.setup import REVOCATION_CERTIFICATE, init_terminal
 
     config = init_terminal(
         state.data.path,
@@ -446,6 +447,12 @@ def init(
     err.print(f"Created terminal {config.party} in {state.data.path}")
     err.print(f"Card (give it to your peers): {state.data.card_file}")
     err.print(f"Fingerprint (read it to them aloud): {bundle.card.fingerprint}", soft_wrap=True)
+    err.print(
+        f"Revocation certificate: {state.data.path / REVOCATION_CERTIFICATE}: print it, put "
+        "the paper in the safe and delete the file. It revokes this card if its keys are "
+        "ever compromised (`parley keys revoke --certificate`); whoever holds it can revoke.",
+        soft_wrap=True,
+    )
 
 
 def _own_bundle() -> CardBundle:
@@ -507,6 +514,40 @@ def peer_add(
         else:
             ops(local).add_peer(bundle, fingerprint, links)
     err.print(f"Pinned {pinned.party} ({pinned.name}) with {len(links)} link(s).")
+
+
+@peer_app.command("revocation")
+def peer_revocation(
+    file: Annotated[Path, typer.Argument(help="The revocation.json a peer handed over.")],
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Take in a peer's revocation (an administrator): refused unless signed by a later card
+    of its chain or by the offline revocation keys its card names. From then on nothing
+    the revoked card signed after the stated time is accepted; if it was the card in use,
+    the peer's next card must be pinned again by its fingerprint read aloud (`peer add`)."""
+    try:
+        raw = file.read_bytes().strip()
+        statement = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        unreadable("the revocation file", file, exc)
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            result = api.call("POST", "/peers/revocations", {"revocation": statement})
+        else:
+            result = ops(local).import_revocation(raw)
+
+    def render(body: dict[str, Any]) -> None:
+        err.print(
+            f"{body['party']}'s card version {body['version']} is revoked from "
+            f"{body['compromised_at']}: {body['reason']}"
+        )
+        if body["card_in_use_revoked"]:
+            err.print(
+                f"It was the card in use: pin {body['party']}'s next card with `parley peer add` "
+                "after reading its fingerprint aloud."
+            )
+
+    emit(result, json_, render)
 
 
 @peer_app.command("list")
@@ -574,6 +615,129 @@ def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
         out.print(peers)
 
     emit(shown, json_, render)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    validity_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days the new card is valid (default 730, at most max_card_validity_days)."
+        ),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Replace this terminal's signature keys without downtime (an administrator).
+
+    Makes card version n+1, signed by the keys in use and by the new ones, writes it to
+    the transcript and sends it to every peer, who accept it by themselves because it
+    chains to the card they pinned. Messages keep flowing; the old keys still verify
+    what they signed and never sign again. The new fingerprint may be read aloud to the
+    peers as a confirmation. A running `parley serve` keeps its TLS certificate until
+    its next start. After the card in use was revoked, the new card does not chain: the
+    peers pin it again by its fingerprint read aloud (`parley peer add`)."""
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            result = api.call("POST", "/keys/rotate", {"validity_days": validity_days})
+        else:
+            result = ops(local).rotate_keys(validity_days=validity_days)
+
+    def render(body: dict[str, Any]) -> None:
+        err.print(
+            f"{body['party']}: card version {body['previous_version']} replaced by version "
+            f"{body['version']} (valid until {body['valid_until']}); announced to "
+            f"{', '.join(body['announced_to']) or 'no peer'}."
+        )
+        if body.get("pin_again"):
+            err.print(
+                "The card in use was revoked, so no peer accepts the new card by itself: hand "
+                "them the card file (parley card) and read this fingerprint to each of them "
+                "aloud before they run `parley peer add`."
+            )
+        out.print(
+            f"New fingerprint (may be read aloud to confirm): {body['fingerprint']}", soft_wrap=True
+        )
+
+    emit(result, json_, render)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    reason: Annotated[str, typer.Option(help="Why, as the peers will read it.")],
+    version: Annotated[
+        int | None,
+        typer.Option(
+            help="The card version to revoke (an earlier one; default: the card in use, "
+            "which needs --certificate)."
+        ),
+    ] = None,
+    certificate: Annotated[
+        Path | None,
+        typer.Option(help="The revocation certificate from the safe (printed at `parley init`)."),
+    ] = None,
+    compromised_at: Annotated[
+        str | None,
+        typer.Option(
+            help="When the keys were compromised (UTC, 2026-12-05T10:00:00Z); "
+            "signatures dated later are refused. Default: now."
+        ),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Revoke one of this terminal's cards after a compromise (an administrator).
+
+    An earlier card is revoked by the keys in use (--version N), and the revocation is
+    sent to every peer. The card in use is revoked with the revocation certificate kept
+    in the safe (--certificate FILE): then hand the file revocation.json to each peer
+    (`parley peer revocation`), make a new terminal identity, and have the peers pin its
+    card by the fingerprint read aloud. Peers refuse anything the revoked card signs after
+    --compromised-at and raise a key_revoked alarm."""
+    text = None
+    if certificate is not None:
+        try:
+            text = certificate.read_text().strip()
+        except OSError as exc:
+            unreadable("the revocation certificate", certificate, exc)
+    when = None
+    if compromised_at is not None:
+        try:
+            when = datetime.fromisoformat(compromised_at.replace("Z", "+00:00"))
+        except ValueError:
+            usage(
+                "--compromised-at must be a UTC time like 2026-12-05T10:00:00Z, "
+                f"not {compromised_at!r}"
+            )
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    with backend(needs_keys=True) as (api, local):
+        if api is not None:
+            result = api.call(
+                "POST",
+                "/keys/revoke",
+                {
+                    "reason": reason,
+                    "version": version,
+                    "certificate": text,
+                    "compromised_at": when.isoformat() if when else None,
+                },
+            )
+        else:
+            result = ops(local).revoke_keys(
+                reason=reason, compromised_at=when, version=version, certificate=text
+            )
+
+    def render(body: dict[str, Any]) -> None:
+        err.print(
+            f"Revoked card version {body['version']} of {body['party']} from "
+            f"{body['compromised_at']}: {body['reason']}"
+        )
+        sent = ", ".join(body["sent_to"])
+        err.print(
+            f"Sent to {sent}." if sent else "Hand this file to every peer (parley peer revocation):"
+        )
+        out.print(body["file"])
+
+    emit(result, json_, render)
 
 
 @app.command()

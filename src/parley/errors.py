@@ -277,6 +277,11 @@ class SupersededKey(InvalidSignature):
     """A signature dated after its key was rotated out or revoked: an old key never
     signs again, and a stolen one is refused."""
 
+    #: The card whose keys signed: "<party> v<version>" (one alarm per card).
+    card: str = ""
+    #: Whether the card was revoked (not only rotated out).
+    revoked: bool = False
+
 
 class UnknownSender(RemoteError):
     pass

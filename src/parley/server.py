@@ -125,7 +125,7 @@ def _peer_protocol(terminal: Terminal, registry: dict[tuple[str, int], str]) -> 
                 return
             der = ssl_object.getpeercert(binary_form=True)
             for party, pem in terminal.peer_certificates.items():
-                if der is not None and tls.certificate_der(pem) == der:
+                if der is not None and der in tls.certificate_ders(pem):
                     registry[(peername[0], peername[1])] = party
                     break
 
@@ -224,7 +224,7 @@ async def serve(
     console_host, _ = require_loopback_console(
         terminal.config.console_listen, f"console.listen in {data.config_file}"
     )
-    ssl_context = tls.server_context(terminal.identity, terminal.peer_certificates.values())
+    ssl_context = tls.server_context(terminal.tls_identity, terminal.peer_certificates.values())
     peer_sock = _bind(terminal.config.peer_listen, "peer listener")
     console_sock = _bind(terminal.config.console_listen, "console listener")
     token = data.read_token() if data.token_file.exists() else data.new_token()
@@ -242,6 +242,14 @@ async def serve(
         worker.notify()
 
     console_app.state.on_peer_added = on_peer_added
+
+    def on_card_rotated(party: str) -> None:
+        # Called from a worker thread: the pool is dropped on the event loop's next turn.
+        tls.add_peer_certificate(ssl_context, terminal.peer_certificates[party])
+        worker.forget_client(party)
+        worker.notify()
+
+    terminal.kernel.on_card_rotated = on_card_rotated
 
     peer_config = uvicorn.Config(
         peer_app,

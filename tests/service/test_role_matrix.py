@@ -89,6 +89,8 @@ EXPECTED: dict[str, tuple[str, str, str, str, str]] = {
     "verify": (A, A, A, A, A),
     "test links": (R, A, R, A, A),
     "recover": (R, R, R, A, A),
+    "rotate keys": (R, R, R, A, A),
+    "revoke keys": (R, R, R, A, A),
 }
 
 #: Actions that change nothing (no action-log row is required of them).
@@ -102,6 +104,9 @@ NOT_IN_CONSOLE = {
     "countersign translation",
     # The terminal recovers by itself; an administrator may start it from the CLI.
     "recover",
+    # Keys are an administrator's work at the terminal (CLI) or through the API.
+    "rotate keys",
+    "revoke keys",
 }
 FRONT_ENDS = ("console", "api", "cli")
 
@@ -387,7 +392,26 @@ def _step(world: World, action: str) -> Step:
         )
     if action == "recover":
         return Step(None, lambda a: a.post("/api/v1/recover"), ["recover", "--json"])
+    if action == "rotate keys":
+        return Step(None, lambda a: a.post("/api/v1/keys/rotate", json={}), ["keys", "rotate"])
+    if action == "revoke keys":
+        if world.us.identity.card.version == 1:  # an earlier card to revoke
+            world.root(world.us).rotate_keys()
+            _carry_rotation(world)
+        body = {"reason": "old laptop lost", "version": 1}
+        return Step(
+            None,
+            lambda a: a.post("/api/v1/keys/revoke", json=body),
+            ["keys", "revoke", "--reason", "old laptop lost", "--version", "1"],
+        )
     raise AssertionError(f"no step for {action}")
+
+
+def _carry_rotation(world: World) -> None:
+    """Carry US-EUCOM's rotation message (its last log entry) to RU-GS by hand."""
+    raw = world.us.party.transcript.entry(world.us.party.transcript.size - 1)[1:]
+    world.us.receive_receipt(world.ru.receive_envelope(raw, tls_party=US), peer=RU)
+    assert world.ru.party.peers[US].version == world.us.identity.card.version
 
 
 class Console:
@@ -515,6 +539,8 @@ def test_every_front_end_gives_the_same_outcome(
     else:
         outcome = _cli_outcome(world, operator, step.cli)
     assert outcome == expected, f"{operator} {action} through the {front_end}"
+    if action == "rotate keys" and outcome == A:
+        _carry_rotation(world)  # RU-GS follows, as it would by itself over the network
     if action == "export evidence" and front_end == "cli":
         assert Path(step.cli[-1]).exists() == (outcome == A)  # no file for a refusal
     if outcome == R:

@@ -422,3 +422,17 @@ def test_forged_revocations_are_refused(
             )
         )
     assert ru.peers[US].revoked is None
+
+
+def test_the_rotation_message_is_dated_when_the_new_card_begins(
+    pair: PartyPair, clock: ManualClock
+) -> None:
+    """Regression: writing the new key file takes time; the announcement signed after
+    that by the old keys must not be dated after they stopped (it would not verify)."""
+    us, ru = pair.a, pair.b
+    new = us.identity.successor(now=clock.now, validity=YEAR, log_size=us.transcript.size)
+    clock.advance(timedelta(milliseconds=40))
+    (out,) = us.rotate(new, _announce(new))
+    ru.receive_envelope(out.raw)
+    header = read_envelope(out.raw, ru.card_of)  # checked against the chain as it is now
+    assert header.created_at == new.card.valid_from

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hmac
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -79,6 +80,22 @@ class PeerRequest(BaseModel):
     card: dict[str, Any]
     fingerprint: str
     links: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class RotateRequest(BaseModel):
+    validity_days: int | None = Field(default=None, ge=1)
+
+
+class RevokeRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+    compromised_at: datetime | None = None
+    version: int | None = Field(default=None, ge=1)
+    #: The revocation certificate from the safe (one line), to revoke the card in use.
+    certificate: str | None = Field(default=None, max_length=4096)
+
+
+class RevocationRequest(BaseModel):
+    revocation: dict[str, Any]
 
 
 class ChannelRequest(BaseModel):
@@ -332,6 +349,32 @@ def create_console_app(
         """This terminal's card and keys, and every pinned peer's card (``parley keys status``)."""
         await _read(ops)
         return await run_in_threadpool(terminal.keys_status)
+
+    @app.post("/api/v1/keys/rotate")
+    async def rotate_keys(ops: Ops, req: RotateRequest) -> dict[str, Any]:
+        """Replace the terminal's signature keys (an administrator): card version n+1."""
+        return await run_in_threadpool(lambda: ops.rotate_keys(validity_days=req.validity_days))
+
+    @app.post("/api/v1/keys/revoke")
+    async def revoke_keys(ops: Ops, req: RevokeRequest) -> dict[str, Any]:
+        """Revoke one of the terminal's cards (an administrator)."""
+        return await run_in_threadpool(
+            lambda: ops.revoke_keys(
+                reason=req.reason,
+                compromised_at=req.compromised_at,
+                version=req.version,
+                certificate=req.certificate,
+            )
+        )
+
+    @app.post("/api/v1/peers/revocations")
+    async def import_revocation(ops: Ops, req: RevocationRequest) -> dict[str, Any]:
+        """Take in a revocation a peer handed over (an administrator)."""
+        from parley.core.canonical import canonical_bytes
+
+        return await run_in_threadpool(
+            lambda: ops.import_revocation(canonical_bytes(req.revocation))
+        )
 
     @app.post("/api/v1/peers")
     async def add_peer(ops: Ops, req: PeerRequest, request: Request) -> dict[str, Any]:

@@ -196,11 +196,14 @@ class IdentityCard:
             )
         if self.signs_until is not None and moment > self.signs_until:
             why = f"revoked ({self.revoked})" if self.revoked is not None else "rotated out"
-            raise SupersededKey(
+            exc = SupersededKey(
                 f"{what} is signed by {self.party}'s card version {self.version}, whose keys "
                 f"were {why} at {format_time(self.signs_until)}; it is dated "
                 f"{format_time(moment)}: an old key never signs again"
             )
+            exc.card = f"{self.party} v{self.version}"
+            exc.revoked = self.revoked is not None
+            raise exc
 
     def pinned(self, fingerprint: str) -> IdentityCard:
         """Return self if ``fingerprint`` (read aloud by the peer) matches."""
@@ -508,6 +511,22 @@ class Identity:
         terminal's transcript size now: checkpoints the old keys signed go no
         further.
         """
+        return self._next(now, validity, name, previous=self, log_size=log_size)
+
+    def replacement(self, *, now: datetime, validity: timedelta) -> Identity:
+        """New signature keys after this card was revoked: version n+1 that does not
+        chain (no revoked key vouches for it; the peers pin it by its fingerprint)."""
+        return self._next(now, validity, None, previous=None, log_size=None)
+
+    def _next(
+        self,
+        now: datetime,
+        validity: timedelta,
+        name: str | None,
+        *,
+        previous: Identity | None,
+        log_size: int | None,
+    ) -> Identity:
         return Identity.from_private_material(
             party=self.party,
             name=name if name is not None else self.card.name,
@@ -518,7 +537,7 @@ class Identity:
             mldsa65_seed=mldsa.MLDSA65PrivateKey.generate().private_bytes_raw(),
             mlkem_seed=self.mlkem_seed,
             x25519_raw=self.x25519_raw,
-            previous=self,
+            previous=previous,
             log_size=log_size,
             revocation=self.card.revocation,
         )

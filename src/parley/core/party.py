@@ -105,6 +105,7 @@ from parley.errors import (
 
 __all__ = [
     "CARD_ROTATION",
+    "REVOCATION",
     "AckReceived",
     "CardRotated",
     "CosignatureAccepted",
@@ -133,6 +134,8 @@ MAX_MIRROR_STEP = 1 << 22
 
 #: The key of a service message's body that announces a rotation card.
 CARD_ROTATION = "card_rotation"
+#: The key of a service message's body that carries a revocation (parley.core.keychain).
+REVOCATION = "revocation"
 
 
 def bilateral_channel(a: str, b: str) -> str:
@@ -372,6 +375,7 @@ class Party:
         precedence: str = "ROUTINE",
         exercise: bool = False,
         lang: str = "en",
+        _created_at: datetime | None = None,
     ) -> Outgoing:
         """Seal an envelope, append it to the transcript and return it for delivery."""
         self._refuse_if_frozen()
@@ -390,7 +394,7 @@ class Party:
             channel = bilateral_channel(self.party, recipients[0])
         check_party_id(channel, "channel name")
         members = self._members_for(channel, recipients)
-        now = self.clock()
+        now = _created_at or self.clock()
         if kind == "form" and self.forms is not None:
             self._check_outgoing_form(body.get("form"), now)
         seq = self._next_seq.get(channel, 1)
@@ -698,8 +702,12 @@ class Party:
                 f"the rotation card ends the old keys at transcript size {successor.card.log_size}"
                 f", but the transcript holds {self.transcript.size} entries"
             )
+        if successor.card.valid_from > self.clock():
+            raise UsageError("the rotation card begins after this terminal's clock")
         # The old keys' last checkpoint is of this size: sign it now, under them.
         self.checkpoint()
+        # The announcements are the old keys' last signatures: dated when the new card
+        # begins (not later, or the old keys would have signed after they stopped).
         sent = [
             self.send(
                 [peer],
@@ -707,11 +715,32 @@ class Party:
                 body={"service": {CARD_ROTATION: announcement}},
                 operator="terminal",
                 precedence="IMMEDIATE",
+                _created_at=successor.card.valid_from,
             )
             for peer in sorted(self._peers)
         ]
         self.identity = dataclasses.replace(successor, card=chained)
         return sent
+
+    def replace_revoked_identity(self, replacement: Identity) -> None:
+        """Take new keys after this terminal's card in use was revoked.
+
+        The replacement card does not chain (no revoked key can vouch for it):
+        the peers pin it by its fingerprint read aloud. The revoked chain stays
+        as its history, so what it signed before the compromise still verifies.
+        """
+        self._refuse_if_frozen()
+        current = self.identity.card
+        if current.revoked is None:
+            raise UsageError("the card in use is not revoked: rotate the keys instead")
+        card = replacement.card
+        if card.party != self.party or card.version <= current.version or card.previous:
+            raise UsageError("the replacement card must be a later version of this party's card")
+        history = (dataclasses.replace(current, history=()), *current.history)
+        self.identity = dataclasses.replace(
+            replacement, card=dataclasses.replace(card, history=history)
+        )
+        self._latest = None
 
     def adopt_chain(self, card: IdentityCard) -> None:
         """Use ``card`` (this terminal's own card, with its history) for verification."""

@@ -55,6 +55,7 @@ from parley.core.identity import IdentityCard
 from parley.core.receipts import read_receipt
 from parley.core.transcript import EntryType, split_entry
 from parley.errors import ParleyError, VerificationError
+from parley.service.cardchain import load_chain
 from parley.service.reads import (
     SignedFacts,
     content_columns_problem,
@@ -150,8 +151,12 @@ _worker: tuple[Engine, str, dict[str, IdentityCard]] | None = None
 
 def _start_worker(url: str, own: str, cards: dict[str, bytes]) -> None:
     global _worker
-    pinned = {party: IdentityCard.from_bytes(card) for party, card in cards.items()}
-    _worker = (engine_for(url), own, pinned)
+    engine = engine_for(url)
+    with reading(engine) as conn:  # each card with its chain, as the parent has it
+        pinned = {
+            party: load_chain(conn, IdentityCard.from_bytes(card)) for party, card in cards.items()
+        }
+    _worker = (engine, own, pinned)
 
 
 def _check_range(bounds: tuple[int, int]) -> list[_Checked]:
@@ -212,7 +217,15 @@ def audit(
             if card.party != row.party:
                 fail(f"pinned card stored under {row.party} belongs to {card.party}")
                 continue
+            try:
+                card = load_chain(conn, card)
+            except ParleyError as exc:
+                fail(f"card chain of {row.party}: {exc}")
             cards[card.party] = card
+        try:
+            own = cards[own.party] = load_chain(conn, own)  # checkpoints of every own card
+        except ParleyError as exc:
+            fail(f"card chain of {own.party}: {exc}")
         last = conn.execute(select(func.max(m.log_entries.c.idx))).scalar()
     total = 0 if last is None else last + 1
     tree = merkle.MerkleLog()

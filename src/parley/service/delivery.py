@@ -255,11 +255,20 @@ class DeliveryWorker:
 
     # HTTP ---------------------------------------------------------------------
 
+    def forget_client(self, peer: str) -> None:
+        """Thread-safe: drop the connection pool to ``peer`` (its certificates changed);
+        the next request makes a new one. The old pool closes when idle."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._clients.pop(peer, None)
+            return
+        loop.call_soon_threadsafe(self._clients.pop, peer, None)
+
     def _client(self, peer: str) -> httpx.AsyncClient:
         client = self._clients.get(peer)
         if client is None:
             cert = self.terminal.peer_certificates[peer]
-            context = tls.client_context(self.terminal.identity, cert)
+            context = tls.client_context(self.terminal.tls_identity, cert)
             timeout = httpx.Timeout(self.terminal.config.link_timeout)
             limits = httpx.Limits(keepalive_expiry=KEEPALIVE)
             client = httpx.AsyncClient(verify=context, timeout=timeout, limits=limits, http2=False)

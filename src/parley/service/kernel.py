@@ -25,12 +25,13 @@ from sqlalchemy import Connection, Engine, and_, delete, insert, select
 
 from parley.config import Config, DataDir
 from parley.core.envelope import Limits
-from parley.core.identity import Identity, IdentityCard
+from parley.core.identity import Identity
 from parley.core.party import Party
 from parley.errors import VerificationError
 from parley.forms import default_registry
 from parley.service import tls
 from parley.service.keystore import load_keyring
+from parley.service.cardchain import load_chain, load_peer_chains
 from parley.service.ledger import StoreLedger
 from parley.service.resume import resume_state, witness_state
 from parley.store import models as m
@@ -94,7 +95,18 @@ class Kernel:
         self.me = identity.party
         self.limits = Limits(clock_skew=timedelta(seconds=config.max_clock_skew))
         self.lock = threading.RLock()
+        #: The identity whose TLS certificate this process presents: the one it
+        #: started with (a rotation changes it at the next start).
+        self.tls_identity = identity
         self.tls_certificate = tls.certificate_for(identity)
+        #: The key file's passphrase, when the terminal was opened with it (a key
+        #: rotation writes the new key file).
+        self.passphrase: str | None = None
+        #: Called when a card chain changed (the read model reads the cards again).
+        self.chains_changed: Callable[[], None] = lambda: None
+        #: Called with a peer whose card was rotated (the server trusts its new TLS
+        #: certificate and reconnects).
+        self.on_card_rotated: Callable[[str], None] = lambda party: None
         self.forms = default_registry()
         self.party = Party(identity, clock=clock, limits=self.limits, forms=self.forms)
         self.peer_certificates: dict[str, bytes] = {}
@@ -135,10 +147,12 @@ class Kernel:
         )
         certs: dict[str, bytes] = {}
         with reading(self.engine) as conn:
-            for row in conn.execute(select(m.peers)):
-                card = IdentityCard.from_bytes(row.card)
-                party.add_peer(card, row.fingerprint)
-                certs[row.party] = row.tls_certificate
+            for peer, (chain, pems) in load_peer_chains(conn).items():
+                party.add_peer(chain, chain.fingerprint)
+                party.set_peer_chain(chain)
+                certs[peer] = pems
+            party.adopt_chain(load_chain(conn, self.identity.card))
+            self.identity = party.identity
             state = resume_state(conn, self.engine, self.me)
             party.keyring = load_keyring(conn, self.identity, party.peers, self.store_key)
             cosignatures = conn.execute(

@@ -142,6 +142,10 @@ class Messaging:
             for _, out in sealed
         ]
 
+    def store_sealed(self, conn: Connection, sealed: Sequence[tuple[Draft, Outgoing]]) -> None:
+        """The rows of messages the core sealed outside ``send_many`` (a key rotation's)."""
+        self._store_sent(conn, sealed)
+
     def _store_sent(self, conn: Connection, sealed: Sequence[tuple[Draft, Outgoing]]) -> None:
         """The message and outbox rows of messages just sealed (one statement each)."""
         now = self.kernel.clock()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -390,6 +391,49 @@ class Operations:
             )
         ):
             return self.terminal.add_peer(bundle, fingerprint, links)
+
+    # Keys -------------------------------------------------------------------------
+
+    def rotate_keys(self, *, validity_days: int | None = None) -> dict[str, Any]:
+        """Replace the terminal's signature keys by a new card (``rotate_keys``)."""
+        self.require("rotate_keys")
+        version = self.terminal.identity.card.version
+        with self.terminal.joined(
+            lambda conn: self._log(conn, "keys_rotate", self.terminal.me, {"from": version})
+        ):
+            return self.terminal.rotate_keys(validity_days=validity_days)
+
+    def revoke_keys(
+        self,
+        *,
+        reason: str,
+        compromised_at: datetime | None = None,
+        version: int | None = None,
+        certificate: str | None = None,
+    ) -> dict[str, Any]:
+        """Revoke one of the terminal's own cards (``revoke_keys``)."""
+        self.require("revoke_keys")
+        with self.terminal.joined(
+            lambda conn: self._log(
+                conn,
+                "keys_revoke",
+                self.terminal.me,
+                {"version": version, "reason": reason, "offline": certificate is not None},
+            )
+        ):
+            return self.terminal.revoke_keys(
+                reason=reason,
+                compromised_at=compromised_at,
+                version=version,
+                certificate=certificate,
+            )
+
+    def import_revocation(self, statement: bytes) -> dict[str, Any]:
+        """Take in a revocation a peer handed over (``revoke_keys``)."""
+        self.require("revoke_keys")
+        result: dict[str, Any] = self.terminal.import_revocation(statement)
+        self.note("revocation_import", str(result["party"]), result)
+        return result
 
     def note_links_test(self) -> None:
         """Log a link test the front end started (``test_links``)."""

@@ -6,6 +6,7 @@ aloud before it is pinned.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from parley.core.identity import IdentityCard, check_card_window
 from parley.core.party import bilateral_channel
 from parley.errors import InvalidCard, ParleyError, UsageError
 from parley.service import tls
+from parley.service.cardchain import load_peer_chains, record_card
 from parley.service.kernel import Kernel
 from parley.store import models as m
+from parley.store.db import reading
 
 __all__ = ["CardBundle", "Peers"]
 
@@ -98,15 +101,26 @@ class Peers:
             card = bundle.card.pinned(fingerprint)
             if card.party == self.kernel.me:
                 raise UsageError("a terminal cannot pin its own card as a peer")
+            replacing: IdentityCard | None = None
             if card.party in self.kernel.party.peers:
                 known = self.kernel.party.peers[card.party]
-                if known.card_bytes != card.card_bytes:
+                if known.revoked is not None and card.version > known.version:
+                    # Its card in use was revoked: the next one is pinned again, by the
+                    # fingerprint read aloud (no key of the old chain can vouch for it).
+                    replacing = known
+                elif card.key_id != known.key_id:
+                    if known.for_key(card.key_id) is not None:
+                        raise UsageError(
+                            f"this is {card.party}'s card version {card.version}, which its "
+                            f"version {known.version} replaced: ask for its card in use"
+                        )
                     raise UsageError(
                         f"{card.party} is already pinned with another card (fingerprint "
-                        f"{known.fingerprint}); a new card needs a new terminal identity"
+                        f"{known.fingerprint}); a new card is accepted only as a rotation "
+                        "signed by the pinned one, or after the pinned one was revoked"
                     )
             now = self.kernel.clock()
-            if card.party not in self.kernel.party.peers:
+            if card.party not in self.kernel.party.peers or replacing is not None:
                 config = self.kernel.config
                 check_card_window(
                     card,
@@ -116,6 +130,28 @@ class Peers:
                 )
 
             def work(conn: Connection) -> None:
+                if replacing is not None:
+                    old_pem = conn.execute(
+                        select(m.peers.c.tls_certificate).where(m.peers.c.party == card.party)
+                    ).scalar_one()
+                    record_card(
+                        conn,
+                        card,
+                        via="pin",
+                        tls_certificate=bundle.tls_certificate,
+                        now=now,
+                        base=dataclasses.replace(replacing, history=()),
+                        base_tls_certificate=bytes(old_pem),
+                    )
+                    conn.execute(
+                        update(m.peers)
+                        .where(m.peers.c.party == card.party)
+                        .values(
+                            card=card.signed_bytes,
+                            fingerprint=card.fingerprint,
+                            tls_certificate=bundle.tls_certificate,
+                        )
+                    )
                 if card.party not in self.kernel.party.peers:
                     conn.execute(
                         insert(m.peers).values(
@@ -163,7 +199,15 @@ class Peers:
                     )
 
             self.kernel.commit(work)
-            self.kernel.party.add_peer(card, fingerprint)
-            self.kernel.peer_certificates[card.party] = bundle.tls_certificate
+            if replacing is not None:
+                with reading(self.kernel.engine) as conn:
+                    chain, pems = load_peer_chains(conn)[card.party]
+                self.kernel.party.set_peer_chain(chain)
+                self.kernel.peer_certificates[card.party] = pems
+                self.kernel.chains_changed()
+                self.kernel.on_card_rotated(card.party)
+            else:
+                self.kernel.party.add_peer(card, fingerprint)
+                self.kernel.peer_certificates[card.party] = bundle.tls_certificate
         log.info("peer_pinned", peer=card.party, fingerprint=card.fingerprint, links=len(links))
         return card

@@ -106,6 +106,15 @@ RULES: Mapping[str, tuple[frozenset[str], str]] = {
         "only an administrator backs up the terminal (its database, keys and configuration)",
     ),
     "handover": (_WATCH, "duty officers and supervisors hand over the watch"),
+    "rotate_keys": (
+        frozenset({"admin"}),
+        "only an administrator replaces the terminal's keys",
+    ),
+    "revoke_keys": (
+        frozenset({"admin"}),
+        "only an administrator revokes a card (the terminal's own, or takes in a peer's "
+        "revocation)",
+    ),
 }
 
 ACTIONS = tuple(RULES)
@@ -211,6 +220,8 @@ _VERBS: Mapping[str, str] = {
     "recover": "recover the log from the peers",
     "backup": "back up the terminal",
     "handover": "hand over the watch",
+    "rotate_keys": "rotate the terminal's keys",
+    "revoke_keys": "revoke a card",
 }
 
 

@@ -22,6 +22,7 @@ The check is cheap enough for a page refreshed every second:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -43,6 +44,7 @@ from parley.core.identity import Identity, IdentityCard
 from parley.core.transcript import EntryType, split_entry
 from parley.core.translation import CERTIFIED_TRANSLATION_TYPE
 from parley.errors import ParleyError, UsageError, VerificationError
+from parley.service.cardchain import load_chain
 from parley.service.keys import card_version, keys_report
 from parley.store import models as m
 from parley.store.db import reading
@@ -109,6 +111,9 @@ class SignedFacts:
 
 
 def signed_facts(header: EnvelopeHeader, signer: IdentityCard) -> SignedFacts:
+    """The facts of a verified envelope; ``signer`` is its sender's chain, and the
+    fingerprint is that of the card of the chain that signed (``keyid``)."""
+    signer = signer.for_key(header.key_id) or signer
     return SignedFacts(
         header.id,
         header.channel,
@@ -321,16 +326,31 @@ class _CardLookup:
             for row in rows:
                 try:
                     card = IdentityCard.from_bytes(bytes(row.card)).pinned(row.fingerprint)
+                    card = load_chain(conn, card)
                 except ParleyError:
                     continue  # not a card this terminal can trust; parley verify names it
                 if card.party == row.party:
                     cards[card.party] = card
+            if self._own is not None:
+                with contextlib.suppress(ParleyError):  # parley verify names a broken chain
+                    self._own = load_chain(conn, self._own)
         self._cards = cards
         self._loaded = True
 
+    def invalidate(self, own: IdentityCard | None = None) -> None:
+        """Read the chains again (after a rotation or a revocation)."""
+        if own is not None:
+            self._own = own
+        self._loaded = False
+
+    def own(self) -> IdentityCard | None:
+        if not self._loaded:
+            self._load()
+        return self._own
+
     def get(self, party: str) -> IdentityCard | None:
         if self._own is not None and party == self._own.party:
-            return self._own
+            return self.own()
         if not self._loaded or party not in self._cards:
             self._load()
         return self._cards.get(party)
@@ -409,8 +429,9 @@ class Records:
             note = conn.execute(
                 select(m.checkpoints.c.note).order_by(m.checkpoints.c.size.desc()).limit(1)
             ).scalar()
-        if note is not None and self._own_card is not None:
-            checkpoint = verify_checkpoint(note, self._own_card)
+        own_card = self._cards.own()
+        if note is not None and own_card is not None:
+            checkpoint = verify_checkpoint(note, own_card)
             if checkpoint.size > tree.size or tree.root_at(checkpoint.size) != checkpoint.root:
                 raise VerificationError(
                     f"the stored transcript does not hash to this terminal's own checkpoint "
@@ -669,7 +690,8 @@ class Records:
 
     def keys_status(self, now: datetime | None = None) -> dict[str, Any]:
         """This terminal's card and keys, and every pinned peer's card (``parley keys status``)."""
-        if self._own_card is None:
+        own = self._cards.own()
+        if own is None:
             raise UsageError("the terminal's own card is needed to show its keys")
         with reading(self.engine) as conn:
             rows = conn.execute(select(m.peers.c.card)).all()
@@ -678,7 +700,11 @@ class Records:
             ).all()
             peer_keys = conn.execute(select(m.peer_encryption_keys)).all()
         peers = [IdentityCard.from_bytes(bytes(row.card)) for row in rows]
-        return keys_report(self._own_card, peers, now or datetime.now(UTC), own_keys, peer_keys)
+        return keys_report(own, peers, now or datetime.now(UTC), own_keys, peer_keys)
+
+    def chains_changed(self, own: IdentityCard | None = None) -> None:
+        """A card chain changed (a rotation, a revocation): read the cards again."""
+        self._cards.invalidate(own)
 
     def channels(self) -> list[dict[str, Any]]:
         with reading(self.engine) as conn:

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Connection, insert, select
@@ -21,19 +21,24 @@ from parley.core.checkpoint import verify_checkpoint
 from parley.core.encoding import b64decode, b64encode
 from parley.core.envelope import EnvelopeHeader, read_envelope
 from parley.core.party import (
+    REVOCATION,
     AckReceived,
+    CardRotated,
     DuplicateReceived,
     GapDetected,
     KeyAnnounced,
     MessageReceived,
 )
 from parley.core.transcript import EntryType, entry_bytes
-from parley.errors import RemoteError, SchemaViolation, UnknownPeer
+from parley.errors import ParleyError, RemoteError, SchemaViolation, SupersededKey, UnknownPeer
 from parley.service.alarms import Alarms
 from parley.service.channels import apply_service
 from parley.service.kernel import HUMAN_KINDS, Kernel
 from parley.service.quotas import PeerQuotas
 from parley.store import models as m
+
+if TYPE_CHECKING:
+    from parley.service.rotation import KeyRotation
 
 __all__ = ["REISSUED_KEPT", "Receiving", "signed_columns"]
 
@@ -70,6 +75,8 @@ class Receiving:
         self.kernel = kernel
         self.alarms = alarms
         self.quotas = PeerQuotas(kernel.config)
+        #: Keeps peers' rotated cards and revocations (set by the terminal).
+        self.keychain: KeyRotation | None = None
 
     def receive_envelope(self, raw: bytes, *, tls_party: str | None = None) -> bytes:
         """Verify, log and commit one envelope a peer delivered, then return its signed
@@ -126,10 +133,14 @@ class Receiving:
             received: list[MessageReceived] = []
             acked: list[AckReceived] = []
             announced: list[KeyAnnounced] = []
+            rotated: list[CardRotated] = []
+            superseded: list[SupersededKey] = []
             reissued: list[dict[str, object]] = []
             for result in results:
                 if isinstance(result, RemoteError):
                     answers.append(result)
+                    if isinstance(result, SupersededKey):
+                        superseded.append(result)
                     continue
                 answers.append(result.receipt)
                 for event in result.events:
@@ -155,6 +166,8 @@ class Receiving:
                         acked.append(event)
                     elif isinstance(event, KeyAnnounced):
                         announced.append(event)
+                    elif isinstance(event, CardRotated):
+                        rotated.append(event)
                     elif isinstance(event, GapDetected):
                         key = (event.channel, event.sender)
                         held, _ = self.kernel.party.held_through(*key)
@@ -169,6 +182,9 @@ class Receiving:
                 self.kernel.log_new_entries(conn, start)
                 self.store_received(conn, received, now)
                 self._keep_reissued(conn, reissued)
+                for event in rotated:
+                    assert self.keychain is not None
+                    self.keychain.on_card_rotated(conn, event, now)
                 for ack in acked:
                     conn.execute(
                         insert(m.acks).values(
@@ -193,6 +209,15 @@ class Receiving:
 
             if received or acked or reissued or self.kernel.party.transcript.size != start:
                 self.kernel.commit(work)
+        if self.keychain is not None:
+            for event in rotated:
+                self.keychain.after_card_rotated(event)
+            for exc in superseded:
+                self.keychain.superseded_key_used(
+                    exc.card, exc.revoked, exc.card.split()[0], str(exc)
+                )
+            for event in received:
+                self._revocation_in(event)
         for event in received:
             sender = event.envelope.header.sender
             self.kernel.activity[sender] = self.kernel.activity.get(sender, 0) + 1
@@ -220,6 +245,26 @@ class Receiving:
                 precedence=h.precedence,
             )
         return answers
+
+    def _revocation_in(self, event: MessageReceived) -> None:
+        """A revocation a peer sent in a service message: applied like one handed over."""
+        if event.envelope.header.kind != "service" or self.keychain is None:
+            return
+        service = event.envelope.content.body.get("service")
+        if not isinstance(service, dict) or REVOCATION not in service:
+            return
+        try:
+            statement = canonical_bytes(require_object(service[REVOCATION], "revocation"))
+            self.keychain.import_revocation(statement)
+        except ParleyError as exc:
+            # Logged and answered already: the revocation inside is refused on its own.
+            self.alarms.raise_alarm(
+                "revocation_refused",
+                "warning",
+                event.envelope.header.id,
+                f"{event.envelope.header.sender} sent a revocation this terminal refuses: {exc}",
+                once=True,
+            )
 
     def _keep_reissued(self, conn: Connection, reissued: Sequence[dict[str, object]]) -> None:
         """Keep receipts issued again for duplicates, at most REISSUED_KEPT per envelope

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parley.config import Config, DataDir, parse_hostport, require_loopback_console
+from parley.config import Config, DataDir, parse_hostport, require_loopback_console, write_private
 from parley.core.encoding import check_party_id
 from parley.core.identity import Identity
+from parley.core.keychain import RevocationKeys
 from parley.errors import SchemaViolation, UsageError
 from parley.keyfile import DEFAULT_SCRYPT_N, save_identity
 from parley.service import tls
 from parley.service.terminal import CardBundle, utc_now
 from parley.store.db import engine_for, migrate, normalize_url, sqlite_url
 
-__all__ = ["init_terminal"]
+__all__ = ["REVOCATION_CERTIFICATE", "init_terminal"]
+
+#: Written by ``parley init`` beside the keys: print it, put it in the safe, delete it.
+REVOCATION_CERTIFICATE = "revocation-certificate.txt"
 
 
 def init_terminal(
@@ -48,8 +52,13 @@ def init_terminal(
     engine = engine_for(url)
     migrate(engine)
     engine.dispose()
-    identity = Identity.generate(party, name, now=utc_now())
+    # The offline revocation keys: their digest is in the card, the keys themselves
+    # only in the certificate printed for the safe (REVOCATION_CERTIFICATE).
+    offline = RevocationKeys.generate()
+    identity = Identity.generate(party, name, now=utc_now(), revocation=offline.commitment)
     save_identity(identity, data.key_file, passphrase, scrypt_n=scrypt_n)
+    certificate = data.path / REVOCATION_CERTIFICATE
+    write_private(certificate, (offline.to_text(party) + "\n").encode())
     bundle = CardBundle(identity.card, tls.certificate_for(identity))
     data.card_file.write_bytes(bundle.to_json() + b"\n")
     config = Config(

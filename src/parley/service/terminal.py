@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 
 from parley.config import Config, DataDir
 from parley.core.canonical import JSONValue
@@ -66,9 +66,11 @@ from parley.service.reads import Records, fill_contents
 from parley.service.receipts import Receipts
 from parley.service.receiving import Receiving
 from parley.service.recovery import Candidate, Recovery, RecoveryAnswers, RecoveryReport
+from parley.service.rotation import KeyRotation, finish_pending_rotation
 from parley.service.translations import Translations
 from parley.service.witness import Witnessing
-from parley.store.db import engine_for, migrate, schema_is_current
+from parley.store import models as m
+from parley.store.db import engine_for, migrate, reading, schema_is_current
 
 __all__ = [
     "HUMAN_KINDS",
@@ -91,6 +93,7 @@ class Terminal(Records):
     limits = Forward[Limits]()
     lock = Forward[threading.RLock]()
     tls_certificate = Forward[bytes]()
+    tls_identity = Forward[Identity]()
     forms = Forward[FormRegistry]()
     party = Forward[Party]()
     ledger = Forward[StoreLedger]()
@@ -129,6 +132,9 @@ class Terminal(Records):
         self._links = Links(kernel, alarms)
         self._deadlines = Deadlines(kernel, alarms)
         self._keys = Keys(kernel, alarms, messaging)
+        self._rotation = KeyRotation(kernel, alarms, messaging)
+        self._receiving.keychain = self._rotation
+        kernel.chains_changed = lambda: self.chains_changed(kernel.identity.card)
         self._answers = RecoveryAnswers(kernel)
         self._recovery = Recovery(kernel, alarms)
 
@@ -142,13 +148,24 @@ class Terminal(Records):
     ) -> Terminal:
         data = DataDir(path)
         config = data.load_config()
-        identity = load_identity(data.key_file, passphrase)
         engine = engine_for(config.database)
-        if not schema_is_current(engine):
+        migrated = not schema_is_current(engine)
+        if migrated:
             migrate(engine)
+        with reading(engine) as conn:
+            stored = set(
+                conn.execute(
+                    select(m.card_chain.c.key_id).where(m.card_chain.c.party == config.party)
+                ).scalars()
+            )
+        finish_pending_rotation(data.key_file, passphrase, stored)
+        identity = load_identity(data.key_file, passphrase)
+        if migrated:
             fill_contents(engine, identity)  # rows kept before messages.content existed
         store_key = key_store_key(engine, data.key_file, passphrase)
-        return cls(data, config, identity, engine, clock=clock, store_key=store_key)
+        terminal = cls(data, config, identity, engine, clock=clock, store_key=store_key)
+        terminal.kernel.passphrase = passphrase
+        return terminal
 
     @contextmanager
     def joined(self, work: Callable[[Connection], None]) -> Iterator[Callable[[], bool]]:
@@ -411,6 +428,26 @@ class Terminal(Records):
     def check_card_expiry(self, *, force: bool = False) -> int:
         """Raise or clear the ``card_expiry`` alarms now (``force``) or when an hour is up."""
         return self._keys.check_expiry(force=force)
+
+    # Key rotation and revocation (service.rotation) --------------------------
+
+    def rotate_keys(self, *, validity_days: int | None = None) -> dict[str, Any]:
+        return self._rotation.rotate(validity_days=validity_days)
+
+    def revoke_keys(
+        self,
+        *,
+        reason: str,
+        compromised_at: datetime | None = None,
+        version: int | None = None,
+        certificate: str | None = None,
+    ) -> dict[str, Any]:
+        return self._rotation.revoke(
+            reason=reason, compromised_at=compromised_at, version=version, certificate=certificate
+        )
+
+    def import_revocation(self, statement: bytes) -> dict[str, Any]:
+        return self._rotation.import_revocation(statement)
 
     def keys_status(self, now: datetime | None = None) -> dict[str, Any]:
         return super().keys_status(now or self.kernel.clock())

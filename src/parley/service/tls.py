@@ -52,6 +52,7 @@ __all__ = [
     "SAN_SUFFIX",
     "add_peer_certificate",
     "certificate_der",
+    "certificate_ders",
     "certificate_for",
     "check_certificate",
     "client_context",
@@ -77,6 +78,12 @@ def _subject(identity: Identity) -> x509.Name:
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, card.party)]
     if 1 <= len(card.name) <= _MAX_ORGANIZATION_LEN:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, card.name))
+    if card.version > 1:
+        # After a rotation a peer trusts two certificates of one party at once; OpenSSL
+        # finds a trust anchor by its subject name, so each card's must differ.
+        attributes.append(
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"parley card v{card.version}")
+        )
     return x509.Name(attributes)
 
 
@@ -266,10 +273,20 @@ def _load_own_certificate(ctx: ssl.SSLContext, identity: Identity) -> None:
             ) from None
 
 
+def certificate_ders(pem: bytes) -> list[bytes]:
+    """Each certificate of a peer, DER: after a rotation a peer has one per card."""
+    end = b"-----END CERTIFICATE-----"
+    if end not in pem:
+        return [certificate_der(pem)]
+    return [certificate_der(block + end) for block in pem.split(end) if block.strip()]
+
+
 def add_peer_certificate(ctx: ssl.SSLContext, pem: bytes) -> None:
-    """Trust one more pinned peer certificate (PEM or DER) on a live context."""
+    """Trust one more pinned peer's certificates (PEM, one or several; or DER) on a live
+    context."""
     try:
-        ctx.load_verify_locations(cadata=certificate_der(pem))
+        for der in certificate_ders(pem):
+            ctx.load_verify_locations(cadata=der)
     except ssl.SSLError as exc:
         raise InvalidCard(f"OpenSSL refused a peer TLS certificate: {exc}") from None
 

@@ -49,6 +49,30 @@ peers = Table(
     Column("added_at", Time, nullable=False),
 )
 
+#: Every card of each party since it was pinned (parley.service.cardchain).
+card_chain = Table(
+    "card_chain",
+    metadata,
+    Column("party", String(63), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("key_id", String(64), nullable=False, unique=True),
+    Column("card", LargeBinary, nullable=False),
+    Column("fingerprint", String(71), nullable=False),
+    Column("via", String(16), nullable=False),  # "pin" (fingerprint read aloud) or "rotation"
+    Column("tls_certificate", LargeBinary),
+    Column("added_at", Time, nullable=False),
+)
+
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("party", String(63), nullable=False),
+    Column("statement", LargeBinary, nullable=False),
+    Column("compromised_at", Time, nullable=False),
+    Column("received_at", Time, nullable=False),
+)
+
 links = Table(
     "links",
     metadata,
