@@ -30,8 +30,8 @@ from parley.core.party import Party
 from parley.errors import VerificationError
 from parley.forms import default_registry
 from parley.service import tls
-from parley.service.keystore import load_keyring
 from parley.service.cardchain import load_chain, load_peer_chains
+from parley.service.keystore import load_keyring
 from parley.service.ledger import StoreLedger
 from parley.service.resume import resume_state, witness_state
 from parley.store import models as m
