@@ -93,7 +93,10 @@ def test_a_message_signed_by_a_revoked_key_is_refused_with_an_alarm(
     wait_until(lambda: _receipted(us, first), timeout=60, what="the first receipt")
 
     # The terminal is seized: the administrator revokes its card with the certificate
-    # from the safe, and hands the revocation to RU-GS.
+    # from the safe, and hands the revocation to RU-GS. (US-EUCOM is stopped meanwhile,
+    # so that nothing it signs after the stated time reaches RU-GS before the revocation:
+    # `parley verify` would rightly name such an entry.)
+    assert us.stop() == 0
     certificate = us.data / "revocation-certificate.txt"
     revoked = json.loads(
         us.cli(
@@ -112,6 +115,7 @@ def test_a_message_signed_by_a_revoked_key_is_refused_with_an_alarm(
     assert [a["severity"] for a in _alarms(ru, "key_revoked")] == ["critical"]
 
     # Whatever the seized terminal still signs is refused, with one alarm.
+    us.start()
     stolen = _send(us, "stand down")
     wait_until(lambda: _alarms(ru, "superseded_key"), timeout=60, what="the superseded_key alarm")
     assert RU not in us.api("GET", f"/messages/{stolen}")["receipts"]

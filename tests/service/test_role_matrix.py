@@ -408,8 +408,15 @@ def _step(world: World, action: str) -> Step:
 
 
 def _carry_rotation(world: World) -> None:
-    """Carry US-EUCOM's rotation message (its last log entry) to RU-GS by hand."""
-    raw = world.us.party.transcript.entry(world.us.party.transcript.size - 1)[1:]
+    """Carry US-EUCOM's latest rotation message to RU-GS by hand."""
+    index = max(
+        m["log_index"]
+        for m in world.us.messages("out", all_kinds=True, limit=10_000)
+        if m["kind"] == "service"
+        and "card_rotation" in m["body"]["service"]
+        and m["recipients"] == [RU]
+    )
+    raw = world.us.party.transcript.entry(index)[1:]
     world.us.receive_receipt(world.ru.receive_envelope(raw, tls_party=US), peer=RU)
     assert world.ru.party.peers[US].version == world.us.identity.card.version
 
