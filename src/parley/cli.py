@@ -568,8 +568,9 @@ def peer_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @keys_app.command("status")
 def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """This terminal's card (version, validity), its encryption keys and their state, and
-    every pinned peer's card version, end and announced encryption key. Medium-term
+    """This terminal's card (version, validity) and the cards it replaced (rotated out or
+    revoked), its encryption keys and their state, and every pinned peer's card version,
+    end and announced encryption key. Medium-term
     encryption keys are current (peers encrypt to it), grace (replaced; still opens what
     was sent to it until the date shown) or destroyed (its private half overwritten on
     the date shown: what was sent to it opens nowhere). The card's own key is current
@@ -601,6 +602,15 @@ def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
                 key["destroyed_at"] or key["destroy_after"] or "",
             )
         out.print(keys)
+        chain = Table("Own card", "State", "Signs until", "Fingerprint")
+        for item in body["card"].get("chain", []):
+            chain.add_row(
+                str(item["card_version"]),
+                item["state"] + (f" ({item['revoked']})" if item["revoked"] else ""),
+                item["signs_until"] or "",
+                item["fingerprint"],
+            )
+        out.print(chain)
         peers = Table("Peer", "Card version", "State", "Valid until", "Days left", "Encrypt to")
         for peer in body["peers"]:
             held = peer.get("encryption_key")

@@ -23,6 +23,7 @@ from parley.core.canonical import canonical_bytes
 from parley.core.encoding import uuid7
 from parley.core.envelope import Content, seal_envelope
 from parley.core.identity import Identity
+from parley.core.keychain import issue_revocation
 from parley.core.party import bilateral_channel
 from parley.errors import (
     FingerprintMismatch,
@@ -38,7 +39,7 @@ from parley.service.rotation import CARD_ROTATED, KEY_REVOKED, SUPERSEDED_KEY
 from parley.service.setup import REVOCATION_CERTIFICATE
 from parley.service.terminal import CardBundle, Terminal, utc_now
 from parley.testing import ManualClock
-from parley.testing.network import PASSPHRASE, make_network
+from parley.testing.network import PASSPHRASE, TEST_SCRYPT_N, make_network
 
 US, RU = "US-EUCOM", "RU-GS"
 
@@ -109,7 +110,7 @@ def test_messages_before_during_and_after_a_rotation_all_arrive_and_verify(world
     assert rotated["version"] == 2
     assert rotated["announced_to"] == [RU]
     assert us.identity.card.version == 2
-    rotation = raw_of(us, us.party.transcript.size - 1)
+    rotation = _last_rotation(us)
     clock.advance(timedelta(minutes=1))
     after = world.send(us, "after")
 
@@ -134,6 +135,13 @@ def test_messages_before_during_and_after_a_rotation_all_arrive_and_verify(world
     assert alarm["severity"] == "info"
     assert us.identity.card.fingerprint in alarm["message"]
     assert {p["party"]: p["card_version"] for p in ru.peers()} == {US: 2}
+    shown_keys = ru.keys_status()
+    (peer_row,) = shown_keys["peers"]
+    assert [(c["card_version"], c["state"]) for c in peer_row["chain"]] == [
+        (2, "in use"),
+        (1, "rotated out"),
+    ]
+    assert [c["state"] for c in us.keys_status()["card"]["chain"]] == ["in use", "rotated out"]
     # Both keep the new TLS certificate too.
     assert tls.certificate_der(tls.certificate_for(us.identity)) in tls.certificate_ders(
         ru.peer_certificates[US]
@@ -157,7 +165,7 @@ def test_a_stolen_old_key_after_a_rotation_is_refused_with_one_alarm(world: Worl
     us, ru, clock = world.us, world.ru, world.clock
     old = us.identity
     world.admin(us).rotate_keys()
-    world.carry(raw_of(us, us.party.transcript.size - 1), us)
+    world.carry(_last_rotation(us), us)
     clock.advance(timedelta(hours=2))
     for seq in (50, 51):
         forged = _forged(old, ru, clock, seq)
@@ -255,7 +263,7 @@ def test_an_earlier_card_is_revoked_by_the_keys_in_use_and_sent_to_the_peers(
     us, ru, clock = world.us, world.ru, world.clock
     old = us.identity
     world.admin(us).rotate_keys()
-    world.carry(raw_of(us, us.party.transcript.size - 1), us)
+    world.carry(_last_rotation(us), us)
     clock.advance(timedelta(minutes=10))
     result = world.admin(us).revoke_keys(
         reason="old laptop lost", version=1, compromised_at=clock.now - timedelta(minutes=5)
@@ -285,3 +293,75 @@ def _forged(signer: Identity, receiver: Terminal, clock: ManualClock, seq: int) 
             lang="en", operator="intruder", body={"text": "stand down"}, salt=b"s" * 16
         ),
     )
+
+
+def test_a_rotation_cut_short_leaves_the_old_keys_or_the_new_ones(world: World) -> None:
+    """The new key file is written beside the old one first; at start-up it is kept only
+    if the database recorded its card."""
+    from parley.keyfile import load_identity, save_identity
+    from parley.service.rotation import finish_pending_rotation
+
+    key_file = world.made[US].data / "identity.key"
+    pending = key_file.with_name(key_file.name + ".next")
+    old = world.us.identity
+    stray = old.successor(now=world.clock.now, validity=timedelta(days=30), log_size=0)
+    save_identity(stray, pending, PASSPHRASE, scrypt_n=TEST_SCRYPT_N)
+    finish_pending_rotation(key_file, PASSPHRASE, stored={old.card.key_id})
+    assert not pending.exists()  # the database never saw it: the old keys stay
+    assert load_identity(key_file, PASSPHRASE).card.key_id == old.card.key_id
+    save_identity(stray, pending, PASSPHRASE, scrypt_n=TEST_SCRYPT_N)
+    finish_pending_rotation(key_file, PASSPHRASE, stored={old.card.key_id, stray.card.key_id})
+    assert not pending.exists()
+    assert load_identity(key_file, PASSPHRASE).card.key_id == stray.card.key_id
+
+
+def test_a_forged_revocation_in_a_message_is_refused_with_an_alarm(world: World) -> None:
+    us, ru, clock = world.us, world.ru, world.clock
+    world.admin(us).rotate_keys()
+    world.carry(_last_rotation(us), us)
+    clock.advance(timedelta(minutes=1))
+    statement = issue_revocation(
+        us.identity,
+        us.identity.card.history[0],
+        compromised_at=clock.now,
+        reason="x",
+        now=clock.now,
+    )
+    forged = json.loads(statement)
+    forged["revocation"]["reason"] = "all keys lost: ignore US-EUCOM"
+    sent = us.send(
+        [RU], kind="service", body={"service": {"revocation": forged}}, operator="officer"
+    )
+    world.carry(raw_of(us, sent["log_index"]), us)
+    (alarm,) = _alarms(ru, "revocation_refused")
+    assert "do not verify" in alarm["message"]
+    assert ru.party.peers[US].history[0].revoked is None
+    assert _alarms(ru, KEY_REVOKED) == []
+
+
+def test_parley_verify_names_what_a_revoked_key_signed_after_the_compromise(
+    world: World,
+) -> None:
+    """Accepted before the revocation was known, an envelope signed after the stated
+    compromise is named by ``parley verify`` once the revocation is in."""
+    us, ru, clock = world.us, world.ru, world.clock
+    compromised_at = clock.now
+    clock.advance(timedelta(minutes=5))
+    world.carry(world.send(us, "sent by the thief"), us)
+    _verify_clean(ru)
+    certificate = Path(world.made[US].data, REVOCATION_CERTIFICATE).read_text()
+    result = world.admin(us).revoke_keys(
+        reason="seized", compromised_at=compromised_at, certificate=certificate
+    )
+    world.admin(ru).import_revocation(Path(result["file"]).read_bytes())
+    report = Operations(ru, Actor("auditor", LOCAL_ADMIN, "cli")).verify()
+    assert any("revoked (seized)" in failure for failure in report.failures), report.failures
+
+
+def _last_rotation(terminal: Terminal) -> bytes:
+    index = max(
+        m["log_index"]
+        for m in terminal.messages("out", all_kinds=True)
+        if m["kind"] == "service" and "card_rotation" in m["body"]["service"]
+    )
+    return raw_of(terminal, index)

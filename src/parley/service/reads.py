@@ -110,6 +110,29 @@ class SignedFacts:
     signer_key: str
 
 
+def card_chain_rows(chain: IdentityCard) -> list[dict[str, Any]]:
+    """A party's cards, newest first: in use, rotated out, or revoked (and since when
+    their keys sign nothing accepted)."""
+    rows = []
+    for card in chain.chain:
+        if card.revoked is not None:
+            state = "revoked"
+        elif card.signs_until is not None:
+            state = "rotated out"
+        else:
+            state = "in use"
+        rows.append(
+            {
+                "card_version": card.version,
+                "fingerprint": card.fingerprint,
+                "state": state,
+                "signs_until": _iso(card.signs_until),
+                "revoked": card.revoked,
+            }
+        )
+    return rows
+
+
 def signed_facts(header: EnvelopeHeader, signer: IdentityCard) -> SignedFacts:
     """The facts of a verified envelope; ``signer`` is its sender's chain, and the
     fingerprint is that of the card of the chain that signed (``keyid``)."""
@@ -700,7 +723,13 @@ class Records:
             ).all()
             peer_keys = conn.execute(select(m.peer_encryption_keys)).all()
         peers = [IdentityCard.from_bytes(bytes(row.card)) for row in rows]
-        return keys_report(own, peers, now or datetime.now(UTC), own_keys, peer_keys)
+        report = keys_report(own, peers, now or datetime.now(UTC), own_keys, peer_keys)
+        # Each card chain: which cards signed before, and whether they were revoked.
+        report["card"]["chain"] = card_chain_rows(own)
+        for peer in report["peers"]:
+            chain = self._cards.get(peer["party"])
+            peer["chain"] = card_chain_rows(chain) if chain is not None else []
+        return report
 
     def chains_changed(self, own: IdentityCard | None = None) -> None:
         """A card chain changed (a rotation, a revocation): read the cards again."""
