@@ -699,8 +699,9 @@ def keys_revoke(
     An earlier card is revoked by the keys in use (--version N), and the revocation is
     sent to every peer. The card in use is revoked with the revocation certificate kept
     in the safe (--certificate FILE): then hand the file revocation.json to each peer
-    (`parley peer revocation`), make a new terminal identity, and have the peers pin its
-    card by the fingerprint read aloud. Peers refuse anything the revoked card signs after
+    (`parley peer revocation`), run `parley keys rotate` for new keys (their card does not
+    chain, as no revoked key can vouch for it) and have the peers pin it with `parley peer
+    add` and its fingerprint read aloud. Peers refuse anything the revoked card signs after
     --compromised-at and raise a key_revoked alarm."""
     text = None
     if certificate is not None:
