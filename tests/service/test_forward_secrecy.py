@@ -10,7 +10,9 @@ and the recipient still shows what it decrypted at the time.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,9 +30,10 @@ from parley.service.keystore import _unseal, key_store_key
 from parley.service.terminal import Terminal, utc_now
 from parley.store import models as m
 from parley.testing import ManualClock
-from parley.testing.network import PASSPHRASE, make_network
+from parley.testing.network import PASSPHRASE, make_network, postgres_database
 
 US, RU = "US-EUCOM", "RU-GS"
+POSTGRES_ADMIN = os.environ.get("PARLEY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 WEEK = timedelta(days=7)
 GRACE = timedelta(days=14)
 
@@ -263,3 +266,51 @@ def test_rotation_and_grace_are_configurable(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="cannot be off"):
         Config.from_toml(text.replace('"7d"', '"off"'), "t")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend_pair(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Terminal, Terminal, ManualClock]]:
+    with contextlib.ExitStack() as stack:
+        databases = None
+        if request.param == "postgresql":
+            databases = {
+                party: stack.enter_context(postgres_database(POSTGRES_ADMIN)) for party in (US, RU)
+            }
+        made = make_network(tmp_path, [(US, "US"), (RU, "RU")], databases=databases)
+        clock = ManualClock(utc_now())
+        us = Terminal.open(made[US].data, PASSPHRASE, clock=clock)
+        ru = Terminal.open(made[RU].data, PASSPHRASE, clock=clock)
+        try:
+            yield us, ru, clock
+        finally:
+            us.engine.dispose()
+            ru.engine.dispose()
+
+
+def test_a_destroyed_key_is_gone_from_the_database_on_each_backend(
+    backend_pair: tuple[Terminal, Terminal, ManualClock],
+) -> None:
+    us, ru, clock = backend_pair
+    tick(us, ru)
+    first = ru.party.keyring.current
+    assert first is not None
+    sent = us.send([RU], kind="text", body={"text": "before"}, operator="o")
+    exchange(us, ru)
+    clock.advance(WEEK)
+    tick(us, ru)
+    clock.advance(GRACE + timedelta(seconds=1))
+    assert ru.check_encryption_keys()["destroyed"] == [first.key_id]
+    with ru.engine.connect() as conn:
+        row = conn.execute(
+            select(m.encryption_keys).where(m.encryption_keys.c.key_id == first.key_id)
+        ).one()
+    assert row.sealed is None
+    reopened = Terminal.open(ru.data.path, PASSPHRASE, clock=clock)
+    header = read_envelope(_raw(reopened, sent["id"]), reopened.party.card_of)
+    with pytest.raises(KeyDestroyed):
+        decrypt_envelope(header, reopened.identity, reopened.party.keyring.private)
+    assert reopened.show(sent["id"])["body"] == {"text": "before"}
+    assert audit(reopened.engine, reopened.identity.card).failures == []
+    reopened.engine.dispose()

@@ -93,13 +93,17 @@ class Keys:
         self.messaging = messaging
         self._next_check: datetime | None = None
         self._check_lock = threading.Lock()
+        #: check_encryption_keys: nothing is due before this, for the state in _keys_seen.
+        self._keys_idle_until: datetime | None = None
+        self._keys_seen: tuple[int, str, frozenset[str]] | None = None
 
     # Forward secrecy: rotation, announcement, destruction ---------------------------
 
     def check_encryption_keys(self) -> dict[str, list[str]]:
         """Destroy the keys past their grace, make a new key when the current one is due,
         announce it to the peers that lack it. Returns the key ids destroyed and made, and
-        the peers announced to. Cheap when nothing is due (one small query)."""
+        the peers announced to. Between the times something falls due it reads nothing,
+        as long as the peers, the card and the protocol state are the ones it last saw."""
         done: dict[str, list[str]] = {"destroyed": [], "created": [], "announced_to": []}
         store_key = self.kernel.store_key
         if store_key is None:
@@ -109,16 +113,21 @@ class Keys:
             # Recovery re-reads received envelopes with these keys: none is destroyed,
             # and none made (announcing one would sign something new), until it is done.
             return done
+        party = self.kernel.party
+        seen = (id(party), party.identity.card.key_id, frozenset(party.peers))
+        idle = self._keys_idle_until
+        if self._keys_seen == seen and idle is not None and now < idle:
+            return done
         with reading(self.kernel.engine) as conn:
-            due = conn.execute(
-                select(m.encryption_keys.c.key_id).where(
+            pending = conn.execute(
+                select(m.encryption_keys.c.key_id, m.encryption_keys.c.destroy_after).where(
                     and_(
                         m.encryption_keys.c.destroyed_at.is_(None),
                         m.encryption_keys.c.destroy_after.is_not(None),
-                        m.encryption_keys.c.destroy_after <= now,
                     )
                 )
             ).all()
+        due = [row for row in pending if _aware(row.destroy_after) <= now]
         for row in due:
             with self.kernel.lock:
                 destroy_key(self.kernel.engine, row.key_id, now)
@@ -146,6 +155,12 @@ class Keys:
                 log.info("encryption_key_created", key_id=pair.key_id, serial=pair.key.serial)
                 current = pair
         done["announced_to"] = self._announce(current)
+        # Nothing more is due before the current key's turn or the next destruction.
+        waits = [current.key.created_at + self.kernel.config.rotation_interval]
+        waits += [_aware(r.destroy_after) for r in pending if _aware(r.destroy_after) > now]
+        self._keys_idle_until = min(waits)
+        party = self.kernel.party
+        self._keys_seen = (id(party), party.identity.card.key_id, frozenset(party.peers))
         return done
 
     def _announce(self, current: EncryptionKeyPair) -> list[str]:
@@ -234,6 +249,11 @@ def _card_row(card: IdentityCard, now: datetime) -> dict[str, Any]:
         "state": card_state(card, now),
         "alarm": None if crossed is None else {"days": crossed.days, "severity": crossed.severity},
     }
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives naive datetimes back: every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _time(value: datetime | None) -> str | None:
