@@ -497,6 +497,12 @@ def attack(scene: Scene) -> Iterator[Scene]:
     """The shared scene, quiet before each test and checked after it."""
     if not scene.ru.running:  # an earlier test brought it down: do not cascade
         scene.ru.start()
+    # RU-GS's first encryption key is made and announced a moment after it starts.
+    wait_until(
+        lambda: scene.api("GET", "/keys")["encryption_keys"][0]["kind"] == "medium-term",
+        timeout=30,
+        what="RU-GS's encryption key",
+    )
     wait_until(lambda: scene.api("GET", "/status")["pending"] == 0, timeout=30, what="quiet")
     # One incident, one alarm: an incident of an earlier test, still open, would only count.
     for alarm in scene.api("GET", "/alarms"):
