@@ -76,6 +76,10 @@ form_app = typer.Typer(help="The formatted notifications this terminal knows (en
 app.add_typer(form_app, name="form")
 keys_app = typer.Typer(help="This terminal's card and keys, and when each pinned card ends.")
 app.add_typer(keys_app, name="keys")
+metrics_app = typer.Typer(
+    help="Prometheus metrics at /metrics on the console listener, and their scrape token."
+)
+app.add_typer(metrics_app, name="metrics")
 exchange_app = typer.Typer(
     help=(
         "Prisoner and remains exchanges: each side's list, amendments, the manifest every "
@@ -749,6 +753,33 @@ def keys_revoke(
         out.print(body["file"])
 
     emit(result, json_, render)
+@metrics_app.command("token")
+def metrics_token(
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            help="Write the token to this file (mode 0600, for Prometheus's credentials_file) "
+            "instead of printing it.",
+        ),
+    ] = None,
+) -> None:
+    """Make a new scrape token for /metrics (the previous one stops working at once).
+
+    The token reads the metrics and nothing else; the terminal keeps only its
+    SHA-256 (DIR/metrics.token.sha256). Prometheus sends it as a bearer token.
+    """
+    from parley.config import write_private
+    from parley.service.metrics import new_scrape_token, scrape_token_file
+
+    state.data.require()
+    token = new_scrape_token(state.data)
+    if output is None:
+        out.print(token, soft_wrap=True)
+    else:
+        write_private(output, token.encode() + b"\n")
+        err.print(f"Scrape token written to {output}")
+    err.print(f"Its hash is kept in {scrape_token_file(state.data)}; a running terminal uses it now.")
 
 
 @app.command()

@@ -12,6 +12,10 @@ Every request names who makes it, in one of two ways:
   administrator**, whoever can read the data directory, equal to root. Its
   name for the action log travels in ``X-Parley-Operator``.
 
+``GET /metrics`` (Prometheus) is the exception: it takes the console token or
+a scrape token (``parley metrics token``) only, never an operator account
+(``parley.service.metrics``).
+
 The CLI adds ``X-Parley-Via: cli`` so the action log names the front end used.
 
 Every route goes through the operations layer (``parley.service.operations``):
@@ -43,6 +47,7 @@ from parley.config import console_hosts, require_loopback_console
 from parley.console.web import api_error
 from parley.errors import ParleyError, UsageError
 from parley.service.console_guard import ConsoleGuard
+from parley.service.metrics import exposition, metrics_actor, registry_for
 from parley.service.operations import Operations, build_body
 from parley.service.policy import LOCAL_ADMIN, Actor
 from parley.service.terminal import CardBundle, Draft, Terminal
@@ -211,6 +216,27 @@ def create_console_app(
             status_code=exc.status_code,
             headers=exc.headers,
         )
+
+    metrics_registry = registry_for(terminal)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """The terminal's figures for Prometheus, read from its records now."""
+        actor = metrics_actor(terminal.data, request.app.state.token, authorization)
+        if actor is None:
+            structlog.get_logger("parley.console").warning("metrics_refused")
+            return Response(
+                "a scrape token or the console token is needed (Bearer)\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": 'Bearer realm="parley metrics"'},
+            )
+        body, content_type = await run_in_threadpool(
+            exposition, metrics_registry, actor, request.headers.get("accept")
+        )
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/v1/status")
     async def status(ops: Ops) -> dict[str, Any]:

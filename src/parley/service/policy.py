@@ -22,6 +22,11 @@ What each role is for:
 * ``auditor``: reads, verifies and exports evidence; never changes anything.
 * ``admin``: operator accounts, peers and their links, link tests, backups and
   verification; does not send.
+
+One more role is not an operator's: ``scraper``, the holder of a scrape token
+(``parley metrics token``), made for Prometheus. It may read the terminal's
+metrics (``read_metrics``) and nothing else; no operator account may read
+them (only the scrape token and the console token are accepted at ``/metrics``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ __all__ = [
     "LOCAL_ADMIN",
     "ROLES",
     "RULES",
+    "SCRAPER",
     "Actor",
     "Decision",
     "decide",
@@ -46,7 +52,10 @@ __all__ = [
 LOCAL_ADMIN = "local_admin"
 """The role of whoever holds the console token: equal to root on the terminal's host."""
 
-ROLES = ("duty_officer", "supervisor", "auditor", "admin", LOCAL_ADMIN)
+SCRAPER = "scraper"
+"""The role of whoever holds a scrape token: reads the metrics, nothing else."""
+
+ROLES = ("duty_officer", "supervisor", "auditor", "admin", LOCAL_ADMIN, SCRAPER)
 
 Outcome = Literal["allowed", "held", "refused"]
 
@@ -57,6 +66,7 @@ ROLE_WORDS: Mapping[str, str] = {
     "auditor": "an auditor",
     "admin": "an administrator",
     LOCAL_ADMIN: "the local administrator",
+    SCRAPER: "a scrape token",
 }
 
 _WATCH = frozenset({"duty_officer", "supervisor"})
@@ -114,6 +124,10 @@ RULES: Mapping[str, tuple[frozenset[str], str]] = {
         frozenset({"admin"}),
         "only an administrator revokes a card (the terminal's own, or takes in a peer's "
         "revocation)",
+    ),
+    "read_metrics": (
+        frozenset({SCRAPER}),
+        "the metrics are read with a scrape token or the console token, not an operator account",
     ),
 }
 
@@ -222,6 +236,7 @@ _VERBS: Mapping[str, str] = {
     "handover": "hand over the watch",
     "rotate_keys": "rotate the terminal's keys",
     "revoke_keys": "revoke a card",
+    "read_metrics": "read the metrics",
 }
 
 
