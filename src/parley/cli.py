@@ -779,7 +779,7 @@ def metrics_token(
     else:
         write_private(output, token.encode() + b"\n")
         err.print(f"Scrape token written to {output}")
-    err.print(f"Its hash is kept in {scrape_token_file(state.data)}; a running terminal uses it now.")
+    err.print(f"Its hash is kept in {scrape_token_file(state.data)}; a running terminal uses it.")
 
 
 @app.command()

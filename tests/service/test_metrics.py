@@ -190,7 +190,7 @@ def test_openmetrics_is_served_to_prometheus(world: World) -> None:
     )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/openmetrics-text")
-    families = {f.name: f for f in om_families(response.text)}
+    families = {f.name: f for f in om_families(response.text)}  # type: ignore[no-untyped-call]
     assert families["parley_security_events"].type == "counter"
     assert families["parley_build"].type == "info"
     assert families["parley_link_rtt_seconds"].type == "gauge"
