@@ -753,6 +753,8 @@ def keys_revoke(
         out.print(body["file"])
 
     emit(result, json_, render)
+
+
 @metrics_app.command("token")
 def metrics_token(
     output: Annotated[
