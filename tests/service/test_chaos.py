@@ -22,6 +22,13 @@ what must hold:
 * every terminal's latest checkpoint, at its final log size, is cosigned by
   both peers (the owner holds the cosignatures, each witness its own record);
 * ``parley verify`` passes on all three after a clean stop.
+
+Keys change under the chaos too: every terminal makes a new encryption key
+every ``KEY_ROTATION`` and destroys a replaced one ``KEY_GRACE`` later (so
+keys are destroyed while messages sealed to later ones are still under way),
+and halfway through, ``ROTATED`` rotates its identity (``POST
+/api/v1/keys/rotate``): its peers must hold its new card, and nothing may be
+lost across either change.
 """
 
 from __future__ import annotations
@@ -47,8 +54,8 @@ from sqlalchemy import Engine, and_, func, select, text
 
 from parley.config import DataDir
 from parley.core.envelope import read_envelope
-from parley.core.identity import IdentityCard
 from parley.core.transcript import EntryType, split_entry
+from parley.service.cardchain import load_chain, load_peer_chains
 from parley.service.terminal import CardBundle
 from parley.store import models as m
 from parley.testing.network import TerminalProcess, make_network, postgres_database, wait_until
@@ -73,6 +80,9 @@ DOUBLE_KILL = 0.25  # how often a second terminal is killed along with the first
 FAULT_GAP = (0.4, 2.0)  # seconds between two link faults
 FAULTS = {"cut": 30, "partition": 10, "delay": 35, "reset": 25}
 DRAIN_TIMEOUT = 150.0
+KEY_ROTATION = "15s"  # a new encryption key this often on every terminal
+KEY_GRACE = "60s"  # a replaced key is destroyed this long after
+ROTATED = US_ID  # rotates its identity halfway through the chaos
 
 
 def libfaketime() -> str | None:
@@ -146,6 +156,11 @@ def three_terminals(tmp_path: Path) -> Iterator[tuple[dict[str, TerminalProcess]
             links=proxies.links("primary", "backup"),
             serve_env={SKEWED: faketime_env(library, SKEW_SECONDS)},
         )
+        for terminal in terminals.values():
+            data = DataDir(terminal.data)
+            config = data.load_config()
+            config.encryption_key_rotation, config.encryption_key_grace = KEY_ROTATION, KEY_GRACE
+            data.save_config(config)
         try:
             yield terminals, proxies
         finally:
@@ -410,15 +425,13 @@ def unreceipted(engine: Engine) -> int:
 
 
 def transcript_envelope_ids(terminal: TerminalProcess, engine: Engine) -> Counter[str]:
-    """How many times each envelope id is in the terminal's transcript."""
-    cards = {
-        terminal.party: CardBundle.from_json(DataDir(terminal.data).card_file.read_bytes()).card
-    }
+    """How many times each envelope id is in the terminal's transcript (each envelope
+    verified against its sender's whole card chain: ``ROTATED`` changed cards)."""
+    own = CardBundle.from_json(DataDir(terminal.data).card_file.read_bytes()).card
     found: Counter[str] = Counter()
     with engine.connect() as conn:
-        for stored in conn.execute(select(m.peers.c.card)).scalars():
-            card = IdentityCard.from_bytes(bytes(stored))
-            cards[card.party] = card
+        cards = {party: chain for party, (chain, _tls) in load_peer_chains(conn).items()}
+        cards[terminal.party] = load_chain(conn, own)
         for entry in conn.execute(
             select(m.log_entries.c.entry).order_by(m.log_entries.c.idx)
         ).scalars():
@@ -493,7 +506,9 @@ def test_three_terminal_chaos(
         traffic.start()
         faults.start()
         try:
-            stop.wait(CHAOS_SECONDS)  # the length of the chaos phase
+            stop.wait(CHAOS_SECONDS / 2)
+            rotated_to = rotate_identity(terminals[ROTATED], say)
+            stop.wait(max(0.0, CHAOS_SECONDS - (time.monotonic() - chaos_began)))
         finally:
             stop.set()
             faults.join()
@@ -565,6 +580,17 @@ def test_three_terminal_chaos(
         )
         final_sizes = {party: int(s["log_size"]) for party, s in statuses.items()}
 
+        # Both key changes reached everyone: the peers hold the rotated card, and every
+        # terminal destroyed encryption keys while the traffic went on.
+        for party, terminal in terminals.items():
+            keys = terminal.api("GET", "/keys")
+            states = Counter(k["state"] for k in keys["encryption_keys"])
+            say(f"{party} encryption keys: {dict(states)}")
+            assert states["destroyed"] >= 1, (party, states)
+            if party != ROTATED:
+                held = {p["party"]: p["card_version"] for p in keys["peers"]}
+                assert held[ROTATED] == rotated_to, (party, held)
+
         # A clean stop, then the audit of every record.
         reports = stop_and_verify(*terminals.values())
         say(
@@ -589,6 +615,27 @@ def test_three_terminal_chaos(
     finally:
         for engine in engines.values():
             engine.dispose()
+
+
+def rotate_identity(terminal: TerminalProcess, say: Callable[[str], None]) -> int:
+    """Rotate ``terminal``'s identity through the operator API while the chaos goes on
+    (it may be down for a moment: asked again until it answers); the new card version."""
+    deadline = time.monotonic() + 60
+    before: int | None = None
+    while True:
+        try:
+            version = int(terminal.api("GET", "/keys")["card"]["card_version"])
+            if before is None:
+                before = version
+            if version > before:  # a request cut short by a kill had gone through
+                return version
+            rotated = terminal.api("POST", "/keys/rotate", {}, operator="admin")
+            say(f"{terminal.party} rotated its identity to card version {rotated['version']}")
+            return int(rotated["version"])
+        except (RuntimeError, httpx.HTTPError) as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{terminal.party} could not rotate its keys: {exc}") from exc
+            time.sleep(0.5)
 
 
 def check_records(
