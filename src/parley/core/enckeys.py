@@ -44,7 +44,7 @@ from parley.core.canonical import (
     require_str,
 )
 from parley.core.encoding import b64decode, b64encode, check_party_id, format_time, parse_time
-from parley.core.identity import Identity, IdentityCard
+from parley.core.identity import HPKE_PUBLIC_LEN, Identity, IdentityCard, hpke_public_key
 from parley.errors import InvalidSignature, SchemaViolation, StaleKeyAnnouncement, UsageError
 
 __all__ = [
@@ -58,22 +58,17 @@ __all__ = [
 
 ANNOUNCEMENT_TYPE = "parley.encryption-key/v1"
 _SIGNING_PREFIX = b"parley encryption-key v1\n"
-_MLKEM768_PUBLIC_LEN = 1184
-_X25519_PUBLIC_LEN = 32
 _MATERIAL_LEN = 64 + 32  # ML-KEM-768 seed, X25519 private key
 
 
 def _public_key(raw: bytes) -> hpke.MLKEM768X25519PublicKey:
-    if len(raw) != _MLKEM768_PUBLIC_LEN + _X25519_PUBLIC_LEN:
+    if len(raw) != HPKE_PUBLIC_LEN:
         raise SchemaViolation(
-            f"an announced encryption key is {_MLKEM768_PUBLIC_LEN + _X25519_PUBLIC_LEN} bytes "
+            f"an announced encryption key is {HPKE_PUBLIC_LEN} bytes "
             f"(ML-KEM-768 + X25519), not {len(raw)}"
         )
     try:
-        return hpke.MLKEM768X25519PublicKey(
-            mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC_LEN]),
-            x25519.X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC_LEN:]),
-        )
+        return hpke_public_key(raw)
     except ValueError as exc:
         raise SchemaViolation(f"the announced encryption key is not a valid key: {exc}") from None
 

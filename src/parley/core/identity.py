@@ -43,12 +43,14 @@ from parley.errors import (
 
 __all__ = [
     "CARD_TYPE",
+    "HPKE_PUBLIC_LEN",
     "HPKE_SUITE",
     "Identity",
     "IdentityCard",
     "check_card_window",
     "describe_span",
     "format_fingerprint",
+    "hpke_public_key",
     "normalize_fingerprint",
     "rotation_signing_input",
 ]
@@ -57,6 +59,8 @@ CARD_TYPE = "parley.card/v1"
 MAX_CARD_SIZE = 64 * 1024
 _MLKEM768_PUBLIC_LEN = 1184
 _X25519_PUBLIC_LEN = 32
+#: Bytes of an ``MLKEM768_X25519`` public key (a card's, or an announced one).
+HPKE_PUBLIC_LEN = _MLKEM768_PUBLIC_LEN + _X25519_PUBLIC_LEN
 
 HPKE_SUITE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 """RFC 9180 base mode: ML-KEM-768 + X25519 hybrid KEM, HKDF-SHA256, ChaCha20-Poly1305."""
@@ -81,17 +85,22 @@ def normalize_fingerprint(text: str) -> str:
     return " ".join(digits[i : i + 5] for i in range(0, 60, 5))
 
 
+def hpke_public_key(raw: bytes) -> hpke.MLKEM768X25519PublicKey:
+    """An ``MLKEM768_X25519`` public key from its bytes (ML-KEM-768, then X25519) of
+    ``HPKE_PUBLIC_LEN``; ``ValueError`` if they are not one (callers name the culprit)."""
+    return hpke.MLKEM768X25519PublicKey(
+        mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC_LEN]),
+        x25519.X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC_LEN:]),
+    )
+
+
 def _hpke_public_from_bytes(raw: bytes) -> hpke.MLKEM768X25519PublicKey:
-    if len(raw) != _MLKEM768_PUBLIC_LEN + _X25519_PUBLIC_LEN:
+    if len(raw) != HPKE_PUBLIC_LEN:
         raise InvalidCard(
-            f"the HPKE key is {len(raw)} bytes; ML-KEM-768 + X25519 needs "
-            f"{_MLKEM768_PUBLIC_LEN + _X25519_PUBLIC_LEN}"
+            f"the HPKE key is {len(raw)} bytes; ML-KEM-768 + X25519 needs {HPKE_PUBLIC_LEN}"
         )
     try:
-        return hpke.MLKEM768X25519PublicKey(
-            mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC_LEN]),
-            x25519.X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC_LEN:]),
-        )
+        return hpke_public_key(raw)
     except ValueError as exc:
         raise InvalidCard(f"the HPKE key is not a valid ML-KEM-768 + X25519 key: {exc}") from None
 
