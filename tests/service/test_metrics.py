@@ -103,13 +103,18 @@ def test_the_figures_follow_the_records(world: World) -> None:
 
     # Queued, not delivered: outbox depth by precedence, age of the oldest.
     us.send([RU], kind="text", body={"text": "flash"}, operator="sup", precedence="FLASH")
+    clock.advance(timedelta(minutes=1))
     us.send([RU], kind="text", body={"text": "routine"}, operator="sup")
-    clock.advance(timedelta(minutes=11))  # past a FLASH's 10 minutes to acknowledge
+    clock.advance(timedelta(minutes=10))  # past a FLASH's 10 minutes to acknowledge
     queued = world.scrape()
     assert value(queued, "parley_outbox_messages", peer=RU, precedence="FLASH") == 1
     assert value(queued, "parley_outbox_messages", peer=RU, precedence="ROUTINE") == 1
     assert value(queued, "parley_outbox_messages", peer=RU, precedence="PRIORITY") == 0
     assert value(queued, "parley_peer_oldest_undelivered_age_seconds", peer=RU) == 660
+    oldest = "parley_outbox_oldest_age_seconds"
+    assert value(queued, oldest, peer=RU, precedence="FLASH") == 660
+    assert value(queued, oldest, peer=RU, precedence="ROUTINE") == 600
+    assert value(queued, oldest, peer=RU, precedence="PRIORITY") == 0
     unacked = "parley_unacknowledged_messages"
     assert value(queued, unacked, direction="out", precedence="FLASH") == 1
     assert value(queued, unacked, direction="out", precedence="ROUTINE") == 1
@@ -124,6 +129,7 @@ def test_the_figures_follow_the_records(world: World) -> None:
     delivered = world.scrape()
     assert value(delivered, "parley_outbox_messages", peer=RU, precedence="FLASH") == 0
     assert value(delivered, "parley_peer_oldest_undelivered_age_seconds", peer=RU) == 0
+    assert value(delivered, oldest, peer=RU, precedence="FLASH") == 0
     assert value(delivered, unacked, direction="out", precedence="FLASH") == 1
     on_ru = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -141,7 +147,12 @@ def test_the_figures_follow_the_records(world: World) -> None:
     assert value(on_ru, unacked, direction="in", precedence="ROUTINE") == 1
     assert value(on_ru, "parley_overdue_messages", direction="in", precedence="FLASH") == 0
 
-    # Links: state, round trip, age of the last success.
+    # Links: state, round trip, age of the last success and of the last test.
+    never = world.scrape()
+    assert value(never, "parley_link_last_test_age_seconds", peer=RU, link="primary") == float(
+        "inf"
+    )
+    assert value(never, "parley_link_test_interval_seconds") == us.config.link_test_interval
     us.record_link(RU, "primary", ok=True, rtt_ms=42.0, test=True)
     clock.advance(timedelta(seconds=90))
     up = world.scrape()
@@ -150,12 +161,16 @@ def test_the_figures_follow_the_records(world: World) -> None:
     assert value(up, "parley_link_state", peer=RU, link="primary", state="down") == 0
     assert value(up, "parley_link_rtt_seconds", peer=RU, link="primary") == pytest.approx(0.042)
     assert value(up, "parley_link_last_success_age_seconds", peer=RU, link="primary") == 90
+    assert value(up, "parley_link_last_test_age_seconds", peer=RU, link="primary") == 90
     for _ in range(3):
         us.record_link(RU, "primary", ok=False, error="connection refused", test=True)
     down = world.scrape()
     assert value(down, "parley_link_up", peer=RU, link="primary") == 0
     assert value(down, "parley_link_state", peer=RU, link="primary", state="down") == 1
     assert value(down, "parley_link_failures", peer=RU, link="primary") == 3
+    # A failed test is a test: its age restarts; the last success's does not.
+    assert value(down, "parley_link_last_test_age_seconds", peer=RU, link="primary") == 0
+    assert value(down, "parley_link_last_success_age_seconds", peer=RU, link="primary") == 90
     assert value(down, "parley_alarms_open", kind="link_test_failed", severity="warning") >= 1
 
     # Alarms by kind, security events by code, cards.

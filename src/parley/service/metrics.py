@@ -78,10 +78,17 @@ METRICS: Mapping[str, str] = {
         "seconds since a link's last successful test or use (+Inf if it never succeeded)"
     ),
     "parley_link_failures": "consecutive failures of a link since its last success",
+    "parley_link_last_test_age_seconds": (
+        "seconds since a link's last scheduled test, passed or failed (+Inf if never tested)"
+    ),
+    "parley_link_test_interval_seconds": "how often each link is tested (links.test_interval)",
     "parley_peer_oldest_undelivered_age_seconds": (
         "age of the oldest message not yet delivered to a peer (0 when none waits)"
     ),
     "parley_outbox_messages": "messages waiting in the outbox for a peer, by precedence",
+    "parley_outbox_oldest_age_seconds": (
+        "age of the oldest message of each precedence waiting for a peer (0 when none waits)"
+    ),
     "parley_witness_lag_entries": (
         "entries of this terminal's log not yet covered by a peer's cosignature"
     ),
@@ -267,7 +274,7 @@ def metric_families(terminal: Terminal) -> list[Metric]:
             )
         ).scalar_one()
 
-    families.extend(_link_families(links, now))
+    families.extend(_link_families(links, now, terminal.config.link_test_interval))
     families.extend(_outbox_families(outbox, [c.party for c in peer_cards], now))
     families.extend(_transcript_families(terminal, [c.party for c in peer_cards]))
     families.extend(_ack_families(waiting_in, out_rows, acked, now))
@@ -316,7 +323,7 @@ def metric_families(terminal: Terminal) -> list[Metric]:
     return families
 
 
-def _link_families(links: Iterable[Any], now: datetime) -> list[Metric]:
+def _link_families(links: Iterable[Any], now: datetime, test_interval: float) -> list[Metric]:
     up = GaugeMetricFamily("parley_link_up", METRICS["parley_link_up"], labels=["peer", "link"])
     state = GaugeMetricFamily(
         "parley_link_state", METRICS["parley_link_state"], labels=["peer", "link", "state"]
@@ -332,6 +339,16 @@ def _link_families(links: Iterable[Any], now: datetime) -> list[Metric]:
     failures = GaugeMetricFamily(
         "parley_link_failures", METRICS["parley_link_failures"], labels=["peer", "link"]
     )
+    tested = GaugeMetricFamily(
+        "parley_link_last_test_age_seconds",
+        METRICS["parley_link_last_test_age_seconds"],
+        labels=["peer", "link"],
+    )
+    # As the worker schedules them: never more often than once a second.
+    interval = GaugeMetricFamily(
+        "parley_link_test_interval_seconds", METRICS["parley_link_test_interval_seconds"]
+    )
+    interval.add_metric([], max(1.0, test_interval))
     for link in links:
         labels = [link.peer, link.name]
         up.add_metric(labels, 1.0 if link.state == "up" else 0.0)
@@ -341,7 +358,8 @@ def _link_families(links: Iterable[Any], now: datetime) -> list[Metric]:
             rtt.add_metric(labels, float(link.rtt_ms) / 1000.0)
         age.add_metric(labels, _age(now, link.last_success))
         failures.add_metric(labels, float(link.failures or 0))
-    return [up, state, rtt, age, failures]
+        tested.add_metric(labels, _age(now, link.last_test))
+    return [up, state, rtt, age, failures, tested, interval]
 
 
 def _outbox_families(rows: Iterable[Any], peers: Iterable[str], now: datetime) -> list[Metric]:
@@ -355,19 +373,30 @@ def _outbox_families(rows: Iterable[Any], peers: Iterable[str], now: datetime) -
         METRICS["parley_peer_oldest_undelivered_age_seconds"],
         labels=["peer"],
     )
+    oldest_by_precedence = GaugeMetricFamily(
+        "parley_outbox_oldest_age_seconds",
+        METRICS["parley_outbox_oldest_age_seconds"],
+        labels=["peer", "precedence"],
+    )
     counts: dict[tuple[str, str], int] = {}
-    first: dict[str, datetime] = {}
+    first: dict[tuple[str, str], datetime] = {}
     for peer, precedence, count, created in rows:
-        counts[(peer, precedence)] = counts.get((peer, precedence), 0) + int(count)
+        key = (peer, precedence)
+        counts[key] = counts.get(key, 0) + int(count)
         created = _utc(created)
-        if created is not None and (peer not in first or created < first[peer]):
-            first[peer] = created
+        if created is not None and (key not in first or created < first[key]):
+            first[key] = created
     every_peer = sorted({*peers, *(peer for peer, _ in counts)})
     for peer in every_peer:
         for precedence in PRECEDENCES:
-            depth.add_metric([peer, precedence], counts.get((peer, precedence), 0))
-        oldest.add_metric([peer], _age(now, first[peer]) if peer in first else 0.0)
-    return [depth, oldest]
+            key = (peer, precedence)
+            depth.add_metric([peer, precedence], counts.get(key, 0))
+            oldest_by_precedence.add_metric(
+                [peer, precedence], _age(now, first[key]) if key in first else 0.0
+            )
+        waiting = [first[key] for key in first if key[0] == peer]
+        oldest.add_metric([peer], _age(now, min(waiting)) if waiting else 0.0)
+    return [depth, oldest, oldest_by_precedence]
 
 
 def _transcript_families(terminal: Terminal, peers: Iterable[str]) -> list[Metric]:
