@@ -925,7 +925,7 @@ def inbox(
         typer.Option("--all", help="Include acks, link tests and encryption key announcements."),
     ] = False,
 ) -> None:
-    """Messages received, most urgent first."""
+    """Messages received: those awaiting an acknowledgement first, then by precedence."""
     with backend(needs_keys=False) as (api, local):
         items = (
             api.call("GET", f"/inbox?all={str(all_).lower()}")

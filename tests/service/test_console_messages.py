@@ -301,8 +301,44 @@ def test_the_inbox_puts_flash_first_then_the_newest_and_highlights_what_awaits_a
 
     console.post(f"/messages/{flash}/ack")
     rows = find_testid(console.get("/fragments/inbox").text, "inbox-row")
-    assert 'class="unacked"' not in rows[0]
+    assert attribute(rows[-1], "data-id") == flash  # acknowledged: below what still waits
+    assert 'class="unacked"' not in rows[-1]
     assert "Acknowledged by duty" in console.get("/fragments/inbox").text
+
+
+def acknowledge_back(pair: Pair, envelope_id: str, operator: str = "ivan") -> None:
+    """RU-GS acknowledges a message from US-EUCOM, and the acknowledgement reaches US-EUCOM."""
+    ack = pair.ru.acknowledge(envelope_id, operator=operator)
+    deliver(pair.ru, pair.us, ack["id"])
+
+
+def test_what_awaits_an_acknowledgement_comes_first_then_the_precedence(pair: Pair) -> None:
+    flash = text_to_ru(pair, "the flash, acknowledged", "FLASH")
+    acknowledge_back(pair, flash)
+    routine = text_to_ru(pair, "a routine, waiting")
+    immediate = text_to_ru(pair, "an immediate, waiting", "IMMEDIATE")
+    priority = text_to_ru(pair, "a priority, acknowledged", "PRIORITY")
+    acknowledge_back(pair, priority)
+
+    inbox = find_testid(pair.console(pair.ru, "duty").get("/inbox").text, "inbox-row")
+    assert [attribute(row, "data-id") for row in inbox] == [immediate, routine, flash, priority]
+    assert ['class="unacked"' in row for row in inbox] == [True, True, False, False]
+    # The sender's outbox: what the other side has not acknowledged yet, first.
+    outbox = find_testid(pair.console(pair.us, "duty").get("/fragments/outbox").text, "outbox-row")
+    assert [attribute(row, "data-id") for row in outbox] == [immediate, routine, flash, priority]
+    # The same order for every front end: it is the read model's.
+    assert [i["id"] for i in pair.ru.messages("in")] == [immediate, routine, flash, priority]
+    assert [i["awaiting_ack"] for i in pair.us.messages("out")] == [True, True, False, False]
+
+
+def test_a_message_awaiting_its_acknowledgement_is_listed_however_old(pair: Pair) -> None:
+    waiting = text_to_ru(pair, "old, still waiting")
+    for n in range(3):
+        acknowledge_back(pair, text_to_ru(pair, f"newer, acknowledged {n}"))
+    listed = pair.ru.messages("in", limit=3)
+    assert len(listed) == 4
+    assert listed[0]["id"] == waiting
+    assert listed[0]["awaiting_ack"]
 
 
 def test_the_flash_banner_shows_each_unacknowledged_flash_until_it_is_acknowledged(

@@ -1,6 +1,8 @@
 """Console pages for messages: inbox, outbox, one message, compose, the FLASH alert.
 
-* ``/inbox`` and ``/outbox``: FLASH first, then newest first; the table
+* ``/inbox`` and ``/outbox``: what needs action first (the read model's
+  ``action_order``: awaiting an acknowledgement, then precedence, then
+  newest first); the table
   bodies are fragments (``/fragments/inbox``, ``/fragments/outbox``) that
   htmx refreshes every second. An unacknowledged received message is
   highlighted with a live countdown to its acknowledgement deadline.
@@ -152,7 +154,6 @@ def inbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
         if not item["verified"]:
             rows.append(_unverified_row(item))
             continue
-        human = item["kind"] in HUMAN_KINDS
         acked = item["acknowledged_at"] is not None
         rejection = item["rejection"]
         rows.append(
@@ -166,8 +167,8 @@ def inbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
                 "exercise": item["exercise"],
                 "received": when(item["stored_at"]),
                 "summary": summary(terminal.forms, item["kind"], item["body"], lang),
-                "unacked": human and not acked,
-                "ack_due": item["ack_due"] if human and not acked else None,
+                "unacked": item["awaiting_ack"],
+                "ack_due": item["ack_due"] if item["awaiting_ack"] else None,
                 "acked_by": item["acknowledged_by"],
                 "acked_at": when(item["acknowledged_at"]) if acked else None,
                 "refused": (rejection["code"], rejection["reason"]) if rejection else None,
@@ -239,9 +240,6 @@ def outbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
             item["rejections"],
             item["delivery"],
         )
-        waiting = item["kind"] in HUMAN_KINDS and any(
-            s.state in ("pending", "receipted") for s in states
-        )
         result.append(
             {
                 "id": item["id"],
@@ -256,7 +254,7 @@ def outbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
                 "summary": summary(terminal.forms, item["kind"], item["body"], lang),
                 "states": states,
                 "refused": any(s.state == "refused" for s in states),
-                "ack_due": item["ack_due"] if waiting else None,
+                "ack_due": item["ack_due"] if item["awaiting_ack"] else None,
             }
         )
     return result

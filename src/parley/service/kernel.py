@@ -33,6 +33,7 @@ from parley.service import tls
 from parley.service.cardchain import load_chain, load_peer_chains
 from parley.service.keystore import load_keyring
 from parley.service.ledger import StoreLedger
+from parley.service.reads import HUMAN_KINDS
 from parley.service.resume import resume_state, witness_state
 from parley.store import models as m
 from parley.store.db import reading
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 PRECEDENCE_RANK = {"FLASH": 0, "IMMEDIATE": 1, "PRIORITY": 2, "ROUTINE": 3}
-HUMAN_KINDS = ("text", "form")
 SHOWN_KINDS = ("text", "form", "service")
 URGENT = ("FLASH", "IMMEDIATE")
 

@@ -51,11 +51,13 @@ from parley.store.db import reading
 
 __all__ = [
     "CACHE_SIZE",
+    "HUMAN_KINDS",
     "PRECEDENCE_RANK",
     "SHOWN_KINDS",
     "CheckedContent",
     "Records",
     "SignedFacts",
+    "action_order",
     "checked_leaves",
     "content_problem",
     "fill_contents",
@@ -65,6 +67,8 @@ __all__ = [
 
 PRECEDENCE_RANK = {"FLASH": 0, "IMMEDIATE": 1, "PRIORITY": 2, "ROUTINE": 3}
 SHOWN_KINDS = ("text", "form", "service")
+#: The kinds a human acknowledges: a service message, an ack or a link test waits for none.
+HUMAN_KINDS = ("text", "form")
 ALL_KINDS = ("text", "form", "service", "ack", "test", "key")
 
 #: Signatures checked (by leaf hash) and contents parsed (by digest) kept in memory.
@@ -564,7 +568,9 @@ class Records:
         extras = extras or _Extras.load(conn, [row])
         if facts.kind == "text":
             item["translations"] = extras.translations.get(facts.id, [])
+        item["needs_ack"] = facts.kind in HUMAN_KINDS
         if row.direction == "in":
+            item["awaiting_ack"] = item["needs_ack"] and row.acked_at is None
             item["acknowledged_at"] = _iso(row.acked_at)
             item["acknowledged_by"] = row.acked_by
             item["rejection"] = (
@@ -593,6 +599,10 @@ class Records:
             }
             for o in extras.outbox.get(facts.id, [])
         }
+        answered = item["acks"].keys() | item["rejections"].keys()
+        item["awaiting_ack"] = item["needs_ack"] and any(
+            party not in answered for party in item["recipients"]
+        )
         return item
 
     def _translations(self, conn: Connection, envelope_id: str) -> list[dict[str, Any]]:
@@ -601,17 +611,30 @@ class Records:
     def messages(
         self, direction: str, *, limit: int = 200, all_kinds: bool = False
     ) -> list[dict[str, Any]]:
+        """The ``limit`` newest messages of one direction, what needs action first
+        (``action_order``); a received message still awaiting its acknowledgement is
+        listed however old it is (up to ``limit`` more)."""
         kinds = ALL_KINDS if all_kinds else SHOWN_KINDS
+        cols = m.messages.c
         with reading(self.engine) as conn:
             rows = self._message_rows(
-                conn,
-                m.messages.c.direction == direction,
-                m.messages.c.kind.in_(kinds),
-                limit=limit,
+                conn, cols.direction == direction, cols.kind.in_(kinds), limit=limit
             )
+            if direction == "in" and len(rows) == limit:
+                # The index finds the candidates; each is shown as its envelope says.
+                listed = {row.envelope_id for row in rows}
+                older = self._message_rows(
+                    conn,
+                    cols.direction == "in",
+                    cols.kind.in_(HUMAN_KINDS),
+                    cols.acked_at.is_(None),
+                    cols.log_index < rows[-1].log_index,
+                    limit=limit,
+                )
+                rows += [row for row in older if row.envelope_id not in listed]
             extras = _Extras.load(conn, rows)
             items = [self._message_dict(row, conn, full=False, extras=extras) for row in rows]
-        items.sort(key=lambda i: (PRECEDENCE_RANK.get(i["precedence"], 9),))
+        items.sort(key=action_order)  # stable: newest first within each place
         return items
 
     def messages_by_id(self, envelope_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -757,6 +780,13 @@ class Records:
         return result
 
 
+def action_order(item: Mapping[str, Any]) -> tuple[int, int]:
+    """Where a listed message goes, what needs action first: a message still awaiting a
+    human acknowledgement (ours of a received one, or the other side's of one we sent)
+    before one that does not, then by precedence (FLASH first)."""
+    return (0 if item.get("awaiting_ack") else 1, PRECEDENCE_RANK.get(item["precedence"], 9))
+
+
 def _unverified(row: Any, problem: str) -> dict[str, Any]:
     """A row that does not verify: where it is, and why; none of what it claims."""
     return {
@@ -778,6 +808,8 @@ def _unverified(row: Any, problem: str) -> dict[str, Any]:
         "lang": None,
         "body": None,
         "ack_due": None,
+        "needs_ack": False,
+        "awaiting_ack": False,
         "translations": [],
         "receipts": {},
         "rejections": {},
