@@ -10,13 +10,31 @@ the browser are the package's (``conftest.py``).
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Network, OpenConsole, send, wait_received
-from tests.browser.test_console import inbox_row, unique
+from parley.console import i18n
+from parley.testing.network import TerminalProcess, wait_until
+from tests.browser.conftest import PASSWORD, Console, Network, OpenConsole, send, wait_received
+from tests.browser.test_console import inbox_row, outbox_row, unique
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def new_operator(
+    open_console: OpenConsole, terminal: TerminalProcess, role: str = "supervisor"
+) -> Console:
+    """A console for an account of its own, made now: its language is the test's to change."""
+    name = f"watch.{secrets.token_hex(3)}"
+    terminal.api("POST", "/users", {"name": name, "role": role, "password": PASSWORD})
+    return open_console(terminal, name)
+
+
+def choose_language(console: Console, lang: str) -> None:
+    console.page.locator('select[name="lang"]').select_option(lang)
+    expect(console.page.locator("html")).to_have_attribute("lang", lang)
 
 
 def test_what_awaits_an_acknowledgement_comes_before_an_acknowledged_flash(
@@ -47,3 +65,45 @@ def test_what_awaits_an_acknowledgement_comes_before_an_acknowledged_flash(
     waits = [unacked for _, unacked in order]
     assert waits == sorted(waits, reverse=True), order
     assert us.marked(), "the inbox was reloaded: it must update live"
+
+
+def test_a_service_message_reads_as_words_in_every_language_and_awaits_no_acknowledgement(
+    network: Network, open_console: OpenConsole
+) -> None:
+    name = f"WATCH-{secrets.token_hex(3).upper()}"
+    proposal = network.us.api("POST", "/channels", {"name": name, "members": ["RU-GS"]})
+    wait_until(
+        lambda: any(c["name"] == name for c in network.ru.api("GET", "/channels")),
+        timeout=30,
+        what=f"the proposal of {name} at RU-GS",
+    )
+    network.ru.api("POST", f"/channels/{name}/agree")
+
+    us = new_operator(open_console, network.us)
+    us.goto("/outbox")
+    row = outbox_row(us, proposal["proposal"])
+    state = row.locator('li[data-party="RU-GS"]')
+    expect(state).to_have_attribute("data-state", "delivered", timeout=20_000)
+    for lang in ("en", "ru", "uk"):
+        choose_language(us, lang)
+        words = i18n.translations(lang).gettext("Channel %(name)s proposed, with %(members)s") % {
+            "name": name,
+            "members": "RU-GS, US-EUCOM",
+        }
+        expect(row).to_contain_text(words)
+        expect(row).not_to_contain_text("channel_proposal")
+        expect(state).to_contain_text(
+            i18n.translations(lang).gettext("Service message: no acknowledgement")
+        )
+        expect(state).not_to_contain_text(i18n.translations(lang).gettext("not yet acknowledged"))
+        expect(row.locator(".countdown")).to_have_count(0)
+
+    # The agreement, received: in words on the inbox, never highlighted as waiting.
+    agreed = i18n.translations("uk").gettext("Channel %(name)s agreed") % {"name": name}
+    us.goto("/inbox")
+    received = us.page.locator('[data-testid="inbox-row"]', has_text=agreed)
+    expect(received).to_be_visible(timeout=20_000)
+    expect(received).not_to_have_class("unacked")
+    received.get_by_role("link").click()
+    expect(us.page.get_by_test_id("service-notices")).to_have_text(agreed)
+    expect(us.page.get_by_test_id("ack-button")).to_have_count(0)

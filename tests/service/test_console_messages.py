@@ -408,6 +408,68 @@ def test_the_outbox_shows_each_recipients_state_and_a_refusal(pair: Pair) -> Non
     assert "unknown_form" in message
 
 
+def test_a_service_message_reads_as_words_and_never_awaits_an_acknowledgement(
+    pair: Pair,
+) -> None:
+    proposal = pair.us.create_channel("TALKS", [RU], operator="sup")["proposal"]
+    deliver(pair.us, pair.ru, proposal)
+    agreement = pair.ru.agree_channel("TALKS", operator="sup")["agreement"]
+    deliver(pair.ru, pair.us, agreement)
+
+    for lang, words in (
+        ("en", "Channel TALKS proposed, with RU-GS, US-EUCOM"),
+        ("ru", "Предложен канал TALKS, участники: RU-GS, US-EUCOM"),
+        ("uk", "Запропоновано канал TALKS, учасники: RU-GS, US-EUCOM"),
+    ):
+        console = pair.console(pair.us, "sup")
+        console.post("/language", {"lang": lang})
+        outbox = console.get("/outbox").text
+        row = re.search(rf'data-id="{proposal}".*?</tr>', outbox, re.S)
+        assert row is not None
+        assert words in row[0]
+        assert "channel_proposal" not in row[0]
+        # Receipted, and nothing more is expected of the other side.
+        assert 'data-party="RU-GS" data-state="delivered"' in row[0]
+        assert "data-deadline" not in row[0]
+        message = console.get(f"/messages/{proposal}").text
+        assert words in message
+        assert find_testid(message, "service-notices")
+    console.post("/language", {"lang": "en"})
+    assert pair.us.show(proposal)["awaiting_ack"] is False
+    assert [i["awaiting_ack"] for i in pair.ru.messages("in") if i["id"] == proposal] == [False]
+
+    inbox = pair.console(pair.us, "ivan").get("/inbox").text  # ivan reads Russian
+    row = re.search(rf'data-id="{agreement}".*?</tr>', inbox, re.S)
+    assert row is not None
+    assert "Канал TALKS согласован" in row[0]
+    assert 'class="unacked"' not in row[0]
+    assert "channel_agreement" not in row[0]
+
+
+def test_every_kind_of_service_notice_has_words_in_every_language() -> None:
+    from parley.console.pages_messages import NOTICE_TEXT
+    from parley.service.notices import NOTICE_KINDS, service_notices
+
+    assert set(NOTICE_TEXT) == set(NOTICE_KINDS)
+    body = {
+        "service": {
+            "card_rotation": {"card": {"version": 2}, "tls_certificate": "…"},
+            "revocation": {"revocation": {"party": RU, "version": 1}},
+            "something_new": {},
+        }
+    }
+    assert [(n.kind, dict(n.params)) for n in service_notices(body)] == [
+        ("card_rotation", {"version": "2"}),
+        ("revocation", {"party": RU, "version": "1"}),
+        ("unknown", {"what": "something_new"}),
+    ]
+    assert pages_messages.service_words(body, "uk") == [
+        "Оголошено нову ідентифікаційну картку (версія 2)",
+        "Відкликано ідентифікаційну картку RU-GS (версія 1)",
+        "Службове повідомлення невідомого цьому терміналу виду: something_new",
+    ]
+
+
 # Acknowledging ------------------------------------------------------------------------
 
 

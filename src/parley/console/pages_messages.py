@@ -61,6 +61,7 @@ from parley.forms.translate import (
     available_translator,
     machine_translate,
 )
+from parley.service.notices import service_notices
 from parley.service.operations import Operations, build_body
 from parley.service.terminal import Terminal
 from parley.store import models as m
@@ -129,9 +130,27 @@ def summary(registry: FormRegistry, kind: str, body: Mapping[str, Any], lang: st
     if kind == "form":
         return _form_title(registry, body, lang)
     if kind == "service":
-        service = body.get("service")
-        return ", ".join(sorted(service)) if isinstance(service, Mapping) else kind
+        return "; ".join(service_words(body, lang))
     return kind
+
+
+#: Each notice of a service message (``parley.service.notices``) in words.
+NOTICE_TEXT: Mapping[str, str] = {
+    "channel_proposal": N_("Channel %(name)s proposed, with %(members)s"),
+    "channel_agreement": N_("Channel %(name)s agreed"),
+    "card_rotation": N_("New identity card announced (version %(version)s)"),
+    "revocation": N_("Identity card of %(party)s revoked (version %(version)s)"),
+    "unknown": N_("Service notice of a kind this terminal does not know: %(what)s"),
+}
+
+
+def service_words(body: Mapping[str, Any], lang: str) -> list[str]:
+    """What a service message says, one sentence a notice, in ``lang``."""
+    catalog = i18n.translations(lang)
+    return [
+        catalog.gettext(NOTICE_TEXT[notice.kind]) % notice.params
+        for notice in service_notices(body)
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -182,7 +201,7 @@ class RecipientState:
     """Where a sent message stands with one recipient."""
 
     party: str
-    state: str  # pending, receipted, acknowledged, refused
+    state: str  # pending, receipted (awaiting an acknowledgement), delivered, acknowledged, refused
     receipt_at: str | None = None
     ack_by: str | None = None
     ack_at: str | None = None
@@ -197,8 +216,12 @@ def recipient_states(
     acks: Mapping[str, Mapping[str, Any]],
     rejections: Mapping[str, Mapping[str, Any]],
     delivery: Mapping[str, Mapping[str, Any]],
+    *,
+    needs_ack: bool = True,
 ) -> list[RecipientState]:
-    """Each recipient's state, from the receipts, acks and outbox rows of one message."""
+    """Each recipient's state, from the receipts, acks and outbox rows of one message;
+    a message no human acknowledges (``needs_ack`` False: a service message) is
+    ``delivered`` once receipted, never waiting for an acknowledgement."""
     states = []
     for party in recipients:
         sent = delivery.get(party, {})
@@ -211,7 +234,7 @@ def recipient_states(
             ack = acks[party]
             state, ack_by, ack_at = "acknowledged", str(ack.get("operator")), when(ack.get("at"))
         elif receipt:
-            state = "receipted"
+            state = "receipted" if needs_ack else "delivered"
         states.append(
             RecipientState(
                 party=party,
@@ -239,6 +262,7 @@ def outbox_rows(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
             item["acks"],
             item["rejections"],
             item["delivery"],
+            needs_ack=item["needs_ack"],
         )
         result.append(
             {
@@ -1095,6 +1119,7 @@ def _message_view(terminal: Terminal, envelope_id: str, lang: str) -> dict[str, 
     body = message["body"]
     view["signed_json"] = canonical_bytes(body).decode()
     view["summary"] = summary(terminal.forms, message["kind"], body, lang)
+    view["notices"] = service_words(body, lang) if message["kind"] == "service" else []
     if message["kind"] == "form" and isinstance(body.get("form"), dict):
         form = body["form"]
         try:
@@ -1120,6 +1145,7 @@ def _message_view(terminal: Terminal, envelope_id: str, lang: str) -> dict[str, 
             message["acks"],
             message["rejections"],
             message["delivery"],
+            needs_ack=message["needs_ack"],
         )
     view["evidence"] = message_evidence(terminal, envelope_id)
     return view
