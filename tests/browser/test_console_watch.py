@@ -107,3 +107,34 @@ def test_a_service_message_reads_as_words_in_every_language_and_awaits_no_acknow
     received.get_by_role("link").click()
     expect(us.page.get_by_test_id("service-notices")).to_have_text(agreed)
     expect(us.page.get_by_test_id("ack-button")).to_have_count(0)
+
+
+def test_the_message_page_follows_its_receipt_and_acknowledgement_live(
+    network: Network, open_console: OpenConsole
+) -> None:
+    text = unique("Request: confirm the ceasefire line at 06:00 UTC")
+    sent = send(network.us, "RU-GS", operator="us.sup", precedence="IMMEDIATE", text=text)["id"]
+    us = open_console(network.us, "us.sup")
+    us.goto(f"/messages/{sent}")
+    state = us.page.locator('[data-testid="message-status"] li[data-party="RU-GS"]')
+    expect(state).to_have_attribute("data-state", "receipted", timeout=20_000)
+    us.mark()
+
+    # RU-GS's officer has it open too, and another RU-GS officer acknowledges it.
+    ru = open_console(network.ru, "ru.sup")
+    ru.goto(f"/messages/{sent}")
+    expect(ru.page.get_by_test_id("ack-button")).to_be_visible()
+    ru.mark()
+    network.ru.api("POST", f"/messages/{sent}/ack", operator="col.orlov")
+    expect(ru.page.get_by_test_id("acknowledged-by")).to_contain_text("col.orlov", timeout=5000)
+    expect(ru.page.get_by_test_id("ack-button")).to_have_count(0)
+    assert ru.marked(), "the receiver's page was reloaded: it must update live"
+
+    # The sender's page, open all along: the state and the evidence's receipt list.
+    expect(state).to_have_attribute("data-state", "acknowledged", timeout=20_000)
+    expect(state).to_contain_text("Acknowledged by col.orlov")
+    expect(us.page.get_by_test_id("evidence-receipts")).to_contain_text(
+        "RU-GS: receipt", timeout=5000
+    )
+    expect(us.page.get_by_test_id("evidence-receipts")).to_contain_text("col.orlov")
+    assert us.marked(), "the sender's page was reloaded: it must update live"

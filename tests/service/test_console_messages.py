@@ -504,6 +504,45 @@ def test_an_acknowledgement_is_sent_shown_and_recorded(pair: Pair) -> None:
 # The message page ---------------------------------------------------------------------
 
 
+def test_the_message_page_follows_its_receipts_and_acknowledgements(pair: Pair) -> None:
+    sent = pair.us.send([RU], kind="text", body={"text": "Confirm"}, operator="sup")["id"]
+    sender = pair.console(pair.us, "sup")
+    page = sender.get(f"/messages/{sent}").text
+    (status,) = find_testid(page, "message-status")
+    seen = attribute(status, "data-seen")
+    assert f'hx-get="/fragments/messages/{sent}/status?seen={seen}"' in status
+    assert 'hx-trigger="every 1s"' in status
+    poll = f"/fragments/messages/{sent}/status?seen={seen}"
+    assert sender.get(poll).status_code == 204  # nothing new: nothing to swap
+
+    deliver(pair.us, pair.ru, sent)
+    receipted = sender.get(poll)
+    assert receipted.status_code == 200
+    assert 'data-party="RU-GS" data-state="receipted"' in receipted.text
+    assert '<div id="evidence-receipts-list" hx-swap-oob="true">' in receipted.text
+    (status,) = find_testid(receipted.text, "message-status")
+    seen = attribute(status, "data-seen")
+    assert sender.get(f"/fragments/messages/{sent}/status?seen={seen}").status_code == 204
+
+    acknowledge_back(pair, sent)
+    acked = sender.get(f"/fragments/messages/{sent}/status?seen={seen}")
+    assert 'data-state="acknowledged"' in acked.text
+    assert "Acknowledged by ivan at" in acked.text
+
+    # The receiver's page: the button goes when another officer acknowledges.
+    received = text_to_ru(pair, "Contact")
+    duty = pair.console(pair.ru, "duty")
+    (status,) = find_testid(duty.get(f"/messages/{received}").text, "message-status")
+    assert find_testid(duty.get(f"/messages/{received}").text, "ack-button")
+    pair.console(pair.ru, "sup").post(f"/messages/{received}/ack")
+    polled = duty.get(
+        f"/fragments/messages/{received}/status?seen={attribute(status, 'data-seen')}"
+    )
+    assert "Acknowledged by sup at" in polled.text
+    assert find_testid(polled.text, "ack-button") == []
+    assert duty.get("/fragments/messages/nothing/status").status_code == 204
+
+
 def test_the_message_page_shows_the_original_exactly_and_escaped(pair: Pair) -> None:
     text = '  <script>alert("x")</script>\nSecond line & "quotes"  '
     mid = text_to_ru(pair, text, "IMMEDIATE")

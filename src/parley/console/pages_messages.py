@@ -8,7 +8,9 @@
   highlighted with a live countdown to its acknowledgement deadline.
 * ``/fragments/flash``: a banner for every received FLASH not yet
   acknowledged (every page polls it every second).
-* ``/messages/{id}``: the message as written (a form rendered in the
+* ``/messages/{id}``: its receipts and acknowledgements follow live
+  (``/fragments/messages/{id}/status``, polled every second, answers 204
+  while nothing changed), and the message as written (a form rendered in the
   reader's language), a machine translation clearly marked as such, the
   certified translations, and the **evidence**, recomputed from the stored
   records on every view (``message_evidence``): the sender's signature, the
@@ -77,6 +79,7 @@ __all__ = [
     "message_evidence",
     "recipient_states",
     "router",
+    "status_key",
     "validate_form_data",
 ]
 
@@ -1167,20 +1170,76 @@ async def message_page(page: CurrentPage, envelope_id: str) -> HTMLResponse:
     m_ = view["m"]
     if not m_["verified"]:
         return render(page, page.request, "unverified.html", m=m_)
-    can_ack = (
-        page.may("acknowledge")
-        and m_["direction"] == "in"
-        and m_["kind"] in HUMAN_KINDS
-        and m_["acknowledged_at"] is None
-    )
     return render(
         page,
         page.request,
         "message.html",
         active="inbox" if m_["direction"] == "in" else "outbox",
-        can_ack=can_ack,
+        can_ack=_can_ack(page, m_),
+        seen=status_key(view),
         when=when,
         precedence_help=PRECEDENCE_HELP,
+        **view,
+    )
+
+
+def _can_ack(page: Page, message: Mapping[str, Any]) -> bool:
+    return (
+        page.may("acknowledge")
+        and message["direction"] == "in"
+        and message["needs_ack"]
+        and message["acknowledged_at"] is None
+    )
+
+
+def _status_view(terminal: Terminal, envelope_id: str) -> dict[str, Any] | None:
+    """What the message page shows of a message's receipts and acknowledgements."""
+    try:
+        message = terminal.show(envelope_id)
+    except UsageError:
+        return None
+    if not message["verified"]:
+        return None
+    view: dict[str, Any] = {"m": message}
+    if message["direction"] == "out":
+        view["states"] = recipient_states(
+            message["recipients"],
+            message["receipts"],
+            message["acks"],
+            message["rejections"],
+            message["delivery"],
+            needs_ack=message["needs_ack"],
+        )
+    return view
+
+
+def status_key(view: Mapping[str, Any]) -> str:
+    """A digest of a message's receipts and acknowledgements as its page shows them."""
+    message = view["m"]
+    facts: list[Any] = [message.get("acknowledged_at"), message.get("acknowledged_by")]
+    if message["direction"] == "out":
+        facts = [[str(getattr(s, f)) for f in RecipientState.__slots__] for s in view["states"]]
+    return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()[:16]
+
+
+@router.get("/fragments/messages/{envelope_id}/status", response_model=None)
+async def message_status(page: CurrentPage, envelope_id: str, seen: str = "") -> Response:
+    """The receipts and acknowledgements of a message, for its page's poll: 204 (nothing
+    to swap) while they are as the page last saw them (``seen``)."""
+    view = await run_in_threadpool(_status_view, page.terminal, envelope_id[:64])
+    if view is None:
+        return Response(status_code=204)
+    key = status_key(view)
+    if key == seen:
+        return Response(status_code=204)
+    return render(
+        page,
+        page.request,
+        "fragments/message_status.html",
+        can_ack=_can_ack(page, view["m"]),
+        seen=key,
+        oob=True,
+        when=when,
         **view,
     )
 
