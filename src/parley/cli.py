@@ -2041,6 +2041,70 @@ def verify(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command()
+def doctor(
+    json_: Annotated[bool, typer.Option("--json")] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds each link (and the database) may take to answer.")
+    ] = 5.0,
+) -> None:
+    """Check this terminal and say what to do about each problem, in one line each.
+
+    Configuration; the permissions of the data directory, key file, console
+    token and passphrase file; the keys (with the passphrase from
+    --passphrase-file, PARLEY_PASSPHRASE or a prompt in a terminal; without
+    it they are not checked); the card's and TLS certificate's validity; the
+    database, its migrations and the stored log against the last signed
+    checkpoint; the clock; each link (a TLS handshake with the peer's pinned
+    certificate) and the peers' cards. Reads only: works while `parley serve`
+    runs. Exits 1 if any check fails (warnings do not).
+    """
+    from parley.service.doctor import run_doctor
+
+    secret = None
+    if state.passphrase_file is None:
+        secret = os.environ.get("PARLEY_PASSPHRASE") or None
+        if secret is None and sys.stdin.isatty() and not json_:
+            secret = (
+                typer.prompt(
+                    "Key passphrase (Enter: do not check the keys)",
+                    hide_input=True,
+                    default="",
+                    show_default=False,
+                )
+                or None
+            )
+    report = run_doctor(
+        state.data, passphrase=secret, passphrase_file=state.passphrase_file, timeout=timeout
+    )
+    if json_:
+        out.print_json(json.dumps(report.summary(), ensure_ascii=False))
+    else:
+        colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+        width = max(len(c.name) for c in report.checks)
+        for check in report.checks:
+            out.print(
+                f"[{colour[check.status]}]{check.status:4}[/] {escape(check.name):{width}}  "
+                f"{escape(check.detail)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            if check.fix is not None:
+                out.print(
+                    f"     {'':{width}}  [bold]→[/] {escape(check.fix)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        warnings, failures = report.count("warn"), report.count("fail")
+        out.print(
+            f"{report.count('ok')} ok, {warnings} warning{'' if warnings == 1 else 's'}, "
+            f"{failures} failure{'' if failures == 1 else 's'}.",
+            highlight=False,
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def bench(
     quick: Annotated[
         bool,

@@ -43,7 +43,14 @@ from datetime import UTC, datetime
 
 from parley.core.encoding import PARTY_ID_PATTERN
 from parley.core.identity import Identity, IdentityCard
-from parley.errors import InvalidSignature, MalformedInput, SchemaViolation, SupersededKey
+from parley.errors import (
+    InvalidSignature,
+    MalformedInput,
+    SchemaViolation,
+    SupersededKey,
+    VerificationError,
+)
+from parley.merkle import MerkleLog
 
 __all__ = [
     "COSIGNATURE_ED25519_TYPE",
@@ -60,6 +67,7 @@ __all__ = [
     "sign_checkpoint",
     "verify_checkpoint",
     "verify_cosignature",
+    "verify_log_head",
     "witness_name",
 ]
 
@@ -214,6 +222,22 @@ def verify_checkpoint(note: str | bytes, card: IdentityCard) -> Checkpoint:
             f"checkpoint {checkpoint.size} of {card.party} is signed by its card version "
             f"{signer.version}, whose keys stopped at size {signer.max_log_size} when the "
             "card was replaced: an old key never signs again"
+        )
+    return checkpoint
+
+
+def verify_log_head(tree: MerkleLog, note: str | bytes, card: IdentityCard) -> Checkpoint:
+    """The last checkpoint a party signed of its own log, checked against the stored log.
+
+    ``tree`` holds the leaf hashes of the party's stored entries; the note must
+    verify against ``card`` (its chain) and its root must be the tree's root at
+    its size. Otherwise the records were changed or lost: ``VerificationError``.
+    """
+    checkpoint = verify_checkpoint(note, card)
+    if checkpoint.size > tree.size or tree.root_at(checkpoint.size) != checkpoint.root:
+        raise VerificationError(
+            f"the stored transcript does not hash to this terminal's own checkpoint "
+            f"{checkpoint.size}: its records were changed or lost; run parley verify"
         )
     return checkpoint
 

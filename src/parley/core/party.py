@@ -53,6 +53,7 @@ from parley.core.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
     verify_cosignature,
+    verify_log_head,
     witness_name,
 )
 from parley.core.enckeys import EncryptionKey, Keyring, read_announcement
@@ -1272,14 +1273,9 @@ class Party:
         for leaf in state.leaves:
             self.transcript.append_leaf(leaf)
         if state.latest_checkpoint is not None:
-            checkpoint = verify_checkpoint(state.latest_checkpoint, self.identity.card)
-            if checkpoint.size > self.transcript.size or (
-                self.transcript.tree.root_at(checkpoint.size) != checkpoint.root
-            ):
-                raise VerificationError(
-                    f"the stored transcript does not hash to this terminal's own checkpoint "
-                    f"{checkpoint.size}: its records were changed or lost; run parley verify"
-                )
+            checkpoint = verify_log_head(
+                self.transcript.tree, state.latest_checkpoint, self.identity.card
+            )
             if checkpoint.size == self.transcript.size:
                 self._latest = checkpoint
         for channel, members in state.channels.items():

@@ -41,11 +41,13 @@ from parley.store.db import reading
 __all__ = [
     "HUMAN_KINDS",
     "PRECEDENCE_RANK",
+    "RESTORED",
     "SHOWN_KINDS",
     "URGENT",
     "Forward",
     "Kernel",
     "iso",
+    "stored_frozen",
     "utc",
     "utc_now",
 ]
@@ -176,7 +178,7 @@ class Kernel:
         for peer in party.peers:
             observed, leaves = witness_state(self.engine, peer)
             party.restore_witness(peer, observed, leaves, witnessed.get(peer))
-        party.frozen = self._stored_frozen()
+        party.frozen = stored_frozen(self.engine)
         self.party = party
         self.ledger = ledger
         self.peer_certificates = certs
@@ -246,27 +248,6 @@ class Kernel:
                 )
 
     # Frozen: a log behind what its peers saw signs nothing new --------------------
-
-    #: Why a terminal restored from a backup waits (settings row ``recovery_required``).
-    RESTORED = (
-        "this terminal was restored from a backup: it signs nothing until its peers have "
-        "confirmed its log is complete (parley recover rebuilds what is missing)"
-    )
-
-    def _stored_frozen(self) -> str | None:
-        with reading(self.engine) as conn:
-            rows = dict(
-                conn.execute(
-                    select(m.settings.c.key, m.settings.c.value).where(
-                        m.settings.c.key.in_(("frozen", "recovery_required"))
-                    )
-                ).all()
-            )
-        if rows.get("frozen"):
-            return str(rows["frozen"])
-        if rows.get("recovery_required"):
-            return self.RESTORED
-        return None
 
     @property
     def frozen(self) -> str | None:
@@ -424,3 +405,27 @@ class Forward(Generic[T]):
 
     def __set__(self, obj: object, value: T) -> None:
         setattr(obj.kernel, self.name, value)  # type: ignore[attr-defined]
+
+
+#: Why a terminal restored from a backup waits (settings row ``recovery_required``).
+RESTORED = (
+    "this terminal was restored from a backup: it signs nothing until its peers have "
+    "confirmed its log is complete (parley recover rebuilds what is missing)"
+)
+
+
+def stored_frozen(engine: Engine) -> str | None:
+    """Why the stored terminal signs nothing new (docs/recovery.md), or None."""
+    with reading(engine) as conn:
+        rows = dict(
+            conn.execute(
+                select(m.settings.c.key, m.settings.c.value).where(
+                    m.settings.c.key.in_(("frozen", "recovery_required"))
+                )
+            ).all()
+        )
+    if rows.get("frozen"):
+        return str(rows["frozen"])
+    if rows.get("recovery_required"):
+        return RESTORED
+    return None

@@ -8,6 +8,7 @@ or a receipt is signed. PostgreSQL is used when the configuration names a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,17 +17,20 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 
 from parley.errors import UsageError
 
 __all__ = [
+    "SchemaRevision",
     "engine_for",
     "migrate",
     "normalize_url",
     "reading",
     "schema_is_current",
+    "schema_revision",
     "sqlite_url",
 ]
 
@@ -84,15 +88,20 @@ def reading(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{_READ_ONLY: True})
 
 
-def engine_for(url: str) -> Engine:
-    """An engine for ``url`` with Parley's durability settings."""
+def engine_for(url: str, *, connect_timeout: int | None = None) -> Engine:
+    """An engine for ``url`` with Parley's durability settings.
+
+    ``connect_timeout``: seconds a PostgreSQL connection may take to open
+    (default: libpq's, which waits as long as TCP does).
+    """
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _alembic_config(engine: Engine) -> Config:
@@ -110,9 +119,36 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def schema_is_current(engine: Engine) -> bool:
-    """Whether the database holds the newest schema (``parley`` refuses to run otherwise)."""
+@dataclass(frozen=True, slots=True)
+class SchemaRevision:
+    """Where a database's schema stands against this code's migrations."""
+
+    #: The database's revision; None when it holds no Parley schema.
+    current: str | None
+    #: The newest migration of this code.
+    head: str
+    #: Whether ``current`` is one of this code's migrations (False: a newer Parley's).
+    known: bool
+
+    @property
+    def is_current(self) -> bool:
+        return self.current == self.head
+
+
+def schema_revision(engine: Engine) -> SchemaRevision:
+    """The database's schema revision, this code's newest, and whether it knows the first."""
     script = ScriptDirectory.from_config(_alembic_config(engine))
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
-    return current == script.get_current_head()
+    head = script.get_current_head()
+    assert head is not None  # the migrations ship with the code
+    try:
+        known = current is None or script.get_revision(current) is not None
+    except CommandError:
+        known = False
+    return SchemaRevision(current, head, known)
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """Whether the database holds the newest schema (``parley`` refuses to run otherwise)."""
+    return schema_revision(engine).is_current
