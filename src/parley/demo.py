@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from parley.config import DataDir
+from parley.service.setup import REVOCATION_CERTIFICATE
 from parley.service.terminal import utc_now
 from parley.service.users import add_user
 from parley.store.db import engine_for
-from parley.testing.network import TerminalProcess, make_network, wait_until
+from parley.testing.network import PASSPHRASE, TerminalProcess, make_network, wait_until
 
 __all__ = ["PARTIES", "TALKS", "run_demo"]
 
@@ -70,6 +71,13 @@ def _cli(data: Path, user: str, password: str) -> str:
     """A CLI hint that runs as printed, in any shell, from any directory."""
     argv = " ".join(shlex.quote(a) for a in _cli_argv(data, user))
     return f"PARLEY_PASSWORD={shlex.quote(password)} {argv}"
+
+
+def _doctor(data: Path) -> str:
+    """``parley doctor`` for a demo terminal, with its (test) passphrase, as printed."""
+    program = _cli_argv(data, OPERATOR)[0]
+    argv = " ".join(shlex.quote(a) for a in (program, "--data", str(data), "doctor"))
+    return f"PARLEY_PASSPHRASE={shlex.quote(PASSPHRASE)} {argv}"
 
 
 def _conversation(t: dict[str, TerminalProcess], quiet: bool) -> None:
@@ -174,6 +182,8 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
         terminals = make_network(root, PARTIES, link_test_interval=600.0)
         passwords: dict[str, str] = {}
         for party, terminal in terminals.items():
+            # A real terminal's certificate goes to the safe; a demo's is never needed.
+            (terminal.data / REVOCATION_CERTIFICATE).unlink(missing_ok=True)
             engine = engine_for(DataDir(terminal.data).load_config().database)
             try:
                 password = secrets.token_urlsafe(12)
@@ -196,6 +206,7 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
                 "username": OPERATOR,
                 "password": passwords[party],
                 "cli": _cli(t.data, OPERATOR, passwords[party]),
+                "doctor": _doctor(t.data),
             }
             for party, t in terminals.items()
         ]
@@ -210,7 +221,8 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
                 cli = row["cli"]
                 print(f"  {'':12} CLI: {cli} inbox")
                 print(f"  {'':12}      {cli} show ID --lang ru")
-                print(f"  {'':12}      {cli} keys status\n")
+                print(f"  {'':12}      {cli} keys status")
+                print(f"  {'':12}      {row['doctor']}\n")
             first = rows[0]
             print(f"{first['party']}'s keys ({first['cli']} keys status):\n", flush=True)
             shown = subprocess.run(  # noqa: S603 - our own CLI, as the hint prints it

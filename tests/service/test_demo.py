@@ -55,6 +55,7 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
                 "username",
                 "password",
                 "cli",
+                "doctor",
             }
             status = httpx.get(
                 row["console_url"] + "/api/v1/status",
@@ -122,6 +123,24 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
         status = json.loads(keys)
         assert status["card"]["party"] == "US-EUCOM"
         assert {p["party"] for p in status["peers"]} == {"RU-GS", "UA-GS", "AE-MEDIATOR"}
+        # `parley doctor`, as printed, finds every demo terminal clean: its keys open,
+        # every link answers a TLS handshake with the pinned certificates, the clocks agree.
+        source = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
+        for row in rows:
+            doctor = subprocess.run(
+                ["/bin/sh", "-c", row["doctor"] + " --json"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                cwd=tmp_path,
+                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **source},
+            )
+            assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+            report = json.loads(doctor.stdout)
+            assert report["clean"], [c for c in report["checks"] if c["status"] != "ok"]
+            links = [c["name"] for c in report["checks"] if c["name"].startswith("link ")]
+            assert len(links) == 3
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
         for row in rows:
