@@ -138,3 +138,17 @@ def test_the_message_page_follows_its_receipt_and_acknowledgement_live(
     )
     expect(us.page.get_by_test_id("evidence-receipts")).to_contain_text("col.orlov")
     assert us.marked(), "the sender's page was reloaded: it must update live"
+
+
+def test_handover_rows_carry_the_subject(network: Network, open_console: OpenConsole) -> None:
+    text = unique("Patrol boats leaving Sevastopol at dawn")
+    waiting = send(network.ru, "US-EUCOM", operator="ru.sup", precedence="PRIORITY", text=text)
+    wait_received(network.us, waiting["id"])
+    us = open_console(network.us, "us.sup")
+    us.goto("/handover")
+    row = us.page.locator(f'[data-testid="open-item"][data-id="{waiting["id"]}"]')
+    subject = row.get_by_test_id("open-subject")
+    expect(subject).to_have_text(text)
+    subject.get_by_role("link").click()
+    expect(us.page.get_by_test_id("original-text")).to_have_text(text)
+    network.us.api("POST", f"/messages/{waiting['id']}/ack", operator="us.sup")

@@ -881,6 +881,14 @@ def test_a_handover_is_signed_off_and_accepted_by_another_officer(world: World) 
     assert f'data-alarm="{alarm["id"]}"' in _element(open_now, "open-alarms")
     assert 'data-held="1"' in _element(open_now, "open-held")
     assert f'data-id="{undelivered}"' in _element(open_now, "open-pending")
+    # Each message row names its subject (the sender's words, cut short), linked to it.
+    assert re.search(
+        rf'data-testid="open-subject"><a href="/messages/{unacked}">please confirm</a>', open_now
+    )
+    assert re.search(
+        rf'data-testid="open-subject"><a href="/messages/{undelivered}">still on its way</a>',
+        open_now,
+    )
 
     signed = outgoing.post("/handover/sign-off", {"note": "Watch <UA-GS> for the reply"})
     assert signed.status_code == 303
@@ -890,6 +898,7 @@ def test_a_handover_is_signed_off_and_accepted_by_another_officer(world: World) 
     assert row.note == "Watch <UA-GS> for the reply"
     assert row.accepted_by is None
     items = json.loads(row.open_items)
+    assert "please confirm" not in row.open_items  # the record keeps ids, not the words
     assert [i["id"] for i in items["unacknowledged"]] == [unacked]
     assert [i["id"] for i in items["alarms"]] == [alarm["id"]]
     assert [i["id"] for i in items["pending_delivery"]] == [undelivered]

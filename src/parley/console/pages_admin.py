@@ -36,17 +36,18 @@ from parley.forms import default_registry
 from parley.forms.render import format_date, transliterate_name
 from parley.service.audit import AuditReport, stored_entries
 from parley.service.exchanges import exchange_summaries, exchange_view
-from parley.service.terminal import PRECEDENCE_RANK, Terminal
+from parley.service.handover import open_items
+from parley.service.terminal import Terminal
 from parley.store import models as m
 from parley.store.db import reading
 
+from .pages_messages import summary
 from .web import CurrentPage, Page, render, when
 from .web import iso_utc as _iso
 
 __all__ = [
     "RttChart",
     "evidence_bundle",
-    "open_items",
     "router",
     "rtt_chart",
 ]
@@ -61,8 +62,6 @@ router = APIRouter()
 CHART_SPAN = timedelta(hours=24)
 #: Samples are averaged per bucket: a day of 5-second samples is still a short line.
 CHART_BUCKET = timedelta(minutes=5)
-#: At most this many rows of each kind of open item on the handover page and in its record.
-OPEN_ITEMS_LIMIT = 500
 #: A handover note is read by the next watch, not archived prose.
 NOTE_MAX = 4000
 
@@ -751,124 +750,6 @@ async def clear_alarm_page(page: CurrentPage, alarm_id: int) -> Response:
 # Shift handover --------------------------------------------------------------------
 
 
-def open_items(terminal: Terminal) -> dict[str, list[dict[str, Any]]]:
-    """What the watch hands over: everything still open on this terminal now."""
-    msg = m.messages.c
-    out = m.outbox.c
-    held = m.held_messages.c
-    with reading(terminal.engine) as conn:
-        candidates = list(
-            conn.execute(
-                select(msg.envelope_id)
-                .where(
-                    and_(
-                        msg.direction == "in",
-                        msg.kind.in_(("text", "form")),
-                        msg.acked_at.is_(None),
-                        msg.rejection_code.is_(None),
-                    )
-                )
-                .order_by(msg.ack_due, msg.log_index)
-                .limit(OPEN_ITEMS_LIMIT)
-            ).scalars()
-        )
-        flash = []
-        for r in conn.execute(
-            select(m.held_messages)
-            .where(held.state == "held")
-            .order_by(held.id)
-            .limit(OPEN_ITEMS_LIMIT)
-        ):
-            try:
-                request = json.loads(r.request)
-            except ValueError:
-                request = {}
-            to = request.get("to") if isinstance(request, dict) else None
-            flash.append(
-                {
-                    "id": r.id,
-                    "operator": r.operator,
-                    "created_at": _iso(r.created_at),
-                    "to": [str(p) for p in to] if isinstance(to, list) else [],
-                }
-            )
-        pending = [
-            {
-                "id": r.envelope_id,
-                "peer": r.peer,
-                "precedence": r.precedence,
-                "kind": r.kind,
-                "attempts": r.attempts,
-                "next_attempt": _iso(r.next_attempt),
-                "last_error": r.last_error,
-            }
-            for r in conn.execute(
-                select(
-                    out.envelope_id,
-                    out.peer,
-                    out.precedence,
-                    out.attempts,
-                    out.next_attempt,
-                    out.last_error,
-                    msg.kind,
-                )
-                .join(m.messages, msg.envelope_id == out.envelope_id)
-                .where(and_(out.state == "pending", msg.kind != "test"))
-                .order_by(msg.log_index, out.peer)
-                .limit(OPEN_ITEMS_LIMIT)
-            )
-        ]
-    # What the index found, as the signed envelopes say it (a row that does not
-    # verify is handed over as such, with none of what it claims).
-    checked = terminal.messages_by_id(candidates)
-    unacked = []
-    for envelope_id in candidates:
-        item = checked.get(envelope_id)
-        if item is None:
-            continue
-        unacked.append(
-            {
-                "id": envelope_id,
-                "sender": item["sender"] or "",
-                "channel": item["channel"] or "",
-                "precedence": item["precedence"] or "",
-                "kind": item["kind"] or "",
-                "received_at": item["stored_at"],
-                "ack_due": item["ack_due"],
-                **({} if item["verified"] else {"problem": item["problem"]}),
-            }
-        )
-    unacked.sort(key=lambda i: PRECEDENCE_RANK.get(i["precedence"], 9))
-    pending.sort(key=lambda i: PRECEDENCE_RANK.get(i["precedence"], 9))
-    alarms = [
-        {k: a[k] for k in ("id", "at", "severity", "kind", "subject", "message")}
-        for a in terminal.alarms(include_cleared=False, limit=OPEN_ITEMS_LIMIT)
-    ]
-    try:
-        summaries = exchange_summaries(terminal)
-    except ParleyError as exc:  # one broken exchange must not hide the rest of the handover
-        log.warning("handover_exchanges_unreadable", error=str(exc))
-        summaries = []
-    exchanges = [
-        {
-            "exchange_id": s["exchange_id"],
-            "kind": s["kind"],
-            "agreed": s["agreed"],
-            "discrepancies": s["discrepancies"],
-            "problems": s["problems"],
-        }
-        for s in sorted(summaries, key=lambda s: s["exchange_id"])
-        if not s["agreed"] or s["discrepancies"]
-    ]
-    return {
-        "unacknowledged": unacked,
-        "alarms": alarms,
-        "exchanges": exchanges[:OPEN_ITEMS_LIMIT],
-        "held_flash": flash,
-        "pending_delivery": pending,
-    }
-
-
 @dataclass(slots=True)
 class _Handover:
     id: int
@@ -909,13 +790,22 @@ def _handovers(terminal: Terminal, limit: int = 50) -> list[_Handover]:
     return result
 
 
-def _handover_context(terminal: Terminal) -> dict[str, Any]:
-    return {"items": open_items(terminal), "handovers": _handovers(terminal)}
+def _handover_context(terminal: Terminal, lang: str) -> dict[str, Any]:
+    """What is open now, each message with its subject in ``lang``, and the handovers."""
+    items = open_items(terminal, content=True)
+    for group in ("unacknowledged", "held_flash", "pending_delivery"):
+        for item in items[group]:
+            body = item.pop("body", None)
+            kind = item.pop("kind", None) if group == "held_flash" else item.get("kind")
+            item["subject"] = (
+                summary(terminal.forms, str(kind), body, lang) if isinstance(body, dict) else ""
+            )
+    return {"items": items, "handovers": _handovers(terminal)}
 
 
 @router.get("/handover", response_class=HTMLResponse)
 async def handover_page(page: CurrentPage) -> HTMLResponse:
-    context = await run_in_threadpool(_handover_context, page.terminal)
+    context = await run_in_threadpool(_handover_context, page.terminal, page.lang)
     return _page(page, "handover.html", active="handover", error=None, **context)
 
 
@@ -925,7 +815,7 @@ async def sign_off(
 ) -> Response:
     page.require("handover")
     ops = page.ops
-    await run_in_threadpool(lambda: ops.sign_off(note.strip(), open_items(page.terminal)))
+    await run_in_threadpool(ops.sign_off, note.strip())
     return _back("/handover")
 
 
@@ -938,7 +828,7 @@ async def accept_handover(page: CurrentPage, handover_id: int) -> Response:
     page.require("handover")
     refusal = await run_in_threadpool(page.ops.accept_handover, handover_id)
     if refusal is not None:
-        context = await run_in_threadpool(_handover_context, page.terminal)
+        context = await run_in_threadpool(_handover_context, page.terminal, page.lang)
         return _page(
             page,
             "handover.html",

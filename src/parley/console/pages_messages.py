@@ -134,6 +134,15 @@ def summary(registry: FormRegistry, kind: str, body: Mapping[str, Any], lang: st
         return _form_title(registry, body, lang)
     if kind == "service":
         return "; ".join(service_words(body, lang))
+    catalog = i18n.translations(lang)
+    if kind == "ack":
+        ack = body.get("ack")
+        acknowledged = ack.get("envelope_id") if isinstance(ack, Mapping) else None
+        return catalog.gettext("Acknowledgement of message %(id)s") % {"id": str(acknowledged)[:64]}
+    if kind == "key":
+        return catalog.gettext("Announcement of a new encryption key")
+    if kind == "test":
+        return catalog.gettext("Link test")
     return kind
 
 

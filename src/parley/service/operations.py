@@ -518,9 +518,13 @@ class Operations:
 
     # Shift handover -------------------------------------------------------------
 
-    def sign_off(self, note: str, items: dict[str, list[dict[str, Any]]]) -> int:
-        """Sign off the watch with what is open now; returns the handover's id."""
+    def sign_off(self, note: str) -> int:
+        """Sign off the watch with what is open now (``open_items``); returns the
+        handover's id."""
+        from parley.service.handover import open_items
+
         self.require("handover")
+        items = open_items(self.terminal)
         with self.terminal.engine.begin() as conn:
             key = conn.execute(
                 m.handovers.insert().values(
