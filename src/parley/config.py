@@ -33,6 +33,7 @@ from parley.errors import UsageError
 __all__ = [
     "DEFAULT_ACK_DEADLINES",
     "DEFAULT_PEER_QUOTA",
+    "TRANSLATION_ENGINES",
     "Config",
     "DataDir",
     "console_hosts",
@@ -49,6 +50,9 @@ DEFAULT_ACK_DEADLINES = {
     "ROUTINE": 6 * 3600,
 }
 """Human acknowledgement targets per precedence, in seconds."""
+
+TRANSLATION_ENGINES = ("auto", "apertium", "argos", "off")
+"""The machine translation engines ``[translation] engine`` may name."""
 
 DEFAULT_PEER_QUOTA = {
     "envelopes_per_minute": 600,
@@ -168,6 +172,11 @@ class Config:
     #: private half of a replaced key destroyed this long after it was replaced.
     encryption_key_rotation: str = "7d"
     encryption_key_grace: str = "14d"
+    #: Machine translation of free text (``parley.forms.translate``): the engine
+    #: ("auto": Apertium for Russian↔Ukrainian, Argos for the pairs whose models
+    #: are installed; "apertium"; "argos"; "off") and how long one may take.
+    translation_engine: str = "auto"
+    translation_timeout: float = 30.0
 
     @property
     def rotation_interval(self) -> timedelta:
@@ -217,6 +226,10 @@ class Config:
                 "encryption_key_rotation": self.encryption_key_rotation,
                 "encryption_key_grace": self.encryption_key_grace,
             },
+            "translation": {
+                "engine": self.translation_engine,
+                "timeout": self.translation_timeout,
+            },
         }
         header = (
             "# Parley terminal configuration. Times are in seconds.\n"
@@ -231,6 +244,10 @@ class Config:
             "# keys.encryption_key_rotation: a new encryption key this often (forward\n"
             "#   secrecy); keys.encryption_key_grace: a replaced key's private half is\n"
             '#   destroyed this long after it was replaced ("7d", "14d", "30m").\n'
+            "# translation.engine: machine translation of free text, a reading aid never\n"
+            '#   signed: "auto" (Apertium for Russian-Ukrainian, Argos Translate for the\n'
+            '#   pairs whose models are installed), "apertium", "argos" or "off";\n'
+            "#   translation.timeout: the longest one translation may take.\n"
         )
         return header + tomli_w.dumps(data)
 
@@ -272,6 +289,8 @@ class Config:
                     data.get("keys", {}).get("encryption_key_rotation", "7d")
                 ),
                 encryption_key_grace=str(data.get("keys", {}).get("encryption_key_grace", "14d")),
+                translation_engine=str(data.get("translation", {}).get("engine", "auto")),
+                translation_timeout=float(data.get("translation", {}).get("timeout", 30)),
             )
             for key, value in quota.items():
                 if key not in DEFAULT_PEER_QUOTA or not int(value) >= 0:
@@ -283,6 +302,13 @@ class Config:
             parse_duration(config.backup_every, f"backup.every in {source}")
             if config.max_card_validity_days < 1:
                 raise UsageError(f"protocol.max_card_validity_days in {source} must be at least 1")
+            if config.translation_engine not in TRANSLATION_ENGINES:
+                raise UsageError(
+                    f"translation.engine in {source} must be one of "
+                    f"{', '.join(TRANSLATION_ENGINES)}, not {config.translation_engine!r}"
+                )
+            if not config.translation_timeout > 0:
+                raise UsageError(f"translation.timeout in {source} must be positive")
             if config.backup_keep < 1:
                 raise UsageError(f"backup.keep in {source} must be at least 1")
             return config

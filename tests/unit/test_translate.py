@@ -17,6 +17,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,7 +50,7 @@ from parley.forms.translate import (
     MachineTranslation,
     Translator,
     TranslatorUnavailable,
-    available_translator,
+    configured_translator,
     machine_translate,
 )
 from parley.testing import PartyPair
@@ -155,34 +156,39 @@ def test_any_translator_will_do() -> None:
     assert (result.text, result.engine) == ("TWO SHIPS", "upper")
 
 
-def test_without_the_package_there_is_no_translator(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_package_there_is_no_translator(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # None in sys.modules makes the import fail, whether or not it is installed.
     monkeypatch.setitem(sys.modules, "argostranslate", None)
     monkeypatch.setitem(sys.modules, "argostranslate.translate", None)
-    assert available_translator() is None
+    assert configured_translator("argos") is not None  # named: says how to install it
+    assert configured_translator("auto", apertium_data=tmp_path) is None
     lazy = ArgosTranslator()  # creating one never fails
     with pytest.raises(TranslatorUnavailable, match=r"pip install argostranslate"):
         lazy.translate("текст", "ru", "en")
 
 
-def test_a_package_that_fails_to_load_is_no_translator(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_package_that_fails_to_load_is_no_translator(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     def broken(name: str) -> types.ModuleType:
         raise OSError("libctranslate2.so: cannot open shared object file")
 
     monkeypatch.setattr(importlib, "import_module", broken)
-    assert available_translator() is None
+    assert configured_translator("auto", apertium_data=tmp_path) is None
     with pytest.raises(TranslatorUnavailable, match="cannot be loaded: OSError"):
         ArgosTranslator().translate("текст", "ru", "en")
 
 
-def test_an_importable_package_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_importable_package_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     module = types.ModuleType("argostranslate.translate")
     module.get_installed_languages = fake_argos(("ru", "en")).get_installed_languages  # type: ignore[attr-defined]
     package = types.ModuleType("argostranslate")
     package.translate = module  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "argostranslate", package)
     monkeypatch.setitem(sys.modules, "argostranslate.translate", module)
-    translator = available_translator()
+    translator = configured_translator("auto", apertium_data=tmp_path)  # no Apertium
     assert translator is not None
     assert translator.name == "argos"
     assert translator.translate("Курс", "ru", "en") == "[ru>en] Курс"
