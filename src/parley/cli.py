@@ -971,9 +971,9 @@ def show(
     """One message, its receipts and its acknowledgement status.
 
     A form is rendered in the reader's language (--lang); free text is shown
-    as written, with a machine translation beside it when a translator is
-    installed (marked as such, never the sender's words) and any certified
-    translations.
+    as written, with a machine translation beside it when an engine has the
+    pair (Apertium for Russian-Ukrainian, Argos for others; marked as such,
+    never the sender's words, never signed) and any certified translations.
     """
     lang = _check_lang(lang)
     with backend(needs_keys=False) as (api, local):
@@ -982,6 +982,7 @@ def show(
         else:
             assert local is not None
             item = local.show(envelope_id)
+        item = _with_machine_translation(item, lang, api)
 
     def render(r: dict[str, Any]) -> None:
         if r.get("verified") is False:
@@ -1086,9 +1087,7 @@ def message_view(r: dict[str, Any], lang: str) -> list[str]:
 
 
 def _translations_view(r: dict[str, Any], lang: str) -> list[str]:
-    """A machine translation (marked) and certified translations into ``lang``."""
-    from parley.forms.translate import TranslatorUnavailable, available_translator
-
+    """Certified translations into ``lang`` and the machine translation (marked)."""
     lines: list[str] = []
     certified = [t for t in r.get("translations", []) if t["target_lang"] == lang]
     for t in certified:
@@ -1098,26 +1097,38 @@ def _translations_view(r: dict[str, Any], lang: str) -> list[str]:
             f"countersigned by {escape(checks)}:[/]"
         )
         lines.append(escape(t["text"]))
-    if r["lang"].split("-")[0] == lang:
-        return lines
-    translator = available_translator()
-    if translator is None:
-        if not certified:
-            lines.append(
-                f"[yellow]Untranslated[/] (written in {escape(r['lang'])}; no translator "
-                "is installed: see README, Free-text translation)"
-            )
-        return lines
-    try:
-        text = translator.translate(r["body"]["text"], r["lang"].split("-")[0], lang)
-    except TranslatorUnavailable as exc:
-        lines.append(f"[yellow]Untranslated[/]: {escape(str(exc))}")
-        return lines
-    lines.append(
-        f"[dim]Machine translation ({lang}, {translator.name}); not the sender's words:[/]"
-    )
-    lines.append(escape(text))
+    machine = r.get("machine_translation")
+    if machine:
+        lines.append(f"[dim]{escape(machine['label'])}; not the sender's words:[/]")
+        lines.append(escape(machine["text"]))
+    elif r.get("untranslated") and not certified:
+        lines.append(
+            f"[yellow]Untranslated[/] (written in {escape(r['lang'])}): {escape(r['untranslated'])}"
+        )
     return lines
+
+
+def _with_machine_translation(
+    item: dict[str, Any], lang: str, api: ApiBackend | None
+) -> dict[str, Any]:
+    """A free-text message with its machine translation into ``lang`` (labelled), if any.
+
+    Made by the running terminal when it runs (its ``[translation]`` setting),
+    else here from the same configuration; never signed, never stored.
+    """
+    from parley.forms.translate import machine_translation_of, translator_for
+
+    if item.get("kind") != "text" or item.get("verified") is False:
+        return item
+    if api:
+        answer = api.call("GET", f"/messages/{item['id']}/machine-translation?lang={lang}")
+    else:
+        answer = machine_translation_of(translator_for(state.data.load_config()), item, lang)
+    return {
+        **item,
+        "machine_translation": answer["machine_translation"],
+        "untranslated": answer["untranslated"],
+    }
 
 
 @app.command()

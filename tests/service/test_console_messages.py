@@ -585,7 +585,7 @@ def test_a_machine_translation_is_shown_apart_and_labelled(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mid = text_to_ru(pair, "Cease fire at <0400>")
-    monkeypatch.setattr(pages_messages, "translator_factory", lambda: FakeTranslator())
+    monkeypatch.setattr(pages_messages, "translator_factory", lambda config: FakeTranslator())
     page = pair.console(pair.ru, "ivan").get(f"/messages/{mid}").text
     block = re.search(r'data-testid="machine-translation">(.*?)</div>\s*</div>', page, re.S)
     assert block is not None
@@ -597,6 +597,65 @@ def test_a_machine_translation_is_shown_apart_and_labelled(
     assert 'data-testid="original-text">Cease fire at &lt;0400&gt;</div>' in page
     # No translation for a reader of the sender's language.
     assert "machine-translation" not in pair.console(pair.ru, "duty").get(f"/messages/{mid}").text
+
+
+def _signed_record(terminal: Terminal) -> tuple[Any, ...]:
+    """Everything signed or logged: the transcript, its entries, the stored rows."""
+    transcript = terminal.party.transcript
+    with terminal.engine.connect() as conn:
+        rows = [
+            conn.execute(select(table)).all()
+            for table in (m.log_entries, m.messages, m.translations, m.checkpoints, m.receipts)
+        ]
+    entries = [transcript.entry(i) for i in range(transcript.size)]
+    return transcript.size, transcript.root(), entries, rows
+
+
+@pytest.mark.subprocess  # Apertium's programs
+def test_russian_free_text_reads_in_ukrainian_as_a_labelled_machine_translation(
+    pair: Pair,
+) -> None:
+    """Apertium for real, through the console page and the API; nothing signed changes."""
+    mid = text_to_ru(pair, "Сегодня хорошая погода. Спасибо за помощь.", lang="ru")
+    add_user(pair.ru.engine, "olena", "duty_officer", PASSWORD, now=utc_now())
+    with pair.ru.engine.begin() as conn:
+        conn.execute(update(m.users).where(m.users.c.name == "olena").values(lang="uk"))
+    before = _signed_record(pair.ru)
+
+    page = pair.console(pair.ru, "olena").get(f"/messages/{mid}").text
+    block = re.search(r'data-testid="machine-translation">(.*?)</div>\s*</div>', page, re.S)
+    assert block is not None, "no machine translation on the page (is apertium-rus-ukr installed?)"
+    assert "Машинний переклад — не слова відправника" in block[1]
+    assert "(ru→uk, apertium)" in block[1]
+    assert (
+        '<div class="original machine" lang="uk">Сьогодні хороша погода. Спасибі за допомогу.'
+        in block[1]
+    )
+    assert 'data-testid="original-text">Сегодня хорошая погода. Спасибо за помощь.</div>' in page
+
+    api = TestClient(
+        pair.ru_app, base_url="https://testserver", headers={"authorization": "Bearer token"}
+    )
+    answer = api.get(f"/api/v1/messages/{mid}/machine-translation", params={"lang": "uk"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["machine_translation"] == {
+        "label": "Machine translation ru→uk (apertium)",
+        "text": "Сьогодні хороша погода. Спасибі за допомогу.",
+        "source": "ru",
+        "target": "uk",
+        "engine": "apertium",
+        "senders_words": False,
+        "signed": False,
+    }
+    same = api.get(f"/api/v1/messages/{mid}/machine-translation", params={"lang": "ru"}).json()
+    assert (same["machine_translation"], same["untranslated"]) == (None, None)
+    refused = api.get(f"/api/v1/messages/{mid}/machine-translation", params={"lang": "de"})
+    assert refused.status_code == 400
+    # The sender's words, as signed and stored, and the transcript: untouched.
+    assert api.get(f"/api/v1/messages/{mid}").json()["body"] == {
+        "text": "Сегодня хорошая погода. Спасибо за помощь."
+    }
+    assert _signed_record(pair.ru) == before
 
 
 def test_certified_translations_are_shown_with_their_countersignatures(pair: Pair) -> None:

@@ -6,7 +6,8 @@ renders it in each language: the form's title in that language, its labels,
 and personal names with their transliteration. A notice given too late is
 refused by the sender's own terminal; a certified translation is attached,
 refused to its own author as a countersigner, and countersigned by another
-operator.
+operator. Russian free text reads in Ukrainian through ``parley show``, machine
+translated by Apertium and labelled as such.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from parley.forms import default_registry
 from parley.forms.render import transliterate_name
 from parley.testing.network import wait_until
-from tests.service.conftest import NetworkFactory
+from tests.service.conftest import RU, UA, NetworkFactory
 
 # Real `parley serve` processes on loopback.
 pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(600)]
@@ -173,7 +174,7 @@ def test_a_certified_translation_is_signed_and_countersigned_by_another_operator
     )
     plain = ru.cli("show", envelope_id, "--lang", "ru").stdout
     assert "Request a call at 14:00 UTC" in plain
-    assert "Untranslated" in plain  # no translator installed here: said, not hidden
+    assert "Untranslated" in plain  # no engine for English→Russian here: said, not hidden
     translation = "Просим о разговоре в 14:00 UTC по инциденту сегодняшнего утра."
     digest = ru.cli(
         "--operator",
@@ -198,3 +199,33 @@ def test_a_certified_translation_is_signed_and_countersigned_by_another_operator
     record = ru.api("GET", f"/messages/{envelope_id}")
     assert record["translations"][0]["countersignatures"][0]["operator"] == "maj.sokolov"
     assert record["body"]["text"].startswith("Request a call")  # the sender's words, unchanged
+
+
+def test_russian_free_text_reads_in_ukrainian_through_the_cli(network: NetworkFactory) -> None:
+    """Apertium for real: the running terminal translates (API), then the CLI alone."""
+    terminals = network((RU, UA))
+    ru, ua = terminals["RU-GS"], terminals["UA-GS"]
+    original = "Уровень радиации в норме. Спасибо за помощь."
+    envelope_id = ru.cli(
+        "send", "--to", "UA-GS", "--precedence", "ROUTINE", "--lang", "ru", "--text", original
+    ).stdout.strip()
+    wait_until(
+        lambda: "UA-GS" in ru.api("GET", f"/messages/{envelope_id}")["receipts"],
+        timeout=30,
+        what="the receipt",
+    )
+    label = "Machine translation ru→uk (apertium); not the sender's words:"
+    translated = "Рівень радіації у нормі. Спасибі за допомогу."
+    shown = ua.cli("show", envelope_id, "--lang", "uk").stdout
+    assert label in shown, shown
+    assert translated in shown
+    assert original in shown  # the sender's words beside it
+    record = json.loads(ua.cli("show", envelope_id, "--lang", "uk", "--json").stdout)
+    assert record["machine_translation"]["text"] == translated
+    assert record["machine_translation"]["signed"] is False
+    assert record["body"] == {"text": original}
+    assert record["translations"] == []  # nothing certified, nothing stored
+    ua.stop()
+    alone = ua.cli("show", envelope_id, "--lang", "uk").stdout  # no terminal running: local
+    assert label in alone, alone
+    assert translated in alone

@@ -45,7 +45,9 @@ from starlette.concurrency import run_in_threadpool
 
 from parley.config import console_hosts, require_loopback_console
 from parley.console.web import api_error
+from parley.core.forms import LANGS
 from parley.errors import ParleyError, UsageError
+from parley.forms.translate import machine_translation_of, translator_for
 from parley.service.console_guard import ConsoleGuard
 from parley.service.metrics import exposition, metrics_actor, registry_for
 from parley.service.operations import Operations, build_body
@@ -290,6 +292,21 @@ def create_console_app(
     async def show(ops: Ops, envelope_id: str) -> dict[str, Any]:
         await _read(ops)
         return await run_in_threadpool(terminal.show, envelope_id)
+
+    @app.get("/api/v1/messages/{envelope_id}/machine-translation")
+    async def machine_translation(ops: Ops, envelope_id: str, lang: str) -> dict[str, Any]:
+        """A free-text message machine-translated into ``lang``: a reading aid, labelled
+        as such, never signed or stored (``parley.forms.translate``)."""
+        await _read(ops)
+        if lang not in LANGS:
+            raise UsageError(f"lang must be one of {', '.join(LANGS)}, not {lang!r}")
+
+        def translate() -> dict[str, Any]:
+            return machine_translation_of(
+                translator_for(terminal.config), terminal.show(envelope_id), lang
+            )
+
+        return await run_in_threadpool(translate)
 
     @app.post("/api/v1/messages/{envelope_id}/ack")
     async def ack(ops: Ops, envelope_id: str) -> dict[str, Any]:

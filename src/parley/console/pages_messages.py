@@ -45,6 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from parley import merkle
+from parley.config import Config
 from parley.console import i18n
 from parley.console.i18n import gettext
 from parley.console.web import N_, CurrentPage, Page, render, when
@@ -60,8 +61,8 @@ from parley.forms.translate import (
     MachineTranslation,
     Translator,
     TranslatorUnavailable,
-    available_translator,
     machine_translate,
+    translator_for,
 )
 from parley.service.notices import service_notices
 from parley.service.operations import Operations, build_body
@@ -1054,13 +1055,15 @@ async def _render_compose(
 # --------------------------------------------------------------------------
 # Machine translation (replaceable in tests)
 
-translator_factory: Callable[[], Translator | None] = available_translator
+translator_factory: Callable[[Config], Translator | None] = translator_for
 
 
-def _machine_translation(text: str, source: str, target: str) -> MachineTranslation | str | None:
+def _machine_translation(
+    config: Config, text: str, source: str, target: str
+) -> MachineTranslation | str | None:
     """A machine translation, the reason there is none, or None when none is needed."""
     try:
-        return machine_translate(translator_factory(), text, source, target)
+        return machine_translate(translator_factory(config), text, source, target)
     except TranslatorUnavailable as exc:
         return str(exc)
     except Exception as exc:  # a reading aid must never break the page
@@ -1145,7 +1148,9 @@ def _message_view(terminal: Terminal, envelope_id: str, lang: str) -> dict[str, 
     view["machine"] = None
     view["machine_problem"] = None
     if message["kind"] == "text" and message["direction"] == "in":
-        translated = _machine_translation(str(body.get("text", "")), message["lang"], lang)
+        translated = _machine_translation(
+            terminal.config, str(body.get("text", "")), message["lang"], lang
+        )
         if isinstance(translated, str):
             view["machine_problem"] = translated
         else:
