@@ -11,6 +11,7 @@ the browser are the package's (``conftest.py``).
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -152,3 +153,28 @@ def test_handover_rows_carry_the_subject(network: Network, open_console: OpenCon
     subject.get_by_role("link").click()
     expect(us.page.get_by_test_id("original-text")).to_have_text(text)
     network.us.api("POST", f"/messages/{waiting['id']}/ack", operator="us.sup")
+
+
+def test_the_transcript_page_is_paged(network: Network, open_console: OpenConsole) -> None:
+    us = open_console(network.us, "us.sup")
+    page = us.page
+    pager = page.get_by_test_id("pager-cosignatures")
+    deadline = time.monotonic() + 120
+    us.goto("/transcript")
+    while int(pager.get_attribute("data-total") or 0) <= 10:  # traffic makes cosignatures
+        assert time.monotonic() < deadline, "fewer than 11 cosignatures after two minutes"
+        send(network.ru, "US-EUCOM", operator="ru.sup", text=unique("Traffic for the witnesses"))
+        time.sleep(2)
+        us.goto("/transcript")
+    expect(page.get_by_test_id("cosignature-row")).to_have_count(10)
+    expect(pager).to_have_attribute("data-page", "1")
+    expect(pager.get_by_test_id("pager-newer")).to_have_count(0)
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height < 2000, f"the transcript page is {height} px high"
+
+    pager.get_by_test_id("pager-older").click()
+    expect(pager).to_have_attribute("data-page", "2")
+    expect(page.get_by_test_id("cosignature-row").first).to_be_visible()
+    expect(pager.get_by_test_id("pager-newer")).to_be_visible()
+    # The checkpoints keep their own page.
+    expect(page.get_by_test_id("pager-checkpoints")).to_have_attribute("data-page", "1")

@@ -519,6 +519,48 @@ def test_the_transcript_page_shows_log_checkpoints_and_cosignatures(world: World
     assert f"<td>{cosigned.size}</td>" in peer
 
 
+def test_the_transcript_page_is_paged(world: World) -> None:
+    for n in range(12):  # every round: a new checkpoint, cosigned each way
+        _send_text(world.ru, "UA-GS", f"round {n}")
+        _pump(world.ru, world.ua)
+        _witness(world.ru, world.ua)
+        _witness(world.ua, world.ru)
+    total, _ = world.ru.cosignatures(limit=0)
+    assert total > 2 * pages_admin.TRANSCRIPT_PAGE
+    per_page = pages_admin.TRANSCRIPT_PAGE
+    aud = world.as_("aud")
+    first = aud.get("/transcript").text
+    pager = _rows(first, "pager-cosignatures")[0]
+    assert _attr(pager, "data-page") == "1"
+    assert _attr(pager, "data-total") == str(total)
+    pages = int(_attr(pager, "data-pages"))
+    assert pages == -(-total // per_page)
+    assert len(_rows(first, "cosignature-row")) == per_page
+    assert 'href="/transcript?cp=1&amp;co=2#cosignatures"' in first
+    assert 'data-testid="pager-newer"' not in _element(first, "pager-cosignatures")
+
+    last = aud.get(f"/transcript?co={pages}").text
+    assert len(_rows(last, "cosignature-row")) == total - per_page * (pages - 1)
+    assert 'data-testid="pager-older"' not in _element(last, "pager-cosignatures")
+    assert f'href="/transcript?cp=1&amp;co={pages - 1}#cosignatures"' in last
+    # Each page holds the next rows, newest first, none twice.
+    _, newest = world.ru.cosignatures(limit=total)
+    shown = [
+        [int(size) for size in re.findall(r"<td>(\d+)</td>\s*<td>[^<]*UTC</td>", page)]
+        for page in (
+            _element(aud.get(f"/transcript?co={n}").text, "cosignatures")
+            for n in range(1, pages + 1)
+        )
+    ]
+    assert [size for page in shown for size in page] == [c["size"] for c in newest]
+    # A page past the end is the last one; the checkpoints are paged alike.
+    beyond = _rows(aud.get("/transcript?co=999").text, "pager-cosignatures")[0]
+    assert _attr(beyond, "data-page") == str(pages)
+    checkpoints, _ = world.ru.checkpoints(limit=0)
+    assert len(_rows(first, "checkpoint-row")) == min(checkpoints, per_page)
+    assert _attr(_rows(first, "pager-checkpoints")[0], "data-total") == str(checkpoints)
+
+
 def test_verify_now_shows_the_audit_and_records_it(world: World) -> None:
     _traffic(world)
     duty = world.as_("duty1")

@@ -389,38 +389,52 @@ def _note_facts(note: str) -> dict[str, Any]:
     return {"root": root, "signers": len(signatures)}
 
 
-def _transcript_context(terminal: Terminal) -> dict[str, Any]:
+#: Rows of each transcript table on one page.
+TRANSCRIPT_PAGE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Pager:
+    """Where one page of a table is in the whole (pages counted from 1)."""
+
+    number: int
+    pages: int
+    total: int
+    per_page: int
+
+    @classmethod
+    def at(cls, asked: int, total: int, per_page: int) -> Pager:
+        pages = max(1, math.ceil(total / per_page))
+        return cls(min(max(asked, 1), pages), pages, total, per_page)
+
+    @property
+    def offset(self) -> int:
+        return (self.number - 1) * self.per_page
+
+
+def _transcript_context(terminal: Terminal, cp: int = 1, co: int = 1) -> dict[str, Any]:
+    """The transcript page: the log's state, then a page (``cp``, ``co``) of each of the
+    checkpoints and the cosignatures, newest first."""
     status = terminal.status()
-    cp = m.checkpoints.c
-    co = m.cosignatures.c
-    with reading(terminal.engine) as conn:
-        checkpoint_count = conn.execute(select(func.count()).select_from(m.checkpoints)).scalar()
-        checkpoints = [
-            {"size": r.size, "issued_at": _iso(r.issued_at), **_note_facts(r.note)}
-            for r in conn.execute(select(m.checkpoints).order_by(cp.size.desc()).limit(20))
-        ]
-        latest = {
-            (r.direction, r.party): (r.size, _iso(r.at), r.n)
-            for r in conn.execute(
-                select(
-                    co.direction,
-                    co.party,
-                    func.max(co.size).label("size"),
-                    func.max(co.at).label("at"),
-                    func.count().label("n"),
-                ).group_by(co.direction, co.party)
-            )
-        }
-        recent = [
-            {
-                "direction": r.direction,
-                "party": r.party,
-                "size": r.size,
-                "at": _iso(r.at),
-                **_note_facts(r.note),
-            }
-            for r in conn.execute(select(m.cosignatures).order_by(co.id.desc()).limit(50))
-        ]
+    checkpoint_count, _ = terminal.checkpoints(limit=0)
+    checkpoints_pager = Pager.at(cp, checkpoint_count, TRANSCRIPT_PAGE)
+    _, checkpoint_rows = terminal.checkpoints(
+        offset=checkpoints_pager.offset, limit=TRANSCRIPT_PAGE
+    )
+    checkpoints = [
+        {"size": r["size"], "issued_at": r["issued_at"], **_note_facts(r["note"])}
+        for r in checkpoint_rows
+    ]
+    cosignature_count, _ = terminal.cosignatures(limit=0)
+    cosignatures_pager = Pager.at(co, cosignature_count, TRANSCRIPT_PAGE)
+    _, cosignature_rows = terminal.cosignatures(
+        offset=cosignatures_pager.offset, limit=TRANSCRIPT_PAGE
+    )
+    recent = [
+        {k: r[k] for k in ("direction", "party", "size", "at")} | _note_facts(r["note"])
+        for r in cosignature_rows
+    ]
+    latest = terminal.latest_cosignatures()
     peers = []
     for peer in status["peers"]:
         of_us = latest.get(("of-us", peer))
@@ -428,27 +442,35 @@ def _transcript_context(terminal: Terminal) -> dict[str, Any]:
         peers.append(
             {
                 "party": peer,
-                "of_us_size": of_us[0] if of_us else None,
-                "of_us_at": of_us[1] if of_us else None,
-                "of_us_count": of_us[2] if of_us else 0,
-                "behind": status["log_size"] - of_us[0] if of_us else status["log_size"],
-                "by_us_size": by_us[0] if by_us else None,
-                "by_us_at": by_us[1] if by_us else None,
-                "by_us_count": by_us[2] if by_us else 0,
+                "of_us_size": of_us["size"] if of_us else None,
+                "of_us_at": of_us["at"] if of_us else None,
+                "of_us_count": of_us["count"] if of_us else 0,
+                "behind": status["log_size"] - of_us["size"] if of_us else status["log_size"],
+                "by_us_size": by_us["size"] if by_us else None,
+                "by_us_at": by_us["at"] if by_us else None,
+                "by_us_count": by_us["count"] if by_us else 0,
             }
         )
     return {
         "status": status,
-        "checkpoint_count": checkpoint_count or 0,
+        "checkpoint_count": checkpoint_count,
         "checkpoints": checkpoints,
+        "checkpoints_pager": checkpoints_pager,
         "peers": peers,
         "cosignatures": recent,
+        "cosignatures_pager": cosignatures_pager,
+        "checkpoints_href": lambda n: (
+            f"/transcript?cp={n}&co={cosignatures_pager.number}#checkpoints"
+        ),
+        "cosignatures_href": lambda n: (
+            f"/transcript?cp={checkpoints_pager.number}&co={n}#cosignatures"
+        ),
     }
 
 
 @router.get("/transcript", response_class=HTMLResponse)
-async def transcript_page(page: CurrentPage) -> HTMLResponse:
-    context = await run_in_threadpool(_transcript_context, page.terminal)
+async def transcript_page(page: CurrentPage, cp: int = 1, co: int = 1) -> HTMLResponse:
+    context = await run_in_threadpool(_transcript_context, page.terminal, cp, co)
     return _page(page, "transcript.html", active="transcript", report=None, **context)
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, func, select
 
 from parley import merkle
 from parley.core.canonical import JSONValue, canonical_bytes, parse_canonical, require_object
@@ -757,6 +757,56 @@ class Records:
     def chains_changed(self, own: IdentityCard | None = None) -> None:
         """A card chain changed (a rotation, a revocation): read the cards again."""
         self._cards.invalidate(own)
+
+    def checkpoints(self, *, offset: int = 0, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
+        """This terminal's signed checkpoints, largest first: (how many in all, those from
+        ``offset``, at most ``limit``)."""
+        cols = m.checkpoints.c
+        with reading(self.engine) as conn:
+            total = conn.execute(select(func.count()).select_from(m.checkpoints)).scalar()
+            rows = conn.execute(
+                select(m.checkpoints).order_by(cols.size.desc()).offset(offset).limit(limit)
+            ).all()
+        return int(total or 0), [
+            {"size": r.size, "issued_at": _iso(r.issued_at), "note": r.note} for r in rows
+        ]
+
+    def cosignatures(self, *, offset: int = 0, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
+        """Cosignatures held (of this terminal's log by a peer, ``of-us``, and of a peer's
+        log by this terminal, ``by-us``), newest first: (how many in all, one page)."""
+        cols = m.cosignatures.c
+        with reading(self.engine) as conn:
+            total = conn.execute(select(func.count()).select_from(m.cosignatures)).scalar()
+            rows = conn.execute(
+                select(m.cosignatures).order_by(cols.id.desc()).offset(offset).limit(limit)
+            ).all()
+        return int(total or 0), [
+            {
+                "direction": r.direction,
+                "party": r.party,
+                "size": r.size,
+                "at": _iso(r.at),
+                "note": r.note,
+            }
+            for r in rows
+        ]
+
+    def latest_cosignatures(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(direction, party) -> the largest size cosigned, when last, and how many."""
+        cols = m.cosignatures.c
+        with reading(self.engine) as conn:
+            rows = conn.execute(
+                select(
+                    cols.direction,
+                    cols.party,
+                    func.max(cols.size).label("size"),
+                    func.max(cols.at).label("at"),
+                    func.count().label("n"),
+                ).group_by(cols.direction, cols.party)
+            ).all()
+        return {
+            (r.direction, r.party): {"size": r.size, "at": _iso(r.at), "count": r.n} for r in rows
+        }
 
     def channels(self) -> list[dict[str, Any]]:
         with reading(self.engine) as conn:
