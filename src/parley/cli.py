@@ -101,6 +101,10 @@ held_app = typer.Typer(
     )
 )
 app.add_typer(held_app, name="held")
+console_app = typer.Typer(
+    help="The console listener's HTTPS certificate, to trust in the workstations' browsers."
+)
+app.add_typer(console_app, name="console")
 
 LANG_HELP = "The language to read in: en, ru or uk (default: PARLEY_LANG, else en)."
 Lang = Annotated[str, typer.Option("--lang", envvar="PARLEY_LANG", help=LANG_HELP)]
@@ -290,16 +294,25 @@ def _password() -> str:
 class ApiBackend:
     """The running terminal's operator API, as an operator account or the local administrator."""
 
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, url: str, headers: dict[str, str], *, certificate: str | None = None
+    ) -> None:
+        # Over TLS the certificate the running terminal presents (in serve.json) is the
+        # one trusted, and no other.
+        verify: Any = True
+        if certificate is not None:
+            from parley.service.console_tls import client_context
+
+            verify = client_context(certificate.encode())
         self.client = httpx.Client(
-            base_url=url, headers={**headers, "x-parley-via": "cli"}, timeout=60
+            base_url=url, headers={**headers, "x-parley-via": "cli"}, timeout=60, verify=verify
         )
 
     @classmethod
-    def for_operator(cls, url: str) -> ApiBackend:
+    def for_operator(cls, url: str, certificate: str | None = None) -> ApiBackend:
         if state.user is not None:
             credentials = base64.b64encode(f"{state.user}:{_password()}".encode()).decode()
-            return cls(url, {"authorization": f"Basic {credentials}"})
+            return cls(url, {"authorization": f"Basic {credentials}"}, certificate=certificate)
         if state.local_admin:
             return cls(
                 url,
@@ -307,6 +320,7 @@ class ApiBackend:
                     "authorization": f"Bearer {state.data.read_token()}",
                     "x-parley-operator": state.operator,
                 },
+                certificate=certificate,
             )
         fail(NO_OPERATOR, 2)
 
@@ -386,7 +400,10 @@ def backend(*, needs_keys: bool) -> Iterator[tuple[ApiBackend | None, Records | 
             info = json.loads(info_file.read_text())
         except (OSError, ValueError):
             fail("the terminal is starting or stopping; try again in a moment")
-        yield ApiBackend.for_operator(info["console_url"]), None
+        yield (
+            ApiBackend.for_operator(info["console_url"], info.get("console_certificate_pem")),
+            None,
+        )
         return
     try:
         if needs_keys:
@@ -422,8 +439,36 @@ def init(
     ] = "0.0.0.0:7443",
     console_listen: Annotated[
         str,
-        typer.Option(help="HOST:PORT of the operator API and console (a loopback address)."),
+        typer.Option(
+            help="HOST:PORT of the operator API and console: a loopback address, or any "
+            "address with --console-tls."
+        ),
     ] = "127.0.0.1:7080",
+    console_tls: Annotated[
+        bool,
+        typer.Option(
+            "--console-tls",
+            help="Serve the console over HTTPS (needed off loopback), with a certificate the "
+            "terminal makes (`parley console cert` prints its fingerprint) unless "
+            "--console-tls-cert gives yours.",
+        ),
+    ] = False,
+    console_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--console-name",
+            help="A name or address workstations use to reach the console (repeat for "
+            "more): in its certificate, and the only Host names it answers besides its "
+            "listen address. Needed with a wildcard --console-listen.",
+        ),
+    ] = None,
+    console_tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Your certificate for the console (PEM, chain after it), instead."),
+    ] = None,
+    console_tls_key: Annotated[
+        Path | None, typer.Option(help="The private key of --console-tls-cert (PEM).")
+    ] = None,
     database: Annotated[
         str | None,
         typer.Option(help="postgresql://… URL; default: SQLite file parley.db in DIR."),
@@ -443,6 +488,10 @@ def init(
         passphrase=passphrase(confirm=True),
         peer_listen=peer_listen,
         console_listen=console_listen,
+        console_tls=console_tls,
+        console_names=console_name or [],
+        console_tls_cert=str(console_tls_cert or ""),
+        console_tls_key=str(console_tls_key or ""),
         database=database,
         link_test_interval=link_test_interval,
         scrypt_n=scrypt_n,
@@ -457,6 +506,8 @@ def init(
         "ever compromised (`parley keys revoke --certificate`); whoever holds it can revoke.",
         soft_wrap=True,
     )
+    if config.console_tls:
+        _print_console_certificate(_console_status(), to=err)
 
 
 def _own_bundle() -> CardBundle:
@@ -585,6 +636,7 @@ def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     and when it has."""
     with backend(needs_keys=False) as (api, local):
         shown = api.call("GET", "/keys") if api else local.keys_status()  # type: ignore[union-attr]
+    shown["console_certificate"] = _console_status()
 
     def render(body: dict[str, Any]) -> None:
         card = body["card"]
@@ -627,6 +679,16 @@ def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
                 f"#{held['serial']} {held['key_id'][:16]}" if held else "card key",
             )
         out.print(peers)
+        console = body["console_certificate"]
+        if "fingerprint" in console:
+            out.print(
+                f"console certificate ({'own' if console['own'] else 'console.tls_cert'}) "
+                f"{console['state']}: until {console['valid_until']} ({console['days_left']} "
+                f"days left); SHA-256 {console['fingerprint']}",
+                soft_wrap=True,
+            )
+        elif console["tls"] or console["state"] == "unreadable":
+            out.print(f"console certificate: {console['state']}. {console.get('problem', '')}")
 
     emit(shown, json_, render)
 
@@ -753,6 +815,79 @@ def keys_revoke(
         out.print(body["file"])
 
     emit(result, json_, render)
+
+
+def _console_status() -> dict[str, Any]:
+    from parley.service.console_tls import status
+    from parley.service.terminal import utc_now
+
+    return status(state.data, state.data.load_config(), utc_now())
+
+
+def _print_console_certificate(shown: dict[str, Any], *, to: Console) -> None:
+    if "fingerprint" not in shown:
+        to.print(f"Console certificate: {shown['state']}. {shown.get('problem', '')}")
+        return
+    whose = "the terminal's own" if shown["own"] else "yours (console.tls_cert)"
+    to.print(f"Console certificate ({whose}): {shown['file']}", soft_wrap=True)
+    to.print(f"SHA-256 fingerprint: {shown['fingerprint']}", soft_wrap=True)
+    to.print(f"SPKI SHA-256 (base64): {shown['spki_sha256']}", soft_wrap=True)
+    to.print(
+        f"Names: {', '.join(shown['names']) or 'none'}; valid {shown['valid_from']} to "
+        f"{shown['valid_until']} ({shown['days_left']} days left, {shown['state']})",
+        soft_wrap=True,
+    )
+    if not shown["tls"]:
+        to.print("console.tls is off: the console listener does not present it.")
+
+
+@console_app.command("cert")
+def console_cert(
+    renew: Annotated[
+        bool,
+        typer.Option(
+            "--renew",
+            help="Make a new key and certificate now (the terminal's own only); a running "
+            "parley serve presents it from its next start.",
+        ),
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The console's HTTPS certificate: the PEM file, its SHA-256 fingerprint to compare in
+    the workstation's browser before trusting it, its SPKI hash, names and validity.
+
+    With console.tls on, the terminal makes its own (ECDSA P-256, self-signed, 397 days,
+    DIR/console-tls.pem; key DIR/console-tls.key, 0600) if there is none yet; parley serve
+    replaces it at start 30 days before it ends or when console.names gains a name.
+    console.tls_cert and console.tls_key use yours instead."""
+    from parley.service.console_tls import console_certificate, make_own_certificate
+    from parley.service.terminal import utc_now
+
+    state.data.require()
+    config = state.data.load_config()
+    if renew:
+        if config.console_tls_cert:
+            usage("--renew makes the terminal's own certificate; console.tls_cert names yours")
+        made = make_own_certificate(state.data, config, utc_now())
+        err.print(
+            f"New console certificate {made.cert_file}: the workstations trust it again; "
+            "a running parley serve presents it once restarted."
+        )
+    elif (
+        config.console_tls
+        and not config.console_tls_cert
+        and console_certificate(state.data, config) is None
+    ):
+        make_own_certificate(state.data, config, utc_now())
+    shown = _console_status()
+    if shown["state"] == "unreadable":
+        fail(str(shown["problem"]))
+    if shown["state"] == "not made yet":
+        fail(
+            "the console has no certificate yet: console.tls is off "
+            "(turn it on in parley.toml, or make one now with --renew)"
+        )
+    emit(shown, json_, lambda body: _print_console_certificate(body, to=out))
 
 
 @metrics_app.command("token")

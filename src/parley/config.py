@@ -8,6 +8,8 @@ of the directory are written by Parley itself:
 ``identity.key``    private keys, encrypted with the passphrase (0600)
 ``card.json``       the public card and TLS certificate, to give to peers
 ``console.token``   the bearer token of the operator API (0600)
+``console-tls.pem``  the console listener's own TLS certificate (``console.tls``)
+``console-tls.key``  its private key (0600)
 ``parley.db``       the SQLite database (unless ``database`` says otherwise)
 ``parley.log``      JSON log lines, one per event
 ``serve.lock``      held by the running ``parley serve``
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import tomllib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -36,11 +40,13 @@ __all__ = [
     "TRANSLATION_ENGINES",
     "Config",
     "DataDir",
+    "check_console_listen",
+    "check_console_name",
     "console_hosts",
     "is_loopback",
+    "is_wildcard",
     "parse_duration",
     "parse_hostport",
-    "require_loopback_console",
 ]
 
 DEFAULT_ACK_DEADLINES = {
@@ -106,36 +112,90 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def require_loopback_console(text: str, what: str = "the console listener") -> tuple[str, int]:
-    """``HOST:PORT`` of the console listener, refused unless HOST is a loopback address.
+def is_wildcard(host: str) -> bool:
+    """``0.0.0.0`` or ``::``: a listener on every address of the host."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
-    The console listener speaks plain HTTP: the console token, passwords and
-    session cookies sent to it would cross the network in clear, so it
-    listens on this host only (TLS for it is not available yet). Reach it
-    from another host through an SSH tunnel.
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def check_console_name(name: str, what: str = "console.names") -> str:
+    """A name or address workstations use to reach the console, lower-cased.
+
+    A DNS name (``parley-ru.mod.example``) or an IP address (``10.20.0.5``,
+    ``fd00::5``), without a port: it goes into the console certificate and is
+    accepted as the ``Host`` of requests.
+    """
+    text = name.strip().lower().strip("[]")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        labels = text.rstrip(".").split(".")
+        if len(text) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+            raise UsageError(
+                f"{what}: {name!r} is neither a host name (parley-ru.example) "
+                "nor an IP address (10.20.0.5), without a port"
+            ) from None
+        return text.rstrip(".")
+    if address.is_unspecified:
+        raise UsageError(f"{what}: {name!r} names no host (a wildcard address)")
+    return str(address)
+
+
+def check_console_listen(
+    text: str,
+    *,
+    tls: bool,
+    names: Sequence[str] = (),
+    what: str = "the console listener",
+    tls_option: str = "console.tls",
+    names_option: str = "console.names",
+) -> tuple[str, int]:
+    """``HOST:PORT`` of the console listener, refused where it would be unsafe.
+
+    Plain HTTP is for a loopback address only: the console token, passwords
+    and session cookies sent to any other address would cross the network in
+    clear. Off loopback the listener needs TLS (``console.tls``). A wildcard
+    address (``0.0.0.0``, ``::``) also needs ``console.names``, the names the
+    workstations use for this host: the console answers no other ``Host``.
     """
     host, port = parse_hostport(text, what)
-    if not is_loopback(host):
+    if not is_loopback(host) and not tls:
         raise UsageError(
-            f"{what} must listen on a loopback address (127.0.0.1, ::1 or localhost), "
-            f"not {host}: it speaks plain HTTP, so tokens and passwords would cross the "
-            "network in clear; from another host, reach it through an SSH tunnel"
+            f"{what} is {host}, not a loopback address, and {tls_option} is off: the console "
+            "token, passwords and session cookies would cross the network in clear. Turn "
+            f"TLS on with {tls_option} (the terminal makes its own certificate, whose "
+            "fingerprint `parley console cert` prints), or listen on a loopback address "
+            "(127.0.0.1, ::1 or localhost) and reach it through an SSH tunnel"
+        )
+    if is_wildcard(host) and not names:
+        raise UsageError(
+            f"{what} is the wildcard address {host}: list in {names_option} the names or "
+            "addresses the workstations use to reach this console (parley-ru.example, "
+            "10.20.0.5): they go into its certificate, and it answers no other Host"
         )
     return host, port
 
 
-def console_hosts(host: str, port: int) -> frozenset[str]:
+def console_hosts(host: str, port: int, names: Iterable[str] = ()) -> frozenset[str]:
     """The ``Host`` headers a console listening on ``host:port`` answers.
 
-    Its own address, and ``localhost``/``127.0.0.1``/``[::1]`` for a loopback
-    listener; any other name (``evil.example`` resolving to 127.0.0.1, a DNS
-    rebinding attack) is refused.
+    Its own address, the ``names`` configured for it (``console.names``), and
+    ``localhost``/``127.0.0.1``/``[::1]`` for a loopback or wildcard listener
+    (which this host's own CLI reaches there); any other name
+    (``evil.example`` resolving to 127.0.0.1, a DNS rebinding attack) is refused.
     """
-    names = {host.lower()}
-    if is_loopback(host):
-        names |= {"localhost", "127.0.0.1", "::1"}
+    accepted = {name.lower() for name in names}
+    if not is_wildcard(host):
+        accepted.add(host.lower())
+    if is_loopback(host) or is_wildcard(host):
+        accepted |= {"localhost", "127.0.0.1", "::1"}
     hosts = set()
-    for name in names:
+    for name in accepted:
         shown = f"[{name}]" if ":" in name else name
         hosts.add(f"{shown}:{port}")
         if port == 80:
@@ -150,6 +210,14 @@ class Config:
     database: str
     peer_listen: str = "0.0.0.0:7443"
     console_listen: str = "127.0.0.1:7080"
+    #: HTTPS on the console listener (required off loopback): the terminal's own
+    #: certificate, or the operator's PEM pair in ``console_tls_cert``/``_key``
+    #: (relative paths are in the data directory); ``console_names``: the names
+    #: and addresses workstations use for it (certificate and ``Host`` check).
+    console_tls: bool = False
+    console_tls_cert: str = ""
+    console_tls_key: str = ""
+    console_names: list[str] = field(default_factory=list)
     link_test_interval: float = 3600.0
     link_timeout: float = 10.0
     alarm_command: list[str] = field(default_factory=list)
@@ -204,7 +272,13 @@ class Config:
             "name": self.name,
             "database": self.database,
             "peer": {"listen": self.peer_listen},
-            "console": {"listen": self.console_listen},
+            "console": {
+                "listen": self.console_listen,
+                "tls": self.console_tls,
+                "names": self.console_names,
+                "tls_cert": self.console_tls_cert,
+                "tls_key": self.console_tls_key,
+            },
             "links": {"test_interval": self.link_test_interval, "timeout": self.link_timeout},
             "alarms": {"command": self.alarm_command},
             "ack_deadlines": self.ack_deadlines,
@@ -233,6 +307,11 @@ class Config:
         }
         header = (
             "# Parley terminal configuration. Times are in seconds.\n"
+            "# console.listen: plain HTTP on a loopback address only; elsewhere tls = true.\n"
+            "# console.tls: HTTPS with the terminal's own certificate (`parley console\n"
+            "#   cert` prints its fingerprint), or tls_cert/tls_key (PEM files) of yours.\n"
+            "# console.names: the names or addresses workstations use for the console\n"
+            "#   (in its certificate; no other Host is answered).\n"
             "# links.test_interval: how often each link is tested (3600 = hourly).\n"
             "# alarms.command: a program (and arguments) run for each alarm, with the\n"
             "#   alarm as JSON on its standard input; [] for none.\n"
@@ -263,6 +342,7 @@ class Config:
             quota = dict(DEFAULT_PEER_QUOTA)
             quota.update(data.get("peer_quota", {}))
             command = data.get("alarms", {}).get("command", [])
+            console = data.get("console", {})
             if isinstance(command, str):
                 command = [command] if command else []
             config = cls(
@@ -270,7 +350,14 @@ class Config:
                 name=str(data["name"]),
                 database=str(data["database"]),
                 peer_listen=str(data.get("peer", {}).get("listen", "0.0.0.0:7443")),
-                console_listen=str(data.get("console", {}).get("listen", "127.0.0.1:7080")),
+                console_listen=str(console.get("listen", "127.0.0.1:7080")),
+                console_tls=_boolean(console.get("tls", False), f"console.tls in {source}"),
+                console_tls_cert=str(console.get("tls_cert", "")),
+                console_tls_key=str(console.get("tls_key", "")),
+                console_names=[
+                    check_console_name(str(n), f"console.names in {source}")
+                    for n in _string_list(console.get("names", []))
+                ],
                 link_test_interval=float(data.get("links", {}).get("test_interval", 3600)),
                 link_timeout=float(data.get("links", {}).get("timeout", 10)),
                 alarm_command=[str(c) for c in command],
@@ -299,6 +386,16 @@ class Config:
                         f"{', '.join(DEFAULT_PEER_QUOTA)}, a whole number, 0 for no limit"
                     )
             config.rotation_interval, config.grace_period  # noqa: B018 - refuse a bad value now
+            if bool(config.console_tls_cert) != bool(config.console_tls_key):
+                raise UsageError(
+                    f"console.tls_cert and console.tls_key in {source} go together: "
+                    "a certificate and its private key (PEM files), or neither"
+                )
+            if config.console_tls_cert and not config.console_tls:
+                raise UsageError(
+                    f"console.tls_cert in {source} is set but console.tls is off: "
+                    "set tls = true to serve the console with it"
+                )
             parse_duration(config.backup_every, f"backup.every in {source}")
             if config.max_card_validity_days < 1:
                 raise UsageError(f"protocol.max_card_validity_days in {source} must be at least 1")
@@ -314,6 +411,19 @@ class Config:
             return config
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"{source}: missing or invalid setting {exc}") from None
+
+
+def _string_list(value: Any) -> list[Any]:
+    """A TOML list, or one string standing for a list of one."""
+    if isinstance(value, str):
+        return [value] if value else []
+    return list(value)
+
+
+def _boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{what} must be true or false, not {value!r}")
+    return value
 
 
 def _required_span(text: str, what: str) -> timedelta:
@@ -352,6 +462,14 @@ class DataDir:
     @property
     def log_file(self) -> Path:
         return self.path / "parley.log"
+
+    @property
+    def console_cert_file(self) -> Path:
+        return self.path / "console-tls.pem"
+
+    @property
+    def console_key_file(self) -> Path:
+        return self.path / "console-tls.key"
 
     @property
     def lock_file(self) -> Path:

@@ -3,9 +3,10 @@
 * the peer listener: HTTPS, TLS 1.3 only, client certificates required and
   pinned (``parley.service.tls``); the connection's pinned peer is known to
   the handlers;
-* the console listener: plain HTTP on a loopback address for the operator
-  API and the console (any other address is refused: TLS for it is not
-  available yet);
+* the console listener, for the operator API and the console: plain HTTP
+  on a loopback address, or HTTPS (TLS 1.3, ``console.tls``), which any
+  other address requires, with the terminal's own certificate (made or
+  renewed here, ``parley.service.console_tls``) or the operator's;
 * the delivery worker (``parley.service.delivery``);
 * automatic backups when ``backup.every`` is set (``parley.service.backup``),
   made in a worker thread.
@@ -42,12 +43,12 @@ import uvicorn
 from fastapi import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from parley.config import DataDir, console_hosts, parse_hostport, require_loopback_console
+from parley.config import DataDir, check_console_listen, console_hosts, parse_hostport
 from parley.console.api import create_console_app
 from parley.errors import UsageError
 from parley.keyfile import load_identity
 from parley.logs import configure_logging
-from parley.service import loopguard, tls
+from parley.service import console_tls, loopguard, tls
 from parley.service.backup import BackupSchedule, schedule_directory
 from parley.service.delivery import KEEPALIVE, DeliveryWorker
 from parley.service.lock import DatabaseLock, ServeLock, is_postgres
@@ -221,18 +222,43 @@ async def serve(
             return None
         return registry.get((request.client.host, request.client.port))
 
-    console_host, _ = require_loopback_console(
-        terminal.config.console_listen, f"console.listen in {data.config_file}"
+    config = terminal.config
+    console_host, _ = check_console_listen(
+        config.console_listen,
+        tls=config.console_tls,
+        names=config.console_names,
+        what=f"console.listen in {data.config_file}",
+        tls_option=f"console.tls in {data.config_file}",
+        names_option=f"console.names in {data.config_file}",
     )
+    console_certificate = None
+    if config.console_tls:
+        console_certificate, made_because = console_tls.ensure_certificate(
+            data, config, terminal.clock()
+        )
+        if made_because is not None:
+            log.warning(
+                "console_certificate_made",
+                because=made_because,
+                file=str(console_certificate.cert_file),
+                fingerprint=console_certificate.fingerprint,
+                valid_until=console_certificate.not_after.isoformat(),
+                message="workstations trust this new certificate again: compare its "
+                "fingerprint with `parley console cert`",
+            )
+    console_ssl = console_tls.server_context(console_certificate) if console_certificate else None
     ssl_context = tls.server_context(terminal.tls_identity, terminal.peer_certificates.values())
-    peer_sock = _bind(terminal.config.peer_listen, "peer listener")
-    console_sock = _bind(terminal.config.console_listen, "console listener")
+    peer_sock = _bind(config.peer_listen, "peer listener")
+    console_sock = _bind(config.console_listen, "console listener")
     token = data.read_token() if data.token_file.exists() else data.new_token()
 
     peer_app = create_peer_app(terminal, tls_party_of)
     console_port = console_sock.getsockname()[1]
     console_app = create_console_app(
-        terminal, token, hosts=console_hosts(console_host, console_port)
+        terminal,
+        token,
+        hosts=console_hosts(console_host, console_port, config.console_names),
+        tls=console_ssl is not None,
     )
     worker = DeliveryWorker(terminal)
     console_app.state.worker = worker
@@ -271,6 +297,9 @@ async def serve(
         lifespan="off",
         timeout_graceful_shutdown=5,
     )
+    if console_ssl is not None:
+        console_config.load()
+        console_config.ssl = console_ssl
     peer_server = _QuietServer(peer_config)
     console_server = _QuietServer(console_config)
     servers = [
@@ -299,8 +328,13 @@ async def serve(
         "pid": os.getpid(),
         "party": terminal.me,
         "peer_url": _url("https", peer_sock),
-        "console_url": _url("http", console_sock),
+        "console_url": _url("https" if console_ssl else "http", console_sock),
     }
+    if console_certificate is not None:
+        # What the CLI trusts, exactly: the certificate this process presents, even once
+        # `parley console cert --renew` has replaced the file.
+        info["console_certificate_pem"] = console_certificate.pem
+        info["console_fingerprint"] = console_certificate.fingerprint
     (data.path / "serve.json").write_text(json.dumps(info) + "\n")
     log.info("terminal_started", **info)
     watch = None

@@ -1,4 +1,5 @@
-"""The console listener: loopback only, its own Host names only, no cross-site changes.
+"""The console listener: plain HTTP on loopback only, its own Host names only, no cross-site
+changes (over TLS: ``test_console_tls.py``).
 
 The application is driven in process (FastAPI's TestClient), answering as the
 ``Host`` names of its configured ``console.listen`` address; ``serve`` and
@@ -18,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from parley.config import console_hosts, require_loopback_console
+from parley.config import check_console_listen, console_hosts
 from parley.console.api import create_console_app
 from parley.errors import UsageError
 from parley.server import serve
@@ -71,24 +72,28 @@ def console(tmp_path: Path) -> Iterator[Console]:
     terminal.engine.dispose()
 
 
-# Loopback only ------------------------------------------------------------------------
+# Plain HTTP on loopback only ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0:7080", "192.168.1.20:7080", "[::]:7080", "x:1"])
-def test_a_console_listener_off_loopback_is_refused(address: str) -> None:
-    with pytest.raises(UsageError, match="loopback address") as refused:
-        require_loopback_console(address, "--console-listen")
-    assert "plain HTTP" in str(refused.value)
+def test_a_console_listener_off_loopback_without_tls_is_refused(address: str) -> None:
+    with pytest.raises(UsageError, match="not a loopback address") as refused:
+        check_console_listen(address, tls=False, what="--console-listen")
+    assert "--console-listen is" in str(refused.value)
+    assert "console.tls is off" in str(refused.value)
+    assert "in clear" in str(refused.value)
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:7080", "[::1]:7080", "localhost:0", "127.0.0.9:1"])
 def test_a_loopback_console_listener_is_accepted(address: str) -> None:
-    host, _ = require_loopback_console(address)
+    host, _ = check_console_listen(address, tls=False)
     assert host in address
 
 
 def test_init_refuses_a_console_listener_off_loopback(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="--console-listen must listen on a loopback"):
+    with pytest.raises(
+        UsageError, match=r"--console-listen is 0\.0\.0\.0, not a loopback.*--console-tls"
+    ):
         init_terminal(
             tmp_path / "t",
             party="RU-GS",
@@ -102,8 +107,11 @@ def test_init_refuses_a_console_listener_off_loopback(tmp_path: Path) -> None:
 
 def test_serve_refuses_a_configuration_edited_to_listen_off_loopback(console: Console) -> None:
     console.terminal.config.console_listen = "0.0.0.0:0"
-    with pytest.raises(UsageError, match=r"console\.listen in .*parley\.toml must listen"):
+    with pytest.raises(
+        UsageError, match=r"console\.listen in .*parley\.toml is 0\.0\.0\.0, not a loopback"
+    ) as refused:
         asyncio.run(serve(console.terminal, stop=asyncio.Event()))
+    assert "console.tls in" in str(refused.value)  # the option that allows it
     assert not (console.terminal.data.path / "serve.json").exists()
     with pytest.raises(UsageError, match="loopback"):
         create_console_app(console.terminal, TOKEN)

@@ -1,8 +1,9 @@
 """The console listener's JSON operator API (``/api/v1``), used by the CLI.
 
-Bound to a loopback address only (``parley.config.require_loopback_console``);
+Plain HTTP on a loopback address, or HTTPS (``console.tls``, required
+anywhere else: ``parley.config.check_console_listen``);
 ``parley.service.console_guard`` refuses other ``Host`` names and cross-site
-changes before any route runs.
+changes before any route runs, and adds HSTS over TLS.
 
 Every request names who makes it, in one of two ways:
 
@@ -43,7 +44,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from parley.config import console_hosts, require_loopback_console
+from parley.config import check_console_listen, console_hosts
 from parley.console.web import api_error
 from parley.core.forms import LANGS
 from parley.errors import ParleyError, UsageError
@@ -163,16 +164,28 @@ async def _read(ops: Operations) -> None:
 
 
 def create_console_app(
-    terminal: Terminal, token: str, *, hosts: Collection[str] | None = None
+    terminal: Terminal,
+    token: str,
+    *,
+    hosts: Collection[str] | None = None,
+    tls: bool | None = None,
 ) -> FastAPI:
     """The operator API and the console, answering only as one of ``hosts``.
 
     ``hosts`` are the ``Host`` headers accepted (``127.0.0.1:7080``…); by
-    default those of the configured ``console.listen`` address, which must be
-    a loopback address.
+    default those of the configured ``console.listen`` address and
+    ``console.names``. ``tls`` (by default ``console.tls``): the listener
+    speaks HTTPS, so every answer carries HSTS and the session cookie is a
+    ``__Host-`` cookie.
     """
+    config = terminal.config
+    if tls is None:
+        tls = config.console_tls
     if hosts is None:
-        hosts = console_hosts(*require_loopback_console(terminal.config.console_listen))
+        host, port = check_console_listen(
+            config.console_listen, tls=tls, names=config.console_names
+        )
+        hosts = console_hosts(host, port, config.console_names)
     app = FastAPI(
         title=f"Parley operator API ({terminal.me})",
         version="v1",
@@ -183,7 +196,8 @@ def create_console_app(
 
     app.state.token = token
     app.state.terminal = terminal
-    app.add_middleware(ConsoleGuard, hosts=hosts)
+    app.state.tls = tls
+    app.add_middleware(ConsoleGuard, hosts=hosts, tls=tls)
 
     @app.exception_handler(ParleyError)
     async def parley_error(request: Request, exc: ParleyError) -> JSONResponse:

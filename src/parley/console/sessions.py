@@ -3,6 +3,11 @@
 A session ends on logout, after ``IDLE`` without a request, or ``MAXIMUM``
 after login (a shift); a restart of the terminal ends every session. Only a
 hash of the token is kept, and each session has its own CSRF token.
+
+Over TLS the cookie is ``__Host-parley_session``: browsers take a cookie of
+that name only from an HTTPS answer, with ``Secure``, ``Path=/`` and no
+``Domain``, so it is bound to this console's exact origin and no page served
+over plain HTTP, nor any other host of the domain, can set or shadow it.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-__all__ = ["COOKIE", "IDLE", "MAXIMUM", "Session", "SessionStore"]
+__all__ = ["COOKIE", "IDLE", "MAXIMUM", "TLS_COOKIE", "Session", "SessionStore", "cookie_name"]
 
 COOKIE = "parley_session"
+TLS_COOKIE = "__Host-parley_session"
 IDLE = timedelta(minutes=30)
 MAXIMUM = timedelta(hours=13)
 
@@ -28,6 +34,11 @@ class Session:
     created_at: datetime
     seen_at: datetime
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+
+def cookie_name(tls: bool) -> str:
+    """The session cookie's name on a console listener with or without TLS."""
+    return TLS_COOKIE if tls else COOKIE
 
 
 def _key(token: str) -> str:

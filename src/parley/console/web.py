@@ -5,8 +5,8 @@ elsewhere) for live updates, and a strict Content-Security-Policy: scripts
 and styles come only from this terminal's own ``/static/``, never inline.
 
 * **Sessions**: a random token in a ``Secure``, ``HttpOnly``,
-  ``SameSite=Strict`` cookie; the session lives in the serve process
-  (``sessions.py``).
+  ``SameSite=Strict`` cookie (``__Host-`` over TLS); the session lives in the
+  serve process (``sessions.py``).
 * **CSRF**: every state-changing request carries the session's token, as
   the form field ``csrf_token`` or the ``X-CSRF-Token`` header (htmx sends
   it from ``<body hx-headers>``), and an ``Origin``, when the browser sends
@@ -40,7 +40,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from parley.console import i18n
-from parley.console.sessions import COOKIE, Session, SessionStore
+from parley.console.sessions import Session, SessionStore, cookie_name
 from parley.errors import LocalError, NotPermitted, ParleyError, error_body
 from parley.service.operations import Operations
 from parley.service.policy import Actor, Decision
@@ -124,6 +124,11 @@ def terminal_of(request: Request) -> Terminal:
     return terminal
 
 
+def session_cookie(request: Request) -> str:
+    """The session cookie's name here: ``__Host-parley_session`` over TLS."""
+    return cookie_name(bool(getattr(request.app.state, "tls", False)))
+
+
 def _sessions(request: Request) -> SessionStore:
     store: SessionStore = request.app.state.sessions
     return store
@@ -164,7 +169,9 @@ class Page:
     @classmethod
     async def current(cls, request: Request) -> Page:
         terminal = terminal_of(request)
-        session = _sessions(request).get(request.cookies.get(COOKIE), terminal.clock())
+        session = _sessions(request).get(
+            request.cookies.get(session_cookie(request)), terminal.clock()
+        )
         if session is None:
             raise NotLoggedIn()
         if request.method not in ("GET", "HEAD"):
@@ -300,7 +307,13 @@ async def login(
     )
     response = RedirectResponse("/inbox", status_code=303)
     response.set_cookie(
-        COOKIE, token, httponly=True, secure=True, samesite="strict", path="/", max_age=13 * 3600
+        session_cookie(request),
+        token,
+        httponly=True,
+        secure=True,
+        samesite="strict",
+        path="/",
+        max_age=13 * 3600,
     )
     response.set_cookie("parley_lang", lang, secure=True, samesite="strict", path="/")
     return response
@@ -313,12 +326,14 @@ def _stored_lang(terminal: Terminal, name: str) -> str:
 
 @router.post("/logout")
 async def logout(page: CurrentPage) -> RedirectResponse:
-    _sessions(page.request).end(page.request.cookies.get(COOKIE))
+    cookie = session_cookie(page.request)
+    _sessions(page.request).end(page.request.cookies.get(cookie))
     await run_in_threadpool(
         record_action, page.terminal, page.operator, page.role, "logout", page.operator
     )
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/")
+    # With the attributes it was set with: a __Host- cookie is deleted only by a Secure one.
+    response.delete_cookie(cookie, path="/", secure=True, httponly=True, samesite="strict")
     return response
 
 
@@ -382,7 +397,9 @@ def install_console(app: FastAPI, terminal: Terminal) -> None:
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
-        session = _sessions(request).get(request.cookies.get(COOKIE), terminal.clock())
+        session = _sessions(request).get(
+            request.cookies.get(session_cookie(request)), terminal.clock()
+        )
         page = Page(request, session) if session is not None else None
         response = render(page, request, "forbidden.html", permission=exc.message)
         response.status_code = 403
@@ -392,7 +409,9 @@ def install_console(app: FastAPI, terminal: Terminal) -> None:
     async def parley_error(request: Request, exc: ParleyError) -> Response:
         if request.url.path.startswith("/api/"):
             return api_error(exc)
-        session = _sessions(request).get(request.cookies.get(COOKIE), terminal.clock())
+        session = _sessions(request).get(
+            request.cookies.get(session_cookie(request)), terminal.clock()
+        )
         page = Page(request, session) if session is not None else None
         if isinstance(exc, NotPermitted):
             decision = exc.decision

@@ -15,6 +15,11 @@
 
 Clients that are not browsers (the CLI) send neither header and are judged by
 their token or password alone.
+
+On a TLS listener (``console.tls``) every answer, refusals included, carries
+``Strict-Transport-Security``: a browser that has seen it once reaches the
+console's name over HTTPS only, and never lets its operator click through a
+certificate warning there.
 """
 
 from __future__ import annotations
@@ -23,26 +28,34 @@ from collections.abc import Collection
 from urllib.parse import urlsplit
 
 import structlog
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ConsoleGuard"]
+__all__ = ["HSTS", "ConsoleGuard"]
 
 log = structlog.get_logger("parley.console")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+HSTS = "max-age=31536000"
+"""One year; no ``includeSubDomains``: the console's name may share a domain with
+hosts that are not Parley's."""
+
 
 class ConsoleGuard:
-    """ASGI middleware: the Host, Origin and ``Sec-Fetch-Site`` checks above."""
+    """ASGI middleware: the Host, Origin and ``Sec-Fetch-Site`` checks above, and HSTS
+    on every answer of a TLS listener (``tls``)."""
 
-    def __init__(self, app: ASGIApp, hosts: Collection[str]) -> None:
+    def __init__(self, app: ASGIApp, hosts: Collection[str], *, tls: bool = False) -> None:
         self.app = app
         self.hosts = frozenset(h.lower() for h in hosts)
+        self.tls = tls
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.tls:
+            send = _with_hsts(send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "").lower()
         if host not in self.hosts:
@@ -78,6 +91,21 @@ def cross_site(headers: dict[str, str], host: str, *, login: bool) -> str | None
     if urlsplit(origin).netloc.lower() != host:
         return "Refused: this request comes from another origin."
     return None
+
+
+def _with_hsts(send: Send) -> Send:
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (k, v)
+                for k, v in message.get("headers", [])
+                if k.lower() != b"strict-transport-security"
+            ]
+            headers.append((b"strict-transport-security", HSTS.encode()))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sender
 
 
 async def _refuse(send: Send, status: int, message: str) -> None:

@@ -1,16 +1,26 @@
-"""``parley init``: a new terminal's keys, configuration, token and database."""
+"""``parley init``: a new terminal's keys, configuration, token and database (and its
+console certificate, with ``console_tls``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from parley.config import Config, DataDir, parse_hostport, require_loopback_console, write_private
+from parley.config import (
+    Config,
+    DataDir,
+    check_console_listen,
+    check_console_name,
+    parse_hostport,
+    write_private,
+)
 from parley.core.encoding import check_party_id
 from parley.core.identity import Identity
 from parley.core.keychain import RevocationKeys
 from parley.errors import SchemaViolation, UsageError
 from parley.keyfile import DEFAULT_SCRYPT_N, save_identity
 from parley.service import tls
+from parley.service.console_tls import ensure_certificate, server_context
 from parley.service.terminal import CardBundle, utc_now
 from parley.store.db import engine_for, migrate, normalize_url, sqlite_url
 
@@ -28,11 +38,20 @@ def init_terminal(
     passphrase: str,
     peer_listen: str = "0.0.0.0:7443",
     console_listen: str = "127.0.0.1:7080",
+    console_tls: bool = False,
+    console_names: Sequence[str] = (),
+    console_tls_cert: str = "",
+    console_tls_key: str = "",
     database: str | None = None,
     link_test_interval: float = 3600.0,
     scrypt_n: int = DEFAULT_SCRYPT_N,
 ) -> Config:
-    """Create the data directory of a new terminal; refuse to overwrite one."""
+    """Create the data directory of a new terminal; refuse to overwrite one.
+
+    With ``console_tls`` and no certificate of the operator's
+    (``console_tls_cert``, ``console_tls_key``), the console's own
+    certificate is made now, so its fingerprint can be shown at once.
+    """
     try:
         check_party_id(party, "party id")
     except SchemaViolation as exc:
@@ -42,7 +61,35 @@ def init_terminal(
     if len(passphrase) < 8:
         raise UsageError("the key passphrase must be at least 8 characters")
     parse_hostport(peer_listen, "--peer-listen")
-    require_loopback_console(console_listen, "--console-listen")
+    names = [check_console_name(n, "--console-name") for n in console_names]
+    check_console_listen(
+        console_listen,
+        tls=console_tls,
+        names=names,
+        what="--console-listen",
+        tls_option="--console-tls",
+        names_option="--console-name",
+    )
+    if bool(console_tls_cert) != bool(console_tls_key):
+        raise UsageError("--console-tls-cert and --console-tls-key go together")
+    if console_tls_cert and not console_tls:
+        raise UsageError("--console-tls-cert needs --console-tls")
+    if console_tls_cert:
+        # Relative to where init runs; stored absolute.
+        console_tls_cert = str(Path(console_tls_cert).expanduser().resolve())
+        console_tls_key = str(Path(console_tls_key).expanduser().resolve())
+        # Readable, the key its own and not open to every user: checked before anything
+        # is made.
+        given = Config(
+            party=party,
+            name=name,
+            database="",
+            console_listen=console_listen,
+            console_tls=True,
+            console_tls_cert=console_tls_cert,
+            console_tls_key=console_tls_key,
+        )
+        server_context(ensure_certificate(DataDir(path), given, utc_now())[0])
     data = DataDir(path)
     if data.exists() or data.key_file.exists():
         raise UsageError(f"{path} already holds a terminal; refusing to overwrite its keys")
@@ -67,8 +114,14 @@ def init_terminal(
         database=url,
         peer_listen=peer_listen,
         console_listen=console_listen,
+        console_tls=console_tls,
+        console_names=names,
+        console_tls_cert=console_tls_cert,
+        console_tls_key=console_tls_key,
         link_test_interval=link_test_interval,
     )
     data.new_token()
     data.save_config(config)
+    if console_tls:
+        ensure_certificate(data, config, utc_now())
     return config

@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 
 from parley.config import DataDir
+from parley.service import console_tls
 from parley.service.setup import init_terminal
 from parley.service.terminal import CardBundle, Terminal
 
@@ -133,6 +135,8 @@ class TerminalProcess:
     serve_env: dict[str, str] = field(default_factory=dict)
     serve_args: tuple[str, ...] = ()
     label: str = "serve"
+    #: The console listener speaks HTTPS (``console.tls``).
+    console_tls: bool = False
 
     @property
     def peer_url(self) -> str:
@@ -140,7 +144,16 @@ class TerminalProcess:
 
     @property
     def console_url(self) -> str:
-        return f"http://127.0.0.1:{self.console_port}"
+        scheme = "https" if self.console_tls else "http"
+        return f"{scheme}://127.0.0.1:{self.console_port}"
+
+    def console_verify(self) -> ssl.SSLContext | bool:
+        """How a client checks the running console: its certificate (from
+        ``serve.json``) is the only one trusted; True for plain HTTP."""
+        if not self.console_tls:
+            return True
+        info = json.loads((self.data / "serve.json").read_text())
+        return console_tls.client_context(info["console_certificate_pem"].encode())
 
     @property
     def env(self) -> dict[str, str]:
@@ -241,6 +254,7 @@ class TerminalProcess:
             json=body,
             headers={"authorization": f"Bearer {token}", "x-parley-operator": operator},
             timeout=30,
+            verify=self.console_verify(),
         )
         if response.status_code >= 400:
             raise RuntimeError(
@@ -288,13 +302,15 @@ def make_network(
     link_test_interval: float = 3600.0,
     links: Callable[[str, str, TerminalProcess], list[tuple[str, str]]] | None = None,
     serve_env: Mapping[str, Mapping[str, str]] | None = None,
+    console_tls: bool = False,
 ) -> dict[str, TerminalProcess]:
     """Create terminals that have pinned each other (not started).
 
     ``links(owner, peer, peer_terminal)`` returns the (name, url) links
     ``owner`` uses to reach ``peer``; by default one link, ``primary``,
     straight to the peer's listener. ``serve_env`` maps a party to extra
-    environment variables for its ``parley serve`` process.
+    environment variables for its ``parley serve`` process. ``console_tls``:
+    the consoles speak HTTPS, each with the certificate its terminal makes.
     """
     terminals: dict[str, TerminalProcess] = {}
     for party, name in parties:
@@ -307,6 +323,7 @@ def make_network(
             passphrase=PASSPHRASE,
             peer_listen=f"127.0.0.1:{peer_port}",
             console_listen=f"127.0.0.1:{console_port}",
+            console_tls=console_tls,
             database=(databases or {}).get(party),
             link_test_interval=link_test_interval,
             scrypt_n=TEST_SCRYPT_N,
@@ -317,6 +334,7 @@ def make_network(
             peer_port,
             console_port,
             serve_env=dict((serve_env or {}).get(party, {})),
+            console_tls=console_tls,
         )
     bundles = {
         party: CardBundle.from_json(DataDir(t.data).card_file.read_bytes())
