@@ -1,10 +1,16 @@
 """Fixtures for the browser tests of the operator console.
 
 Two real terminals (US-EUCOM and RU-GS, SQLite, real mutual TLS on loopback)
-run for the whole session, each with its operator accounts; Debian's
+run for the whole session, each with its operator accounts and its console
+over HTTPS (``console.tls``, the certificate each terminal makes); Debian's
 Chromium (``/usr/bin/chromium``, installed by ``scripts/install-system-deps``,
 never downloaded) is driven through Playwright's sync API, one browser per
-session and a new context per operator.
+session and a new context per operator. The browser trusts exactly the two
+consoles' keys (``--ignore-certificate-errors-spki-list``, their SPKI
+hashes), as a workstation trusts a console's certificate after comparing its
+fingerprint: any other certificate is still an error. Playwright's own HTTP
+client (``page.request``, in its Node.js driver) trusts the two certificates
+themselves (``NODE_EXTRA_CA_CERTS``), and nothing else is added.
 
 Every page a test opens reports the browser's console errors, uncaught
 exceptions and Content-Security-Policy violations; a test fails if any
@@ -47,6 +53,7 @@ from playwright.sync_api import (
 from sqlalchemy import Engine, insert
 
 from parley.config import DataDir
+from parley.service.console_tls import ConsoleCertificate, console_certificate
 from parley.service.terminal import utc_now
 from parley.service.users import add_user
 from parley.store import models as m
@@ -180,7 +187,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         primary = [("primary", peer_terminal.peer_url)]
         return [*primary, ("backup", dead)] if owner == US[0] else primary
 
-    terminals = make_network(root, [US, RU], links=links)
+    terminals = make_network(root, [US, RU], links=links, console_tls=True)
     try:
         for party, terminal in terminals.items():
             engine = engine_for(DataDir(terminal.data).load_config().database)
@@ -241,21 +248,42 @@ def wait_received(receiver: TerminalProcess, message_id: str, timeout: float = 3
 
 
 @pytest.fixture(scope="package")
-def playwright() -> Iterator[Playwright]:
+def playwright(network: Network, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Playwright]:
     # Package scope: Playwright's sync API keeps an event loop running in this thread
     # while it is open, and the tests after this package call asyncio.run().
-    with sync_playwright() as pw:
-        yield pw
+    bundle = tmp_path_factory.mktemp("console-certificates") / "consoles.pem"
+    bundle.write_text("".join(console_certificate_of(t).pem for t in (network.us, network.ru)))
+    # Read by the Node.js driver when it starts, for page.request.
+    before = os.environ.get("NODE_EXTRA_CA_CERTS")
+    os.environ["NODE_EXTRA_CA_CERTS"] = str(bundle)
+    try:
+        with sync_playwright() as pw:
+            yield pw
+    finally:
+        if before is None:
+            del os.environ["NODE_EXTRA_CA_CERTS"]
+        else:
+            os.environ["NODE_EXTRA_CA_CERTS"] = before
+
+
+def console_certificate_of(terminal: TerminalProcess) -> ConsoleCertificate:
+    data = DataDir(terminal.data)
+    certificate = console_certificate(data, data.load_config())
+    assert certificate is not None, f"{terminal.party} has no console certificate"
+    return certificate
 
 
 @pytest.fixture(scope="package")
-def browser(playwright: Playwright) -> Iterator[Browser]:
+def browser(playwright: Playwright, network: Network) -> Iterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             f"{CHROMIUM} is missing: run scripts/install-system-deps (Debian's chromium)",
             pytrace=False,
         )
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    # The consoles' own keys, and no other certificate, pass without a warning.
+    pins = [console_certificate_of(t).spki_sha256 for t in (network.us, network.ru)]
+    args.append("--ignore-certificate-errors-spki-list=" + ",".join(pins))
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
     try:
         yield browser
