@@ -686,9 +686,12 @@ def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
                 f"{console['state']}: until {console['valid_until']} ({console['days_left']} "
                 f"days left); SHA-256 {console['fingerprint']}",
                 soft_wrap=True,
+                **PLAIN,
             )
         elif console["tls"] or console["state"] == "unreadable":
-            out.print(f"console certificate: {console['state']}. {console.get('problem', '')}")
+            out.print(
+                f"console certificate: {console['state']}. {console.get('problem', '')}", **PLAIN
+            )
 
     emit(shown, json_, render)
 
@@ -824,21 +827,26 @@ def _console_status() -> dict[str, Any]:
     return status(state.data, state.data.load_config(), utc_now())
 
 
+#: Text printed as it is: no markup, no emoji (":AB:" in a fingerprint is not 🆎).
+PLAIN: dict[str, Any] = {"markup": False, "emoji": False, "highlight": False}
+
+
 def _print_console_certificate(shown: dict[str, Any], *, to: Console) -> None:
     if "fingerprint" not in shown:
-        to.print(f"Console certificate: {shown['state']}. {shown.get('problem', '')}")
+        to.print(f"Console certificate: {shown['state']}. {shown.get('problem', '')}", **PLAIN)
         return
     whose = "the terminal's own" if shown["own"] else "yours (console.tls_cert)"
-    to.print(f"Console certificate ({whose}): {shown['file']}", soft_wrap=True)
-    to.print(f"SHA-256 fingerprint: {shown['fingerprint']}", soft_wrap=True)
-    to.print(f"SPKI SHA-256 (base64): {shown['spki_sha256']}", soft_wrap=True)
+    to.print(f"Console certificate ({whose}): {shown['file']}", soft_wrap=True, **PLAIN)
+    to.print(f"SHA-256 fingerprint: {shown['fingerprint']}", soft_wrap=True, **PLAIN)
+    to.print(f"SPKI SHA-256 (base64): {shown['spki_sha256']}", soft_wrap=True, **PLAIN)
     to.print(
         f"Names: {', '.join(shown['names']) or 'none'}; valid {shown['valid_from']} to "
         f"{shown['valid_until']} ({shown['days_left']} days left, {shown['state']})",
         soft_wrap=True,
+        **PLAIN,
     )
     if not shown["tls"]:
-        to.print("console.tls is off: the console listener does not present it.")
+        to.print("console.tls is off: the console listener does not present it.", **PLAIN)
 
 
 @console_app.command("cert")

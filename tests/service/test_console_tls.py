@@ -40,6 +40,7 @@ from parley.errors import UsageError
 from parley.server import serve
 from parley.service import console_tls, users
 from parley.service.console_guard import HSTS
+from parley.service.doctor import console_certificate_checks
 from parley.service.setup import init_terminal
 from parley.service.terminal import Terminal, utc_now
 from parley.service.users import add_user
@@ -568,3 +569,48 @@ def test_tls_and_the_cli_as_an_officer_uses_them(tmp_path: Path) -> None:
         assert info["console_fingerprint"] == json.loads(renewed.stdout)["fingerprint"]
     finally:
         terminal.stop()
+
+
+def test_doctor_checks_the_console_certificate(tmp_path: Path) -> None:
+    data = _init(tmp_path / "ru", console_tls=True)
+    config = data.load_config()
+    now = utc_now()
+
+    def found(at: Any = now) -> list[tuple[str, str]]:
+        checks = console_certificate_checks(data, config, os.geteuid(), at)
+        return [(c.name, c.status) for c in checks]
+
+    assert found() == [("console key", "ok"), ("console certificate", "ok")]
+    own = console_tls.console_certificate(data, config)
+    assert own is not None
+    assert found(own.not_after - timedelta(days=10)) == [
+        ("console key", "ok"),
+        ("console certificate", "warn"),
+    ]
+    data.console_key_file.chmod(0o640)
+    assert found()[0] == ("console key", "fail")
+
+    cert_file, key_file, _ = _operator_pair(tmp_path / "pki", ["parley-ru.example"])
+    config.console_tls_cert, config.console_tls_key = str(cert_file), str(key_file)
+    assert found() == [("console certificate", "warn")]  # ends within 90 days
+    key_file.chmod(0o644)
+    assert found() == [("console key", "fail"), ("console certificate", "warn")]
+
+    config.console_tls = False
+    assert found() == []
+
+
+def test_a_fingerprint_is_printed_as_it_is(tmp_path: Path) -> None:
+    """Regression: rich printed the ":AB:" of a fingerprint as the emoji 🆎."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from parley.cli import _print_console_certificate
+
+    data = _init(tmp_path / "ru", console_tls=True)
+    shown = console_tls.status(data, data.load_config(), utc_now())
+    shown["fingerprint"] = ":".join(["AB", "CD", "[b]", "10"] * 8)
+    captured = StringIO()
+    _print_console_certificate(shown, to=Console(file=captured, width=400))
+    assert f"SHA-256 fingerprint: {shown['fingerprint']}\n" in captured.getvalue()

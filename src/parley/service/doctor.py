@@ -58,8 +58,8 @@ from parley import merkle
 from parley.config import (
     Config,
     DataDir,
+    check_console_listen,
     parse_hostport,
-    require_loopback_console,
 )
 from parley.core.checkpoint import verify_log_head
 from parley.core.encoding import format_time
@@ -68,12 +68,13 @@ from parley.core.identity import Identity, IdentityCard
 from parley.errors import (
     DamagedKeyFile,
     ParleyError,
+    UnreadableFile,
     UsageError,
     VerificationError,
     WrongPassphrase,
 )
 from parley.keyfile import load_identity
-from parley.service import tls
+from parley.service import console_tls, tls
 from parley.service.backup import schedule_directory
 from parley.service.cardchain import load_chain, load_peer_chains
 from parley.service.kernel import stored_frozen, utc_now
@@ -92,6 +93,7 @@ __all__ = [
     "access_check",
     "clock_check",
     "config_problems",
+    "console_certificate_checks",
     "expiry_check",
     "link_check",
     "offset_check",
@@ -177,9 +179,18 @@ def config_problems(
     except UsageError as exc:
         problems.append(_fail(name, str(exc), f"{edit}: peer.listen = HOST:PORT"))
     try:
-        require_loopback_console(config.console_listen, "console.listen")
+        check_console_listen(
+            config.console_listen, tls=config.console_tls, names=config.console_names
+        )
     except UsageError as exc:
-        problems.append(_fail(name, str(exc), f"{edit}: console.listen = 127.0.0.1:PORT"))
+        problems.append(
+            _fail(
+                name,
+                str(exc),
+                f"{edit}: console.listen = 127.0.0.1:PORT, or console.tls = true "
+                "(and console.names for a wildcard address)",
+            )
+        )
     try:
         normalize_url(config.database)
     except UsageError as exc:
@@ -469,6 +480,71 @@ def _certificate_expiry(name: str, whose: str, pem: bytes, now: datetime, renew:
         now,
         renew=renew,
     )
+
+
+def console_certificate_checks(
+    data: DataDir, config: Config, uid: int, now: datetime
+) -> list[Check]:
+    """The console's HTTPS certificate and key (``console.tls``): there, private, in date.
+
+    The terminal's own is renewed by ``parley serve`` at start, so only one
+    past its renewal date is worth a warning; the operator's is judged by the
+    thresholds of the card alarms, as nobody renews it but the operator.
+    """
+    name = "console certificate"
+    if not config.console_tls:
+        return []
+    try:
+        certificate = console_tls.console_certificate(data, config)
+    except (UsageError, UnreadableFile) as exc:
+        return [_fail(name, str(exc), "correct console.tls_cert in parley.toml")]
+    if certificate is None:
+        return [
+            _warn(
+                name,
+                f"{data.console_cert_file} does not exist yet: parley serve makes it at start",
+                "run `parley console cert` to make it now and see the fingerprint the "
+                "workstations are to trust",
+            )
+        ]
+    whose = f"the console certificate {certificate.cert_file}"
+    checks: list[Check] = []
+    key = certificate.key_file
+    if certificate.own:
+        access = access_check("console key", key, _stat(key), uid, kind="secret")
+        if access is not None:
+            checks.append(access)
+        renew = "restart parley serve (it makes a new one) or run `parley console cert --renew`"
+        if certificate.not_after - now < console_tls.RENEW_BEFORE:
+            checks.append(
+                _warn(name, f"{whose} ends at {format_time(certificate.not_after)}", renew)
+            )
+        else:
+            checks.append(_ok(name, f"{whose} is valid until {format_time(certificate.not_after)}"))
+        return checks
+    st = _stat(key)
+    if st is None:
+        checks.append(_fail("console key", f"{key} does not exist", "correct console.tls_key"))
+    elif stat.S_IMODE(st.st_mode) & 0o006:
+        checks.append(
+            _fail(
+                "console key",
+                f"{key} is readable or writable by every user (mode {stat.S_IMODE(st.st_mode):o})",
+                f"chmod o-rw {key}",
+            )
+        )
+    checks.append(
+        expiry_check(
+            name,
+            whose,
+            certificate.not_before,
+            certificate.not_after,
+            now,
+            renew="put a new certificate and key in console.tls_cert and console.tls_key, "
+            "and restart parley serve",
+        )
+    )
+    return checks
 
 
 ROTATE: Final = (
@@ -1010,6 +1086,7 @@ def run_doctor(
             )
     found, bundle, identity = _keys(data, config, passphrase, now)
     checks.extend(found)
+    checks.extend(console_certificate_checks(data, config, uid, now))
     connected, engine = _connect(config, timeout)
     checks.append(connected)
     if engine is None:
