@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import ssl
 import threading
@@ -328,6 +329,15 @@ def test_a_passphrase_file_readable_by_others_fails(pair: Pair, tmp_path: Path) 
     assert _doctor(pair.us, passphrase=None, passphrase_file=secret).clean
     secret.chmod(0o644)
     _only_problem(_doctor(pair.us, passphrase=None, passphrase_file=secret), "passphrase file")
+    # A pipe (--passphrase-file /dev/stdin) has no permissions of its own to check.
+    read, write = os.pipe()
+    try:
+        os.write(write, PASSPHRASE.encode() + b"\n")
+        os.close(write)
+        piped = _doctor(pair.us, passphrase=None, passphrase_file=Path(f"/dev/fd/{read}"))
+    finally:
+        os.close(read)
+    assert piped.clean, [c for c in piped.checks if c.status != "ok"]
 
 
 def test_an_unwritable_backup_directory_fails(pair: Pair, tmp_path: Path) -> None:

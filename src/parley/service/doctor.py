@@ -385,11 +385,11 @@ def _files(
             )
         )
     if passphrase_file is not None:
-        add(
-            access_check(
-                "passphrase file", passphrase_file, _stat(passphrase_file), uid, kind="secret"
-            )
-        )
+        found = _stat(passphrase_file)
+        if found is None or stat.S_ISREG(
+            found.st_mode
+        ):  # not a pipe (--passphrase-file /dev/stdin)
+            add(access_check("passphrase file", passphrase_file, found, uid, kind="secret"))
     if config is None:
         return checks
     with contextlib.suppress(UsageError):
