@@ -2196,7 +2196,12 @@ def verify(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @app.command()
 def doctor(
-    json_: Annotated[bool, typer.Option("--json")] = False,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print {ok, clean, counts, checks: [{name, status, detail, fix}]}."
+        ),
+    ] = False,
     timeout: Annotated[
         float, typer.Option(help="Seconds each link (and the database) may take to answer.")
     ] = 5.0,
@@ -2209,8 +2214,9 @@ def doctor(
     it they are not checked); the card's and TLS certificate's validity; the
     database, its migrations and the stored log against the last signed
     checkpoint; the clock; each link (a TLS handshake with the peer's pinned
-    certificate) and the peers' cards. Reads only: works while `parley serve`
-    runs. Exits 1 if any check fails (warnings do not).
+    certificate) and the peers' cards; with console.tls, the console's
+    certificate and key. Reads only: works while `parley serve` runs. Exits 1
+    if any check fails (warnings do not).
     """
     from parley.service.doctor import run_doctor
 
