@@ -10,13 +10,20 @@ the browser are the package's (``conftest.py``).
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from playwright.sync_api import expect
+from sqlalchemy import and_, func, select
 
+from parley.config import DataDir
 from parley.console import i18n
+from parley.console.pages_admin import CHART_SHORTEST
+from parley.store import models as m
+from parley.store.db import engine_for
 from parley.testing.network import TerminalProcess, wait_until
 from tests.browser.conftest import PASSWORD, Console, Network, OpenConsole, send, wait_received
 from tests.browser.test_console import inbox_row, outbox_row, unique
@@ -178,3 +185,54 @@ def test_the_transcript_page_is_paged(network: Network, open_console: OpenConsol
     expect(pager.get_by_test_id("pager-newer")).to_be_visible()
     # The checkpoints keep their own page.
     expect(page.get_by_test_id("pager-checkpoints")).to_have_attribute("data-page", "1")
+
+
+def _oldest_sample(terminal: TerminalProcess, peer: str, link: str) -> datetime:
+    engine = engine_for(DataDir(terminal.data).load_config().database)
+    try:
+        with engine.connect() as conn:
+            cols = m.link_samples.c
+            oldest = conn.execute(
+                select(func.min(cols.at)).where(and_(cols.peer == peer, cols.link == link))
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert oldest is not None, f"no sample of {peer}/{link} at {terminal.party}"
+    return oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+
+
+def test_the_links_chart_scales_to_the_data_it_has(
+    network: Network, open_console: OpenConsole
+) -> None:
+    # RU-GS met US-EUCOM when the session began: minutes of samples, not a day.
+    ru = open_console(network.ru, "ru.sup")
+    ru.goto("/links")
+    ru.page.get_by_test_id("test-links-button").click()
+    ru.goto("/links")
+    chart = ru.page.locator('[data-testid="rtt-chart"][data-peer="US-EUCOM"][data-link="primary"]')
+    expect(chart.locator("polyline")).not_to_have_count(0)
+    start = datetime.fromisoformat(str(chart.get_attribute("data-start")))
+    end = datetime.fromisoformat(str(chart.get_attribute("data-end")))
+    oldest = _oldest_sample(network.ru, "US-EUCOM", "primary")
+    assert abs((start - min(oldest, end - CHART_SHORTEST)).total_seconds()) < 2, (start, oldest)
+    assert end - start < timedelta(hours=1)
+    ticks = chart.locator("text[text-anchor=middle]").all_inner_texts()
+    assert len(ticks) >= 4, ticks  # minutes on the axis, not the hours of a day
+
+    # US-EUCOM has a day of samples: 24 hours by default, or the last hour when chosen.
+    us = open_console(network.us, "us.sup")
+    us.goto("/links")
+    day = us.page.locator('[data-testid="rtt-chart"][data-peer="RU-GS"][data-link="primary"]')
+    start = datetime.fromisoformat(str(day.get_attribute("data-start")))
+    assert timedelta(hours=23) < datetime.now(UTC) - start <= timedelta(hours=24, minutes=1)
+    us.page.get_by_test_id("span-choice").locator('a[data-span="1h"]').click()
+    expect(us.page).to_have_url(re.compile(r"/links\?span=1h$"))
+    expect(us.page.locator('a[data-span="1h"]')).to_have_attribute("aria-current", "page")
+    start = datetime.fromisoformat(str(day.get_attribute("data-start")))
+    assert datetime.now(UTC) - start <= timedelta(hours=1, minutes=1)
+    caption = us.page.locator(
+        '[data-testid="rtt-figure"][data-peer="RU-GS"][data-link="primary"] figcaption'
+    )
+    samples = re.search(r"samples: (\d+)", caption.inner_text())
+    assert samples is not None
+    assert 1 <= int(samples[1]) < 71  # not the day's

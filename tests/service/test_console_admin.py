@@ -216,7 +216,10 @@ def test_every_page_renders_for_every_role(world: World, role: str) -> None:
     assert ("propose-button" in channels) is (role == "supervisor")
     links = operator.get("/links").text
     assert len(_rows(links, "link-row")) == 1
-    assert len(_rows(links, "rtt-chart")) == 1
+    # No sample yet: the link's chart says so, and draws no empty axis.
+    assert len(_rows(links, "rtt-figure")) == 1
+    assert _rows(links, "rtt-chart") == []
+    assert "no samples in the last 24 hours" in links
     assert ("test-links-button" in links) is (role in ("supervisor", "admin"))
     transcript = operator.get("/transcript").text
     assert "verify-button" in transcript  # every role may verify
@@ -461,11 +464,21 @@ def test_the_rtt_chart_is_drawn_from_the_samples_of_the_last_day(world: World) -
     fails = re.findall(r'<circle class="fail" cx="([^"]+)" cy="([^"]+)"', chart)
     assert len(fails) == 1
     assert first[1][0] < float(fails[0][0]) < second[0][0]
+    # The axis runs from the oldest sample of the day (23 hours ago), a tick every 3 hours.
     hours = re.findall(r"<text[^>]*>(\d\d):00</text>", chart)
-    assert len(hours) == 8
+    assert len(hours) in (7, 8)
     assert all(int(h) % 3 == 0 for h in hours)
     assert 'class="axis"' in chart
     assert "samples: 5, failed: 1" in page
+
+    # The last hour: the sample of that hour alone (the one an hour old is just past).
+    hour = world.as_("duty1").get("/links?span=1h").text
+    assert 'data-span="1h" aria-current="page"' in hour
+    chart = _element(hour, "rtt-chart")
+    assert "samples: 1, failed: 0" in hour
+    assert len(re.findall(r'<polyline class="line"', chart)) == 1
+    assert "40 ms" not in chart  # 30 ms is the slowest: a 50 ms axis
+    assert "50 ms" in chart
 
 
 def test_rtt_chart_geometry() -> None:
@@ -479,13 +492,41 @@ def test_rtt_chart_geometry() -> None:
     assert len(line.split()) == 2  # a lone sample is drawn as a short dash
     assert one.slowest == 3.0
     assert [label for _, label in one.y_ticks][-1] == "5 ms"
+    # The axis covers the data there is: two hours, a tick every 15 minutes.
+    assert one.start == end - timedelta(hours=2)
+    assert [label for _, label in one.x_ticks][:3] == ["10:00", "10:15", "10:30"]
+    assert [label for _, label in one.x_ticks][-1] == "12:00"
     # Many samples in one bucket are averaged into one point.
-    busy = [(end - timedelta(minutes=2, seconds=s), True, float(10 + s % 3)) for s in range(60)]
+    busy = [
+        (end - timedelta(minutes=2, milliseconds=2500 + s), True, float(10 + s % 3))
+        for s in range(60)
+    ]
     averaged = pages_admin.rtt_chart("P", "L", busy, end=end)
     assert averaged.samples == 60
     assert averaged.slowest == pytest.approx(11.0)
     for x, _ in averaged.x_ticks:
         assert averaged.left <= x <= averaged.right
+
+
+def test_a_new_links_chart_fills_its_width_with_the_minutes_it_has() -> None:
+    end = datetime(2026, 2, 5, 12, 0, 30, tzinfo=UTC)
+    minutes = [(end - timedelta(seconds=20 * n), True, 50.0 + n) for n in range(9)]  # 3 minutes
+    chart = pages_admin.rtt_chart("P", "L", minutes, end=end)
+    # At least ten minutes, not the day: the line spans a good part of the width.
+    assert chart.start == end - pages_admin.CHART_SHORTEST
+    (line,) = chart.lines
+    xs = [float(point.split(",")[0]) for point in line.split()]
+    assert max(xs) - min(xs) > (chart.right - chart.left) / 4
+    assert len(chart.x_ticks) >= 4
+    assert all(chart.left <= x <= chart.right for x, _ in chart.x_ticks)
+    # A 1-hour choice leaves out what is older, and the axis follows what is left.
+    old = [(end - timedelta(hours=5), True, 900.0), *minutes]
+    hour = pages_admin.rtt_chart("P", "L", old, end=end, span=pages_admin.CHART_SPANS["1h"])
+    assert hour.samples == 9
+    assert hour.start == end - pages_admin.CHART_SHORTEST
+    day = pages_admin.rtt_chart("P", "L", old, end=end)
+    assert day.start == end - timedelta(hours=5)
+    assert day.slowest == 900.0
 
 
 # Transcript ------------------------------------------------------------------------

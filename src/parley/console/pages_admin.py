@@ -9,7 +9,8 @@ in the same transaction) and is answered with a redirect back to its page
 refused it.
 
 The round-trip-time chart is drawn here as inline SVG (no chart library, no
-inline style: the classes come from ``console.css``).
+inline style: the classes come from ``console.css``), over the last 24 hours or
+the last hour (``?span=``), its time axis starting at the oldest sample there is.
 """
 
 from __future__ import annotations
@@ -58,10 +59,17 @@ router = APIRouter()
 
 #: Who may clear an alarm by hand (the alarm stays in the record, marked cleared).
 
-#: How far back the links page charts round-trip times.
-CHART_SPAN = timedelta(hours=24)
-#: Samples are averaged per bucket: a day of 5-second samples is still a short line.
-CHART_BUCKET = timedelta(minutes=5)
+#: How far back the links page may chart round-trip times: ``?span=`` -> the period.
+CHART_SPANS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
+CHART_SPAN = CHART_SPANS["24h"]
+#: The shortest period a chart covers: a link tested for a minute still gets a readable axis.
+CHART_SHORTEST = timedelta(minutes=10)
+#: Samples are averaged per bucket, this many across the period (a day: 12 minutes each).
+CHART_BUCKETS = 120
+#: Steps between the time axis' ticks; the first that gives at most 8 ticks is used.
+_TICK_STEPS = tuple(
+    timedelta(minutes=n) for n in (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)
+)
 #: A handover note is read by the next watch, not archived prose.
 NOTE_MAX = 4000
 
@@ -212,29 +220,36 @@ def rtt_chart(
     *,
     end: datetime,
     span: timedelta = CHART_SPAN,
-    bucket: timedelta = CHART_BUCKET,
     width: int = 720,
     height: int = 170,
 ) -> RttChart:
-    """Lay out ``(at, ok, rtt_ms)`` samples over ``span`` up to ``end``.
+    """Lay out ``(at, ok, rtt_ms)`` samples of at most ``span`` up to ``end``.
 
-    Successful samples are averaged per ``bucket`` and joined by a line
-    (links are tested hourly when idle, so quiet hours are bridged); the line
-    breaks where a bucket holds only failures, and every bucket with a
-    failure gets a red dot on the time axis.
+    The time axis covers what there is: from the oldest sample within ``span``
+    (at least ``CHART_SHORTEST``), so a link met a few minutes ago fills the
+    chart instead of sitting at the right edge of an empty day. Successful
+    samples are averaged per bucket (``CHART_BUCKETS`` across the axis) and
+    joined by a line (links are tested hourly when idle, so quiet hours are
+    bridged); the line breaks where a bucket holds only failures, and every
+    bucket with a failure gets a red dot on the time axis. No sample: ``empty``.
     """
-    start = end - span
+    within = [
+        (at, ok, rtt)
+        for at, ok, rtt in ((_utc(at) or at, ok, rtt) for at, ok, rtt in samples)
+        if end - span <= at <= end
+    ]
+    oldest = min((at for at, _, _ in within), default=end)
+    start = end - min(span, max(CHART_SHORTEST, end - oldest))
+    window = end - start
     left, right, top, bottom = 52.0, width - 12.0, 10.0, height - 24.0
     plot_w, plot_h = right - left, bottom - top
-    count = max(1, math.ceil(span / bucket))
+    count = CHART_BUCKETS
+    bucket = window / count
     ok_sum = [0.0] * count
     ok_n = [0] * count
     failed_in = [0] * count
     total = failed = 0
-    for at, ok, rtt in samples:
-        at = _utc(at) or at
-        if at < start or at > end:
-            continue
+    for at, ok, rtt in within:
         slot = min(count - 1, int((at - start) / bucket))
         total += 1
         if ok and rtt is not None:
@@ -273,16 +288,14 @@ def rtt_chart(
     close()
     failures = tuple((x_of(slot), bottom) for slot in range(count) if failed_in[slot])
 
+    step = next((s for s in _TICK_STEPS if window / s <= 8), _TICK_STEPS[-1])
+    midnight = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    tick = midnight + math.ceil((start - midnight) / step) * step
     x_ticks: list[tuple[float, str]] = []
-    hour = start.replace(minute=0, second=0, microsecond=0)
-    if hour < start:
-        hour += timedelta(hours=1)
-    step = 3 if span > timedelta(hours=6) else 1
-    while hour <= end:
-        if hour.hour % step == 0:
-            x = round(left + (hour - start) / span * plot_w, 1)
-            x_ticks.append((x, hour.astimezone(UTC).strftime("%H:00")))
-        hour += timedelta(hours=1)
+    while tick <= end:
+        x = round(left + (tick - start) / window * plot_w, 1)
+        x_ticks.append((x, tick.astimezone(UTC).strftime("%H:%M")))
+        tick += step
     y_ticks = tuple(
         (round(bottom - fraction * plot_h, 1), f"{_number(ceiling * fraction)} ms")
         for fraction in (0.0, 0.5, 1.0)
@@ -312,10 +325,11 @@ def _link_rows(terminal: Terminal) -> list[dict[str, Any]]:
     return terminal.links()
 
 
-def _links_context(terminal: Terminal) -> dict[str, Any]:
+def _links_context(terminal: Terminal, span: str = "24h") -> dict[str, Any]:
     links = terminal.links()
     end = terminal.clock()
-    start = end - CHART_SPAN
+    period = CHART_SPANS.get(span, CHART_SPAN)
+    start = end - period
     cols = m.link_samples.c
     charts = []
     with reading(terminal.engine) as conn:
@@ -331,14 +345,16 @@ def _links_context(terminal: Terminal) -> dict[str, Any]:
                     item["name"],
                     [(row.at, bool(row.ok), row.rtt_ms) for row in rows],
                     end=end,
+                    span=period,
                 )
             )
-    return {"links": links, "charts": charts}
+    chosen = span if span in CHART_SPANS else "24h"
+    return {"links": links, "charts": charts, "span": chosen, "spans": tuple(CHART_SPANS)}
 
 
 @router.get("/links", response_class=HTMLResponse)
-async def links_page(page: CurrentPage, done: str | None = None) -> HTMLResponse:
-    context = await run_in_threadpool(_links_context, page.terminal)
+async def links_page(page: CurrentPage, done: str | None = None, span: str = "24h") -> HTMLResponse:
+    context = await run_in_threadpool(_links_context, page.terminal, span)
     notice = "tested" if done == "test" else None
     return _page(page, "links.html", active="links", notice=notice, error=None, **context)
 
