@@ -26,6 +26,13 @@ from parley.core.identity import HPKE_SUITE
 from parley.errors import DecryptionFailed, KeyDestroyed
 from parley.keyfile import load_identity
 from parley.service.audit import audit
+from parley.service.kernel import utc
+from parley.service.keys import (
+    ANNOUNCE_AT_ONCE,
+    ANNOUNCE_PER_PEER,
+    ANNOUNCE_WINDOW_MAX,
+    announcement_window,
+)
 from parley.service.keystore import _unseal, key_store_key
 from parley.service.terminal import Terminal, utc_now
 from parley.store import models as m
@@ -314,3 +321,42 @@ def test_a_destroyed_key_is_gone_from_the_database_on_each_backend(
     assert reopened.show(sent["id"])["body"] == {"text": "before"}
     assert audit(reopened.engine, reopened.identity.card).failures == []
     reopened.engine.dispose()
+
+
+def test_announcements_to_many_peers_are_spread_and_not_brought_forward(tmp_path: Path) -> None:
+    """A terminal with many peers queues its key announcements at once but spreads their
+    first attempts (a network starting together must not ask every delivery of one machine
+    at the same instant); a peer answering again brings retries forward, not these."""
+    parties = [(f"T{i:02d}", f"Terminal {i}") for i in range(1, 10)]
+    made = make_network(tmp_path, parties)
+    clock = ManualClock(utc_now())
+    first = Terminal.open(made["T01"].data, PASSPHRASE, clock=clock)
+    try:
+        announced = first.check_encryption_keys()["announced_to"]
+        assert sorted(announced) == [p for p, _ in parties[1:]]
+        window = announcement_window(len(announced))
+        assert window == ANNOUNCE_PER_PEER * 8
+        now = clock()
+        with first.engine.connect() as conn:
+            rows = conn.execute(
+                select(m.outbox.c.peer, m.outbox.c.next_attempt, m.outbox.c.precedence)
+            ).all()
+        assert sorted(r.peer for r in rows) == sorted(announced)
+        offsets = [(utc(r.next_attempt) - now).total_seconds() for r in rows]
+        assert all(0.0 <= o <= window for o in offsets), offsets
+        assert len({round(o, 3) for o in offsets}) > 1, offsets  # spread, not one instant
+        assert {r.precedence for r in rows} == {"ROUTINE"}
+        later = max(rows, key=lambda r: r.next_attempt)
+        assert first.retry_now(later.peer) == 0
+        assert first.next_due(later.peer) == utc(later.next_attempt)
+        # Once due, it goes like any message; a failed attempt is a retry like any other.
+        clock.advance(timedelta(seconds=window + 1))
+        assert {i["peer"] for i in first.due_deliveries(later.peer, 10)} == {later.peer}
+    finally:
+        first.engine.dispose()
+
+
+def test_few_announcements_go_at_once() -> None:
+    assert announcement_window(1) == announcement_window(ANNOUNCE_AT_ONCE) == 0.0
+    assert announcement_window(ANNOUNCE_AT_ONCE + 1) > 0.0
+    assert announcement_window(10_000) == ANNOUNCE_WINDOW_MAX

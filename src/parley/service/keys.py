@@ -7,7 +7,12 @@ older than ``keys.encryption_key_rotation`` (or there is none) a new one is
 made, kept sealed (``parley.service.keystore``) and announced to every pinned
 peer in a message of kind ``key`` on the bilateral channel (logged in both
 transcripts); a peer pinned later gets the current announcement at the next
-check. The replaced key still opens what was sent to it until
+check. Peers encrypt to the card's own key until the announcement reaches them, so
+it is not urgent: a ROUTINE message, and when many peers lack it (a network starting
+together, an identity rotation) their first attempts are spread over
+``announcement_window`` (a few seconds per peer, at most ten minutes), so that 57
+terminals starting together do not ask 3,192 deliveries of one machine at once.
+The replaced key still opens what was sent to it until
 ``keys.encryption_key_grace`` has passed; then its private half is
 overwritten. A frozen terminal (docs/recovery.md) makes, announces and
 destroys no key until it is recovered (recovery reads received envelopes
@@ -24,6 +29,7 @@ threshold took its place, or the card is no longer in use).
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -56,6 +62,19 @@ HPKE_SUITE_NAME: Final = "MLKEM768_X25519 + HKDF-SHA256 + ChaCha20-Poly1305 (RFC
 CHECK_EVERY: Final = timedelta(hours=1)
 #: The operator named in the service messages that announce encryption keys.
 KEYS_OPERATOR: Final = "parley-keys"
+#: Announcements sent at once; beyond, their first attempts are spread (see below).
+ANNOUNCE_AT_ONCE: Final = 4
+#: Seconds of the spreading window per peer lacking the announcement, and its cap.
+ANNOUNCE_PER_PEER: Final = 5.0
+ANNOUNCE_WINDOW_MAX: Final = 600.0
+
+
+def announcement_window(peers: int) -> float:
+    """Seconds over which the first attempts of ``peers`` key announcements are spread
+    (0: all at once)."""
+    if peers <= ANNOUNCE_AT_ONCE:
+        return 0.0
+    return min(ANNOUNCE_PER_PEER * peers, ANNOUNCE_WINDOW_MAX)
 
 
 def card_version(card: IdentityCard) -> int:
@@ -96,6 +115,7 @@ class Keys:
         #: check_encryption_keys: nothing is due before this, for the state in _keys_seen.
         self._keys_idle_until: datetime | None = None
         self._keys_seen: tuple[int, str, frozenset[str]] | None = None
+        self._rng = random.Random()  # noqa: S311 - spreading, not secrets
 
     # Forward secrecy: rotation, announcement, destruction ---------------------------
 
@@ -180,8 +200,19 @@ class Keys:
         if not missing:
             return []
         body: dict[str, Any] = {"key": dict(current.key.announcement)}
+        window = announcement_window(len(missing))
+        now = self.kernel.clock()
         drafts: Sequence[Draft] = [
-            Draft((peer,), "key", body, KEYS_OPERATOR, precedence="PRIORITY") for peer in missing
+            Draft(
+                (peer,),
+                "key",
+                body,
+                KEYS_OPERATOR,
+                not_before=now + timedelta(seconds=self._rng.uniform(0.0, window))
+                if window
+                else None,
+            )
+            for peer in missing
         ]
         results = self.messaging.send_many(drafts)
         now = self.kernel.clock()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -41,6 +42,8 @@ class Draft:
     exercise: bool = False
     lang: str = "en"
     via: str | None = None
+    #: The first delivery attempt not before this (None: at once).
+    not_before: datetime | None = None
 
 
 class Messaging:
@@ -185,7 +188,7 @@ class Messaging:
                     "precedence": out.precedence,
                     "state": "pending",
                     "attempts": 0,
-                    "next_attempt": now,
+                    "next_attempt": max(now, draft.not_before or now),
                     "via": draft.via,
                 }
                 for peer in out.recipients

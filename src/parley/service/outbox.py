@@ -118,6 +118,8 @@ class Outbox:
                         m.outbox.c.state == "pending",
                         m.outbox.c.next_attempt > now,
                         m.outbox.c.via.is_(None),
+                        # A first attempt spread over time (key announcements) is no retry.
+                        m.outbox.c.attempts > 0,
                     )
                 )
                 .values(next_attempt=now)
