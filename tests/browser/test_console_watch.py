@@ -192,7 +192,7 @@ def _oldest_sample(terminal: TerminalProcess, peer: str, link: str) -> datetime:
     try:
         with engine.connect() as conn:
             cols = m.link_samples.c
-            oldest = conn.execute(
+            oldest: datetime | None = conn.execute(
                 select(func.min(cols.at)).where(and_(cols.peer == peer, cols.link == link))
             ).scalar()
     finally:

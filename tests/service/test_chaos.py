@@ -441,8 +441,9 @@ def transcript_envelope_ids(terminal: TerminalProcess, engine: Engine) -> Counte
     return found
 
 
-def converged(terminal: TerminalProcess, target: int | None) -> tuple[bool, dict[str, Any]]:
-    """Nothing pending, and a log size of at least ``target`` cosigned by every peer.
+def converged(terminal: TerminalProcess, target: int | None = None) -> tuple[bool, dict[str, Any]]:
+    """Nothing pending, and a log size of at least ``target`` (by default the current
+    size) cosigned by every peer.
 
     The logs never stop growing for good (each terminal announces a new encryption key
     every few seconds), so the drain waits for every peer to cosign a tree holding
@@ -450,10 +451,10 @@ def converged(terminal: TerminalProcess, target: int | None) -> tuple[bool, dict
     """
     status: dict[str, Any] = terminal.api("GET", "/status")
     cosigned = status["cosigned_by"]
-    done = (
-        target is not None
-        and status["pending"] == 0
-        and all(int(cosigned.get(peer) or 0) >= target for peer in status["peers"])
+    if target is None:
+        target = int(status["log_size"])
+    done = status["pending"] == 0 and all(
+        int(cosigned.get(peer) or 0) >= target for peer in status["peers"]
     )
     return done, status
 
@@ -768,12 +769,12 @@ def check_records(
         for peer in terminals:
             if peer == party:
                 continue
-            theirs = {s for d, p, s in cosignatures[party] if d == "of-us" and p == peer}
-            ours = {s for d, p, s in cosignatures[peer] if d == "by-us" and p == party}
-            both = {s for s in theirs & ours if s >= target and s in checkpoint_sizes[party]}
+            cosigned = {n for way, who, n in cosignatures[party] if way == "of-us" and who == peer}
+            ours = {n for way, who, n in cosignatures[peer] if way == "by-us" and who == party}
+            both = {n for n in cosigned & ours if n >= target and n in checkpoint_sizes[party]}
             assert both, (
                 f"no checkpoint of {party} at or beyond {target} cosigned by {peer} "
-                f"and recorded on both sides: {sorted(theirs)[-3:]} {sorted(ours)[-3:]}"
+                f"and recorded on both sides: {sorted(cosigned)[-3:]} {sorted(ours)[-3:]}"
             )
     say(f"every log cosigned by both peers at or beyond its drained size {targets}")
 
