@@ -10,6 +10,10 @@ Hierarchy::
     ParleyError
     ├── LocalError                    our side broke a rule
     │   ├── UsageError                  a bad argument from our own caller
+    │   │   ├── AlreadyAcknowledged       another operator acknowledged the message first
+    │   │   ├── NothingToAcknowledge      a message no human acknowledges (a service message)
+    │   │   ├── ChannelNotAgreed          a channel some of whose members have not agreed yet
+    │   │   └── AlreadyDecided            a held FLASH already released or withdrawn
     │   ├── NotPermitted                the operator's role does not allow the action
     │   ├── UnknownPeer                 no pinned card for that party
     │   ├── FingerprintMismatch         the card does not match the fingerprint read aloud
@@ -59,15 +63,22 @@ may be our own: a failed proof says the record is wrong, not who wrote it.
 What an operator reads (``diagnostics``) says who broke the rule and the rule,
 never a class name; the class name lives on as a machine code (``code``) in
 ``error_body``, the JSON form the operator API answers and ``--json`` prints.
+An error an operator meets in the console also carries ``params``, the values a
+front end words it with in the operator's own language (by its ``code``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "AlreadyAcknowledged",
+    "AlreadyDecided",
     "BodyTooLarge",
+    "ChannelNotAgreed",
     "CheckpointRejected",
     "CheckpointRollback",
     "ConsistencyProofError",
@@ -93,6 +104,7 @@ __all__ = [
     "NonCanonicalJSON",
     "NotARecipient",
     "NotPermitted",
+    "NothingToAcknowledge",
     "ParleyError",
     "QuotaExceeded",
     "RemoteError",
@@ -129,6 +141,8 @@ class ParleyError(Exception):
 
     #: Who broke the rule, for operators: "us", "peer" or "record".
     culprit = "us"
+    #: The values a front end words this error with in an operator's language (by ``code``).
+    params: Mapping[str, str] = MappingProxyType({})
 
     @property
     def code(self) -> str:
@@ -151,6 +165,7 @@ def error_body(exc: ParleyError) -> dict[str, Any]:
         "culprit": exc.culprit,
         "usage": isinstance(exc, UsageError),
         "message": str(exc),
+        **({"params": dict(exc.params)} if exc.params else {}),
     }
 
 
@@ -165,7 +180,28 @@ class LocalError(ParleyError):
 
 
 class UsageError(LocalError):
-    pass
+    """``params``: the values a front end words the refusal with (see ``ParleyError.params``)."""
+
+    def __init__(self, message: str, **params: str) -> None:
+        super().__init__(message)
+        if params:
+            self.params = MappingProxyType(dict(params))
+
+
+class AlreadyAcknowledged(UsageError):
+    """``operator``: who acknowledged the message first."""
+
+
+class NothingToAcknowledge(UsageError):
+    """A message of a kind no human acknowledges (``kind``)."""
+
+
+class ChannelNotAgreed(UsageError):
+    """``channel``, and the members it is ``waiting`` for."""
+
+
+class AlreadyDecided(UsageError):
+    """A held FLASH (``held``) another officer released or withdrew (``state``)."""
 
 
 class NotPermitted(LocalError):

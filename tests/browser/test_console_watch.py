@@ -25,8 +25,16 @@ from parley.console.pages_admin import CHART_SHORTEST
 from parley.store import models as m
 from parley.store.db import engine_for
 from parley.testing.network import TerminalProcess, wait_until
-from tests.browser.conftest import PASSWORD, Console, Network, OpenConsole, send, wait_received
-from tests.browser.test_console import inbox_row, outbox_row, unique
+from tests.browser.conftest import (
+    PASSWORD,
+    BrowserErrors,
+    Console,
+    Network,
+    OpenConsole,
+    send,
+    wait_received,
+)
+from tests.browser.test_console import inbox_row, outbox_row, reload_until, unique
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -236,3 +244,44 @@ def test_the_links_chart_scales_to_the_data_it_has(
     samples = re.search(r"samples: (\d+)", caption.inner_text())
     assert samples is not None
     assert 1 <= int(samples[1]) < 71  # not the day's
+
+
+def test_error_pages_alarms_and_refusals_are_in_the_operators_language(
+    network: Network, open_console: OpenConsole, browser_errors: BrowserErrors
+) -> None:
+    browser_errors.allow_status(403, 404)
+    uk = i18n.translations("uk").gettext
+    officer = new_operator(open_console, network.us)
+    choose_language(officer, "uk")
+    page = officer.page
+
+    officer.goto("/messages/no-such-message")
+    expect(page.locator("h1")).to_have_text(uk("Not found"))
+    expect(page.get_by_test_id("error")).to_have_text(
+        uk("There is no such message on this terminal.")
+    )
+    detail = page.get_by_test_id("error-detail")
+    expect(detail.locator("summary")).to_have_text(
+        uk("Technical detail, as the terminal recorded it (in English)")
+    )
+    expect(detail.locator('p[lang="en"]')).to_be_hidden()  # the English record, folded away
+    officer.goto("/no/such/page")
+    expect(page.get_by_test_id("error")).to_have_text(uk("There is no such page on this terminal."))
+
+    # The dead backup link's failed test, as an alarm in Ukrainian.
+    officer.goto("/links")
+    page.get_by_test_id("test-links-button").click()
+    officer.goto("/alarms")
+    alarm = page.locator('[data-testid="alarm-row"][data-kind="link_test_failed"]')
+    reload_until(page, alarm, "the failed link test's alarm", timeout=30)
+    words = uk("Link %(subject)s failed its test.") % {"subject": "RU-GS/backup"}
+    expect(alarm.first.get_by_test_id("alarm-text")).to_contain_text(words)
+    expect(alarm.first.locator('p[lang="en"]')).to_be_hidden()  # the record, folded away
+
+    # A role's refusal names what it may not do, in Ukrainian.
+    auditor = new_operator(open_console, network.us, "auditor")
+    choose_language(auditor, "uk")
+    auditor.goto("/compose")
+    expect(auditor.page.get_by_test_id("forbidden")).to_have_text(
+        uk("Your role does not allow you to %(action)s.") % {"action": uk("send messages")}
+    )

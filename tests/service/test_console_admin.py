@@ -27,8 +27,9 @@ from jinja2.ext import babel_extract
 from sqlalchemy import func, insert, select, update
 
 from parley import merkle
-from parley.console import i18n, pages_admin
+from parley.console import i18n, pages_admin, texts
 from parley.console.api import create_console_app
+from parley.console.web import PERMISSIONS
 from parley.core.canonical import canonical_bytes
 from parley.core.checkpoint import verify_checkpoint
 from parley.core.identity import IdentityCard
@@ -320,7 +321,10 @@ def test_roles_are_refused_what_they_may_not_do(
     response = operator.get(path) if method == "GET" else operator.post(path, data)
     assert response.status_code == 403
     assert 'data-testid="forbidden"' in response.text
-    assert f"({permission})" in response.text
+    # Said in words, naming what the role may not do (the policy's action).
+    action = PERMISSIONS[permission]
+    assert f'data-action="{action}"' in response.text
+    assert f"Your role does not allow you to {texts.ACTION_TEXT[action]}." in response.text
     assert [c["name"] for c in world.ru.channels()] == ["RU-GS.UA-GS"]
     assert world.ru.alarms()[0]["cleared_at"] is None
     assert _count(world.ru, m.handovers) == 1
@@ -367,7 +371,8 @@ def test_a_supervisor_proposes_a_channel_and_the_other_side_agrees(world: World)
     # Refusals come back on the page, not as a crash; a second agreement is refused too.
     again = supervisor.post("/channels", {"name": "TALKS", "members": ["UA-GS"]})
     assert again.status_code == 400
-    assert "already exists" in _element(again.text, "error")
+    assert _element(again.text, "error").endswith(">The terminal refused this request.</p>")
+    assert "already exists" in _element(again.text, "error-detail")
     nobody = supervisor.post("/channels", {"name": "OTHER"})
     assert nobody.status_code == 400
     assert "Choose at least one other member." in nobody.text
@@ -871,7 +876,8 @@ def test_the_exchange_pages_show_both_lists_the_manifest_and_the_reconciliation(
 
     missing = duty.get("/exchanges/PX-NOPE")
     assert missing.status_code == 404
-    assert "no exchange PX-NOPE" in missing.text
+    assert "There is no such exchange on this terminal." in _element(missing.text, "error")
+    assert "no exchange PX-NOPE" in _element(missing.text, "error-detail")
 
 
 def test_an_exchange_reads_in_russian(world: World) -> None:

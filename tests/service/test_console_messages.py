@@ -1079,6 +1079,87 @@ class StagedLock:
             (self.first_checked if me == "first" else self.second_checked).set()
 
 
+def test_error_pages_and_refusals_are_in_the_operators_language(pair: Pair) -> None:
+    ivan = pair.console(pair.ru, "ivan")  # reads Russian
+    flash = text_to_ru(pair, "Contact", "FLASH")
+    pair.console(pair.ru, "duty").post(f"/messages/{flash}/ack")
+    # Acknowledged by another officer a moment before: said in Russian, with who did.
+    late = ivan.post(f"/messages/{flash}/ack")
+    assert late.status_code == 400
+    (error,) = re.findall(r'data-testid="error" data-code="([a-z_]+)">([^<]*)<', late.text)
+    assert error == ("already_acknowledged", "Получение этого сообщения уже подтвердил duty.")
+    assert "<h1>Отказано</h1>" in late.text
+    # The English record stays, marked as such, behind a summary in Russian.
+    assert re.search(r'<p lang="en"><code>already_acknowledged</code>: message ', late.text)
+    for path, text in (
+        ("/messages/nothing-here", "Такого сообщения на этом терминале нет."),
+        ("/no/such/page", "Такой страницы на этом терминале нет."),
+        ("/transcript?cp=many", "Запрос не распознан: обновите страницу и повторите попытку."),
+    ):
+        response = ivan.get(path)
+        assert response.status_code in (400, 404), path
+        assert f">{text}</p>" in response.text, path
+        assert '<html lang="ru">' in response.text
+    # A form from elsewhere (no CSRF token): refused in Russian too.
+    forged = ivan.http.post("/language", data={"lang": "en"}, follow_redirects=False)
+    assert forged.status_code == 403
+    assert "Запрос отклонён: он отправлен не со страницы этой консоли." in forged.text
+    # The operator API keeps answering JSON, with the values to word it.
+    api = TestClient(pair.ru_app, base_url="https://testserver")
+    answer = api.post(
+        f"/api/v1/messages/{flash}/ack",
+        headers={"Authorization": "Bearer token", "X-Parley-Operator": "col.x"},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["params"] == {"operator": "duty"}
+    assert api.get("/api/v1/nothing").json() == {"detail": "Not Found"}
+
+
+def test_refusal_reasons_and_alarms_are_in_the_operators_language(pair: Pair) -> None:
+    definitions, common = load_definitions()
+    pair.ru.party.forms = FormRegistry([d for d in definitions if d["name"] != "LINK_TEST"], common)
+    refused = pair.us.send(
+        [RU],
+        kind="form",
+        body={"form": default_registry().body("LINK_TEST", {"serial": 1, "text": "ping"})},
+        operator="duty",
+    )["id"]
+    deliver(pair.us, pair.ru, refused)
+    words = "Форма или её версия неизвестна принимающему терминалу."
+    outbox = pair.console(pair.us, "ivan").get("/outbox").text
+    row = re.search(rf'data-id="{refused}".*?</tr>', outbox, re.S)
+    assert row is not None
+    assert words in row[0]
+    inbox = pair.console(pair.ru, "ivan").get("/inbox").text
+    assert words in inbox
+    message = pair.console(pair.ru, "ivan").get(f"/messages/{refused}").text
+    assert words in message
+    # The alarms the refusal raised, on both sides, in Russian.
+    alarms = pair.console(pair.us, "ivan").get("/alarms").text
+    said = re.findall(r'data-testid="alarm-text">([^<]*)<', alarms)
+    assert f"Другая сторона отклонила сообщение {refused} и ответила отрицательной квитанцией." in [
+        text.strip() for text in said
+    ]
+    handover = pair.console(pair.ru, "ivan").get("/handover").text
+    assert f"Этот терминал отклонил содержание сообщения {refused}" in handover
+
+
+def test_a_compose_refused_by_the_terminal_says_why_in_the_operators_language(
+    pair: Pair,
+) -> None:
+    pair.us.freeze("this terminal's log holds 3 entries but RU-GS saw checkpoint 9")
+    ivan = pair.console(pair.us, "ivan")
+    refused = ivan.post("/compose", {"to": RU, "precedence": "ROUTINE", "text": "Agenda"})
+    assert refused.status_code == 200
+    (problem,) = re.findall(r'data-testid="compose-error">([^<]+)<', refused.text)
+    assert problem == (
+        "Этот терминал заморожен: его журнал отстаёт от того, что видели другие стороны, "
+        "и до восстановления он ничего не подписывает."
+    )
+    assert "Технические подробности в записи терминала (на английском)" in refused.text
+    pair.us.thaw()
+
+
 def test_two_operators_acknowledging_at_once_send_one_ack(pair: Pair) -> None:
     flash = text_to_ru(pair, "Contact", "FLASH")
     pair.ru.lock = StagedLock()  # type: ignore[assignment]
@@ -1114,7 +1195,10 @@ def test_a_frozen_terminal_says_so_on_every_page_and_refuses_to_send(pair: Pair)
     refused = duty.post("/compose", {"to": RU, "precedence": "ROUTINE", "text": "hello"})
     assert refused.status_code == 200  # the form again, with the reason; nothing sealed
     (problem,) = re.findall(r'data-testid="compose-error">([^<]+)<', refused.text)
-    assert "RU-GS saw checkpoint 9" in problem
+    assert problem.startswith("This terminal is frozen")
+    detail = re.search(r'data-testid="error-detail">.*?</details>', refused.text, re.S)
+    assert detail is not None
+    assert "RU-GS saw checkpoint 9" in detail[0]
     assert pair.us.messages("out") == []
     pair.us.thaw()
     assert 'data-testid="frozen"' not in duty.get("/inbox").text

@@ -35,17 +35,13 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from parley.config import check_console_listen, console_hosts
-from parley.console.web import api_error
+from parley.console.web import api_error, http_error_page
 from parley.core.forms import LANGS
 from parley.errors import ParleyError, UsageError
 from parley.forms.translate import machine_translation_of, translator_for
@@ -206,7 +202,7 @@ def create_console_app(
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         if not request.url.path.startswith("/api/"):
-            return await request_validation_exception_handler(request, exc)
+            return http_error_page(request, 400, validation_message(exc.errors()))
         return JSONResponse(
             {
                 "error": "invalid_request",
@@ -220,7 +216,7 @@ def create_console_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if not request.url.path.startswith("/api/"):
-            return await http_exception_handler(request, exc)
+            return http_error_page(request, exc.status_code, exc.detail, exc.headers)
         detail: dict[str, Any] = exc.detail if isinstance(exc.detail, dict) else {}
         return JSONResponse(
             {

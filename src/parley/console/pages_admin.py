@@ -42,8 +42,9 @@ from parley.service.terminal import Terminal
 from parley.store import models as m
 from parley.store.db import reading
 
+from . import texts
 from .pages_messages import summary
-from .web import CurrentPage, Page, render, when
+from .web import CurrentPage, Page, not_found_page, render, when
 from .web import iso_utc as _iso
 
 __all__ = [
@@ -97,10 +98,6 @@ def _htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
 
-def _refused(page: Page, message: str, code: str, status: int) -> HTMLResponse:
-    return _page(page, "error.html", http_status=status, message=message, code=code)
-
-
 # Channels --------------------------------------------------------------------------
 
 
@@ -118,7 +115,9 @@ async def channels_page(page: CurrentPage) -> HTMLResponse:
     return _page(page, "channels.html", active="channels", error=None, problem=None, **context)
 
 
-async def _channels_refused(page: Page, error: str | None, problem: str | None) -> HTMLResponse:
+async def _channels_refused(
+    page: Page, error: ParleyError | None, problem: str | None
+) -> HTMLResponse:
     """The channels page again, with the terminal's refusal (``error``) or ours (``problem``)."""
     context = await run_in_threadpool(_channels_context, page.terminal)
     return _page(
@@ -126,7 +125,8 @@ async def _channels_refused(page: Page, error: str | None, problem: str | None) 
         "channels.html",
         http_status=400,
         active="channels",
-        error=error,
+        error=texts.error_words(error, page.lang) if error is not None else None,
+        error_detail=f"{error.code}: {error}" if error is not None else None,
         problem=problem,
         **context,
     )
@@ -152,7 +152,7 @@ async def propose_channel(
     except NotPermitted:
         raise
     except ParleyError as exc:
-        return await _channels_refused(page, str(exc), None)
+        return await _channels_refused(page, exc, None)
     return _back("/channels")
 
 
@@ -164,7 +164,7 @@ async def agree_channel(page: CurrentPage, name: str) -> Response:
     except NotPermitted:
         raise
     except ParleyError as exc:
-        return await _channels_refused(page, str(exc), None)
+        return await _channels_refused(page, exc, None)
     return _back("/channels")
 
 
@@ -747,7 +747,7 @@ async def exchange_page(page: CurrentPage, exchange_id: str) -> HTMLResponse:
     try:
         context = await run_in_threadpool(_exchange_context, page.terminal, exchange_id, page.lang)
     except UsageError as exc:
-        return _refused(page, str(exc), "no_exchange", 404)
+        return not_found_page(page, "no_exchange", str(exc))
     return _page(
         page,
         "exchange.html",
@@ -781,7 +781,7 @@ async def clear_alarm_page(page: CurrentPage, alarm_id: int) -> Response:
     page.require("clear_alarms")
     cleared = await run_in_threadpool(page.ops.clear_alarm, alarm_id)
     if cleared is None:
-        return _refused(page, f"there is no uncleared alarm {alarm_id}", "no_such_alarm", 404)
+        return not_found_page(page, "no_such_alarm", f"there is no uncleared alarm {alarm_id}")
     return _back("/alarms")
 
 

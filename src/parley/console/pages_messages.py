@@ -46,9 +46,9 @@ from starlette.datastructures import FormData
 
 from parley import merkle
 from parley.config import Config
-from parley.console import i18n
+from parley.console import i18n, texts
 from parley.console.i18n import gettext
-from parley.console.web import N_, CurrentPage, Page, render, when
+from parley.console.web import N_, CurrentPage, Page, not_found_page, render, when
 from parley.core.canonical import JSONValue, canonical_bytes
 from parley.core.checkpoint import Checkpoint, verify_checkpoint, verify_cosignature
 from parley.core.envelope import PRECEDENCES, read_envelope
@@ -218,7 +218,8 @@ class RecipientState:
     receipt_at: str | None = None
     ack_by: str | None = None
     ack_at: str | None = None
-    refusal: str | None = None
+    refusal: str | None = None  # the refusal as recorded: "code: reason"
+    refusal_code: str | None = None
     attempts: int = 0
     last_error: str | None = None
 
@@ -239,10 +240,11 @@ def recipient_states(
     for party in recipients:
         sent = delivery.get(party, {})
         receipt = receipts.get(party)
-        state, ack_by, ack_at, refusal = "pending", None, None, None
+        state, ack_by, ack_at, refusal, refusal_code = "pending", None, None, None, None
         if party in rejections:
             rejection = rejections[party]
             state, refusal = "refused", f"{rejection.get('code')}: {rejection.get('reason')}"
+            refusal_code = str(rejection.get("code"))
         elif party in acks:
             ack = acks[party]
             state, ack_by, ack_at = "acknowledged", str(ack.get("operator")), when(ack.get("at"))
@@ -256,6 +258,7 @@ def recipient_states(
                 ack_by=ack_by,
                 ack_at=ack_at,
                 refusal=refusal,
+                refusal_code=refusal_code,
                 attempts=int(sent.get("attempts") or 0),
                 last_error=sent.get("last_error"),
             )
@@ -866,6 +869,8 @@ class Composed:
     nodes: list[FieldNode] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # input key -> message
     general: list[str] = field(default_factory=list)
+    #: What the terminal recorded of a refusal, in English (shown as a technical detail).
+    details: list[str] = field(default_factory=list)
     kind: str = ""
     body: dict[str, JSONValue] = field(default_factory=dict)
     recipients: list[str] = field(default_factory=list)
@@ -881,6 +886,11 @@ class Composed:
         if self.shown is not None:  # only those the page has: htmx finds each by its id
             keys = [k for k in keys if k in self.shown]
         return [(error_id(k), k) for k in keys]
+
+    def refused(self, exc: ParleyError, lang: str) -> None:
+        """The terminal refused to send: why, in ``lang``, and what it recorded."""
+        self.general.append(texts.error_words(exc, lang))
+        self.details.append(f"{exc.code}: {exc}")
 
     def placed(self) -> dict[str, str]:
         """Each error at the nearest input that exists; the rest become general errors."""
@@ -1007,7 +1017,7 @@ def read_compose(terminal: Terminal, form: FormData, lang: str) -> Composed:
         found = re.search(r": (/[^:]*): ", str(exc))
         c.errors[found[1] if found else "/"] = str(exc)
     except UsageError as exc:  # a notice given too late
-        c.general.append(str(exc))
+        c.refused(exc, lang)
     return c
 
 
@@ -1172,15 +1182,7 @@ def _message_view(terminal: Terminal, envelope_id: str, lang: str) -> dict[str, 
 async def message_page(page: CurrentPage, envelope_id: str) -> HTMLResponse:
     view = await run_in_threadpool(_message_view, page.terminal, envelope_id[:64], page.lang)
     if view is None:
-        response = render(
-            page,
-            page.request,
-            "error.html",
-            message=f"no message {envelope_id[:64]} on this terminal",
-            code="not_found",
-        )
-        response.status_code = 404
-        return response
+        return not_found_page(page, "no_message", f"no message {envelope_id[:64]} on this terminal")
     m_ = view["m"]
     if not m_["verified"]:
         return render(page, page.request, "unverified.html", m=m_)
@@ -1322,7 +1324,7 @@ def _checked(page: Page, form: FormData) -> Composed:
 async def compose_validate(page: CurrentPage) -> Response:
     page.require("compose")
     form = await page.request.form()
-    composed = _checked(page, form)
+    composed = await run_in_threadpool(_checked, page, form)  # reads the channels
     composed.shown = set(_strings(form, "_shown"))
     return await _render_compose(page, "fragments/compose_errors.html", composed)
 
@@ -1330,7 +1332,8 @@ async def compose_validate(page: CurrentPage) -> Response:
 @router.post("/compose", response_model=None)
 async def compose_send(page: CurrentPage) -> Response:
     page.require("compose")
-    composed = _checked(page, await page.request.form())
+    form = await page.request.form()
+    composed = await run_in_threadpool(_checked, page, form)  # reads the channels
     if composed.errors or composed.general:
         return await _render_compose(page, "compose.html", composed)
     ops = page.ops
@@ -1349,7 +1352,7 @@ async def compose_send(page: CurrentPage) -> Response:
     except NotPermitted:
         raise
     except ParleyError as exc:
-        composed.general.append(str(exc))
+        composed.refused(exc, page.lang)
         return await _render_compose(page, "compose.html", composed)
     if "held" in result:  # a duty officer's FLASH waits for a supervisor
         return RedirectResponse("/outbox", status_code=303)

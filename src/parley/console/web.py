@@ -34,12 +34,15 @@ from urllib.parse import urlsplit
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from parley.console import i18n
+from parley.console import i18n, texts
+from parley.console.i18n import N_
 from parley.console.sessions import Session, SessionStore, cookie_name
 from parley.errors import LocalError, NotPermitted, ParleyError, error_body
 from parley.service.operations import Operations
@@ -48,12 +51,17 @@ from parley.service.terminal import Terminal
 from parley.service.users import AuthenticationFailed, authenticate, stored_language
 
 __all__ = [
+    "N_",
     "PERMISSIONS",
     "Page",
+    "error_page",
     "error_status",
+    "http_error_page",
     "install_console",
     "iso_utc",
+    "not_found_page",
     "record_action",
+    "refusal_page",
     "render",
     "router",
     "when",
@@ -74,11 +82,6 @@ PERMISSIONS: Mapping[str, str] = {
     "users": "manage_operators",
     "clear_alarms": "clear_alarm",
 }
-
-
-def N_(message: str) -> str:  # noqa: N802 - the gettext convention
-    """Marks a string for translation where it is defined; translated where it is shown."""
-    return message
 
 
 ROLE_NAMES: Mapping[str, str] = {
@@ -104,6 +107,12 @@ templates = Environment(
 )
 templates.install_gettext_callables(  # type: ignore[attr-defined]
     i18n.gettext, i18n.ngettext, newstyle=True
+)
+
+templates.globals.update(
+    alarm_words=texts.alarm_words,
+    rejection_words=texts.rejection_words,
+    action_words=texts.action_words,
 )
 
 router = APIRouter()
@@ -259,6 +268,74 @@ def render(page: Page | None, request: Request, template: str, **context: Any) -
     return HTMLResponse(html)
 
 
+def error_page(
+    page: Page | None,
+    request: Request,
+    *,
+    status: int,
+    text: str,
+    code: str,
+    detail: str = "",
+    heading: str = N_("Refused"),
+) -> HTMLResponse:
+    """A refusal in the operator's language (``text``, already worded), with what the
+    terminal recorded in English (``code``, ``detail``) as a technical detail."""
+    response = render(
+        page, request, "error.html", text=text, code=code, detail=detail, heading=heading
+    )
+    response.status_code = status
+    return response
+
+
+def _lang_of(page: Page | None, request: Request) -> str:
+    return page.lang if page is not None else request.cookies.get("parley_lang", "en")
+
+
+def refusal_page(page: Page | None, request: Request, exc: ParleyError, status: int) -> Response:
+    """A ``ParleyError`` as an error page, worded in the operator's language."""
+    text = texts.error_words(exc, _lang_of(page, request))
+    return error_page(page, request, status=status, text=text, code=exc.code, detail=str(exc))
+
+
+def not_found_page(page: Page, code: str, detail: str) -> HTMLResponse:
+    """A page's own 404 (no such message, exchange, alarm): ``code`` names what is missing."""
+    return error_page(
+        page,
+        page.request,
+        status=404,
+        text=texts.error_words(None, page.lang, code),
+        code=code,
+        detail=detail,
+        heading=N_("Not found"),
+    )
+
+
+def _session_page(request: Request) -> Page | None:
+    terminal = terminal_of(request)
+    session = _sessions(request).get(request.cookies.get(session_cookie(request)), terminal.clock())
+    return Page(request, session) if session is not None else None
+
+
+def http_error_page(
+    request: Request, status: int, detail: Any, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A request the console refused (no such page, a wrong CSRF token, a bad value) as a
+    page in the operator's language; the English detail is kept as a technical detail."""
+    page = _session_page(request)
+    response = error_page(
+        page,
+        request,
+        status=status,
+        text=texts.status_words(status, _lang_of(page, request)),
+        code=f"http_{status}",
+        detail=detail if isinstance(detail, str) else "",
+        heading=N_("Not found") if status == 404 else N_("Refused"),
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 def record_action(
     terminal: Terminal, operator: str, role: str, action: str, subject: str, detail: Any = None
 ) -> None:
@@ -397,11 +474,9 @@ def install_console(app: FastAPI, terminal: Terminal) -> None:
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
-        session = _sessions(request).get(
-            request.cookies.get(session_cookie(request)), terminal.clock()
-        )
-        page = Page(request, session) if session is not None else None
-        response = render(page, request, "forbidden.html", permission=exc.message)
+        page = _session_page(request)
+        action = PERMISSIONS.get(exc.message, exc.message)
+        response = render(page, request, "forbidden.html", action=action)
         response.status_code = 403
         return response
 
@@ -409,16 +484,19 @@ def install_console(app: FastAPI, terminal: Terminal) -> None:
     async def parley_error(request: Request, exc: ParleyError) -> Response:
         if request.url.path.startswith("/api/"):
             return api_error(exc)
-        session = _sessions(request).get(
-            request.cookies.get(session_cookie(request)), terminal.clock()
-        )
-        page = Page(request, session) if session is not None else None
+        page = _session_page(request)
         if isinstance(exc, NotPermitted):
             decision = exc.decision
             action = decision.action if isinstance(decision, Decision) else exc.code
-            refused = render(page, request, "forbidden.html", permission=action)
+            refused = render(page, request, "forbidden.html", action=action)
             refused.status_code = 403
             return refused
-        response = render(page, request, "error.html", message=str(exc), code=exc.code)
-        response.status_code = 400
-        return response
+        return refusal_page(page, request, exc, 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_such_page(request: Request, exc: StarletteHTTPException) -> Response:
+        # Routes and static files a path names nothing of (404, 405); the console's
+        # own refusals (HTTPException) are worded by the operator API's handler.
+        if request.url.path.startswith("/api/"):
+            return await http_exception_handler(request, exc)
+        return http_error_page(request, exc.status_code, exc.detail, exc.headers)

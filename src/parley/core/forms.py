@@ -601,5 +601,7 @@ class FormRegistry:
                 raise NoticeTooShort(
                     f"{definition.name} needs {rule['hours']} hours' notice: {rule['time']} is "
                     f"{hours:.1f} hours from now; mark it as a late notice "
-                    f"({rule.get('unless', '')}) with a reason to send it anyway"
+                    f"({rule.get('unless', '')}) with a reason to send it anyway",
+                    hours=str(rule["hours"]),
+                    ahead=f"{hours:.1f}",
                 )

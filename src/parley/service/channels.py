@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from parley.core.encoding import check_party_id
-from parley.errors import UsageError
+from parley.errors import ChannelNotAgreed, UsageError
 from parley.service.kernel import Kernel
 from parley.store import models as m
 from parley.store.db import reading
@@ -37,7 +37,11 @@ def require_active_channel(engine: Engine, channel: str, recipients: Sequence[st
         }
     missing = sorted(set(members) - agreed)
     if missing:
-        raise UsageError(f"channel {channel} is not agreed yet: waiting for {', '.join(missing)}")
+        raise ChannelNotAgreed(
+            f"channel {channel} is not agreed yet: waiting for {', '.join(missing)}",
+            channel=channel,
+            waiting=", ".join(missing),
+        )
 
 
 def apply_service(

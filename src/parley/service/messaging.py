@@ -18,7 +18,7 @@ from sqlalchemy import Connection, insert, select, update
 from parley.core.canonical import JSONValue, canonical_bytes
 from parley.core.envelope import PRECEDENCES
 from parley.core.party import Outgoing
-from parley.errors import ParleyError, UsageError
+from parley.errors import AlreadyAcknowledged, NothingToAcknowledge, ParleyError, UsageError
 from parley.service.channels import require_active_channel
 from parley.service.kernel import HUMAN_KINDS, Kernel
 from parley.store import models as m
@@ -208,12 +208,14 @@ class Messaging:
             if row is None or row.direction != "in":
                 raise UsageError(f"no received message {envelope_id} to acknowledge")
             if row.acked_at is not None:
-                raise UsageError(
-                    f"message {envelope_id} was already acknowledged by {row.acked_by}"
+                raise AlreadyAcknowledged(
+                    f"message {envelope_id} was already acknowledged by {row.acked_by}",
+                    operator=str(row.acked_by),
                 )
             if row.kind not in HUMAN_KINDS:
-                raise UsageError(
-                    f"message {envelope_id} is a {row.kind} message: nothing to acknowledge"
+                raise NothingToAcknowledge(
+                    f"message {envelope_id} is a {row.kind} message: nothing to acknowledge",
+                    kind=str(row.kind),
                 )
             start = self.kernel.party.transcript.size
             out = self.kernel.party.acknowledge(envelope_id, operator=operator)

@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import Connection, and_, insert, select, update
 
 from parley.core.canonical import JSONValue
-from parley.errors import UsageError
+from parley.errors import AlreadyDecided, UsageError
 from parley.service import policy
 from parley.service.audit import AuditReport
 from parley.service.policy import Actor, Decision
@@ -273,7 +273,11 @@ class Operations:
         with terminal.lock:  # two supervisors releasing at once: one sends, one is refused
             row = self.held(held_id)
             if row.state != "held":
-                raise UsageError(f"held message {held_id} is already {row.state}")
+                raise AlreadyDecided(
+                    f"held message {held_id} is already {row.state}",
+                    held=str(held_id),
+                    state=row.state,
+                )
             request = json.loads(row.request)
 
             def released(conn: Connection) -> None:
@@ -290,7 +294,11 @@ class Operations:
                     )
                 ).rowcount
                 if not done:
-                    raise UsageError(f"held message {held_id} was decided by someone else")
+                    raise AlreadyDecided(
+                        f"held message {held_id} was decided by someone else",
+                        held=str(held_id),
+                        state="decided",
+                    )
                 self._log(
                     conn,
                     "release",
@@ -325,7 +333,11 @@ class Operations:
                 )
             ).rowcount
             if not done:
-                raise UsageError(f"held message {held_id} is already {row.state}")
+                raise AlreadyDecided(
+                    f"held message {held_id} was decided by someone else",
+                    held=str(held_id),
+                    state="decided",
+                )
             self._log(conn, "cancel", f"held:{held_id}", {"author": row.operator})
         return {"held": held_id, "state": "cancelled"}
 
