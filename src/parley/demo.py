@@ -6,7 +6,8 @@ The demo makes their keys, pins every pair of peers by fingerprint, sets up
 the bilateral US-EUCOM/RU-GS channel and the trilateral talks channel with
 the mediator (proposed by the mediator, agreed by every member), exchanges a
 few messages with receipts and an acknowledgement, then prints where each
-terminal's console listens and the operator account made for it. Ctrl-C
+terminal's console listens and its two accounts: a duty officer (whose FLASH
+waits for a supervisor's release) and a supervisor. Ctrl-C
 stops every terminal cleanly.
 """
 
@@ -43,7 +44,10 @@ PARTIES = [
     ("AE-MEDIATOR", "Mediator, United Arab Emirates"),
 ]
 TALKS = "TRILATERAL-TALKS"
+#: Each terminal's two console accounts: a duty officer (whose FLASH waits for a
+#: supervisor's release) and a supervisor.
 OPERATOR = "duty"
+SUPERVISOR = "supervisor"
 
 
 def _note(text: str, quiet: bool) -> None:
@@ -181,14 +185,18 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
         _note(f"Making keys and pinning peers for four terminals in {root}…", quiet)
         terminals = make_network(root, PARTIES, link_test_interval=600.0)
         passwords: dict[str, str] = {}
+        supervisor_passwords: dict[str, str] = {}
         for party, terminal in terminals.items():
             # A real terminal's certificate goes to the safe; a demo's is never needed.
             (terminal.data / REVOCATION_CERTIFICATE).unlink(missing_ok=True)
             engine = engine_for(DataDir(terminal.data).load_config().database)
             try:
                 password = secrets.token_urlsafe(12)
-                add_user(engine, OPERATOR, "supervisor", password, now=utc_now())
+                add_user(engine, OPERATOR, "duty_officer", password, now=utc_now())
                 passwords[party] = password
+                password = secrets.token_urlsafe(12)
+                add_user(engine, SUPERVISOR, "supervisor", password, now=utc_now())
+                supervisor_passwords[party] = password
             finally:
                 engine.dispose()
         stack.callback(lambda: [t.stop(timeout=20) for t in terminals.values()])
@@ -206,6 +214,9 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
                 "username": OPERATOR,
                 "password": passwords[party],
                 "cli": _cli(t.data, OPERATOR, passwords[party]),
+                "supervisor": SUPERVISOR,
+                "supervisor_password": supervisor_passwords[party],
+                "supervisor_cli": _cli(t.data, SUPERVISOR, supervisor_passwords[party]),
                 "doctor": _doctor(t.data),
             }
             for party, t in terminals.items()
@@ -217,9 +228,14 @@ def run_demo(*, as_json: bool = False, directory: Path | None = None) -> None:
             print("\nFour terminals are running:\n")
             for row in rows:
                 print(f"  {row['party']:12} console {row['console_url']}  peers {row['peer_url']}")
-                print(f"  {'':12} operator {row['username']} / {row['password']}")
+                print(
+                    f"  {'':12} duty officer {row['username']} / {row['password']}  "
+                    f"(a FLASH waits for a supervisor)"
+                )
+                print(f"  {'':12} supervisor   {row['supervisor']} / {row['supervisor_password']}")
                 cli = row["cli"]
                 print(f"  {'':12} CLI: {cli} inbox")
+                print(f"  {'':12}      {row['supervisor_cli']} held list")
                 print(f"  {'':12}      {cli} show ID --lang ru")
                 print(f"  {'':12}      {cli} keys status")
                 print(f"  {'':12}      {row['doctor']}\n")

@@ -55,6 +55,9 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
                 "username",
                 "password",
                 "cli",
+                "supervisor",
+                "supervisor_password",
+                "supervisor_cli",
                 "doctor",
             }
             status = httpx.get(
@@ -70,6 +73,25 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
                 timeout=10,
             )
             assert refused.status_code == 401
+        # Two accounts on each terminal: the duty officer's FLASH waits for the supervisor.
+        us = rows[0]
+        held = httpx.post(
+            us["console_url"] + "/api/v1/messages",
+            json={"to": ["RU-GS"], "precedence": "FLASH", "text": "Drill: hold this FLASH."},
+            auth=(us["username"], us["password"]),
+            timeout=10,
+        )
+        assert held.status_code == 202, held.text
+        waiting = subprocess.run(
+            ["/bin/sh", "-c", us["supervisor_cli"] + " held list --json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        ).stdout
+        assert [h["id"] for h in json.loads(waiting)] == [held.json()["held"]]
         mediator = rows[3]
         channels = httpx.get(
             mediator["console_url"] + "/api/v1/channels",
