@@ -203,16 +203,20 @@ def test_an_invalid_form_shows_field_errors_and_sends_nothing(
     page.get_by_test_id("compose-form-select").select_option("INCIDENT_REPORT")
     latitude = page.locator('[name="/position/latitude"]')
     expect(latitude).to_be_visible()
+    error = page.locator('[data-pointer="/position/latitude"] [data-testid="field-error"]')
+    # Checked as it is typed: the latitude's error shows, and nothing about the
+    # required fields (recipients, time, narrative…) nobody has reached yet.
+    latitude.fill("91")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("−90 to 90")  # what is expected, not "wrong format"
+    expect(page.get_by_test_id("field-error")).to_have_count(1)
     page.get_by_test_id("compose-precedence").select_option("IMMEDIATE")
     page.get_by_test_id("compose-recipient-RU-GS").check()
     page.locator('[name="/domain"]').select_option("sea")
     page.locator('[name="/time"]').fill("2026-02-05T11:40:00Z")
-    latitude.fill("91")
     page.locator('[name="/position/longitude"]').fill("20.5")
     page.locator('[name="/narrative"]').fill("A vessel approached within 200 m of our frigate.")
-    error = page.locator('[data-pointer="/position/latitude"] [data-testid="field-error"]')
 
-    # Checked as it is typed, before anything is sent.
     us.mark()
     expect(error).to_be_visible()
     expect(page.get_by_test_id("field-error")).to_have_count(1)
@@ -229,6 +233,10 @@ def test_an_invalid_form_shows_field_errors_and_sends_nothing(
     # The field's help, beside the error, says what is allowed.
     expect(page.locator('label[data-pointer="/position/latitude"]')).to_contain_text("−90 to 90")
     expect(page.get_by_test_id("field-error")).to_have_count(1)
+    # A summary above the form names the field and links to its error.
+    summary = page.get_by_test_id("error-summary")
+    expect(summary).to_contain_text("Latitude")
+    expect(summary.locator("a")).to_have_count(1)
     expect(page.locator('[name="/position/latitude"]')).to_have_value("91")
     label_box = page.locator('label[data-pointer="/position/latitude"]').bounding_box()
     error_box = error.bounding_box()

@@ -23,10 +23,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from parley.console import pages_messages
+from parley.console import i18n, pages_messages
 from parley.console.api import create_console_app
 from parley.console.pages_messages import (
     collect_form_data,
+    error_id,
     form_nodes,
     message_evidence,
     validate_form_data,
@@ -868,26 +869,66 @@ def test_compose_shows_each_error_next_to_its_field_as_typed_and_on_sending(pair
         "/effects/killed",
         "/evidence/1/kind",
     ]
-    answer = duty.htmx("/compose/validate", {**typed, "_shown": shown})
-    assert answer.status_code == 200
-    errors = dict(
-        re.findall(r'data-testid="field-error" data-field="([^"]+)">([^<]+)<', answer.text)
-    )
-    assert errors == {
+
+    def field_errors(html: str) -> dict[str, str]:
+        return dict(re.findall(r'data-testid="field-error" data-field="([^"]+)">([^<]+)<', html))
+
+    errors = {
         "to": "Choose at least one recipient or a channel.",
         "/time": "Enter a time in UTC as YYYY-MM-DDTHH:MM:SSZ.",
-        "/position/longitude": "Not in the required form.",
+        "/position/longitude": "Not in the expected form. Expected: Decimal degrees, "
+        "east positive, west negative, from −180 to 180.",
         "/weapons": "Required.",
         "/effects/killed": "Enter a whole number.",
         "/evidence/1/kind": "Required.",  # the empty item 0 is left out, item 1 keeps its place
     }
+    # While typing, only the inputs the operator changed show their errors: nothing
+    # before anything is touched, then the time and the longitude once typed in.
+    untouched = duty.htmx("/compose/validate", {**typed, "_shown": shown})
+    assert untouched.status_code == 200
+    assert field_errors(untouched.text) == {}
     # Every error place the page has is refreshed (cleared or filled), out of band.
-    assert answer.text.count('hx-swap-oob="true"') == len(shown)
+    assert untouched.text.count('hx-swap-oob="true"') == len(shown)
+    answer = duty.htmx(
+        "/compose/validate",
+        {**typed, "_shown": shown, "_touched": ["/time", "/position/longitude", "lang"]},
+    )
+    assert field_errors(answer.text) == {k: errors[k] for k in ("/time", "/position/longitude")}
+    # The recipients count as touched when the channel was chosen; an item's error
+    # when that item's input was.
+    answer = duty.htmx(
+        "/compose/validate",
+        {**typed, "_shown": shown, "_touched": ["channel", "/evidence/1/kind"]},
+    )
+    assert field_errors(answer.text) == {k: errors[k] for k in ("to", "/evidence/1/kind")}
+    # The form data typed as JSON stands for every input of the form.
+    as_json = duty.htmx(
+        "/compose/validate",
+        {
+            "form": "CEASEFIRE_VIOLATION_REPORT",
+            "json_data": '{"time": "yesterday"}',
+            "_shown": shown,
+            "_touched": ["json_data"],
+        },
+    )
+    assert set(field_errors(as_json.text)) == {"/time", "/weapons"}
+    # Once a send was refused the page marks everything touched ("*").
+    answer = duty.htmx("/compose/validate", {**typed, "_shown": shown, "_touched": "*"})
+    assert field_errors(answer.text) == errors
 
     page = duty.post("/compose", typed)
     assert page.status_code == 200
-    again = dict(re.findall(r'data-testid="field-error" data-field="([^"]+)">([^<]+)<', page.text))
-    assert again == errors
+    assert field_errors(page.text) == errors  # sending shows every error, touched or not
+    # with a summary naming each field, linked to its error, and the page marked
+    # so that typing on keeps them all in view
+    summary = re.search(r'data-testid="error-summary">(.*?)</div>', page.text, re.S)
+    assert summary is not None
+    assert "Not sent: 6 fields need correcting." in summary[1]
+    assert re.findall(r'<li><a href="#(fe-[0-9a-f]+)">', summary[1]) == [
+        error_id(key) for key in errors
+    ]
+    assert ">Longitude</a>: Not in the expected form." in summary[1]
+    assert '<input type="hidden" name="_touched" value="*">' in page.text
     assert 'name="/position/latitude" value="48.5"' in page.text  # what was typed is kept
     assert 'name="/position/longitude" value="far east"' in page.text
     assert '<option value="CEASEFIRE_VIOLATION_REPORT" selected>' in page.text
@@ -902,7 +943,13 @@ def test_validation_errors_are_in_the_operators_language(pair: Pair) -> None:
     ivan = pair.console(pair.us, "ivan")
     answer = ivan.htmx(
         "/compose/validate",
-        {"form": "LINK_TEST", "to": RU, "/serial": "один", "_shown": ["/serial", "/text"]},
+        {
+            "form": "LINK_TEST",
+            "to": RU,
+            "/serial": "один",
+            "_shown": ["/serial", "/text"],
+            "_touched": ["/serial", "/text"],
+        },
     ).text
     errors = dict(re.findall(r'data-field="([^"]+)">([^<]+)<', answer))
     assert errors == {"/serial": "Введите целое число.", "/text": "Обязательное поле."}
@@ -1020,6 +1067,56 @@ def test_form_inputs_cover_the_shapes_of_the_shipped_forms() -> None:
         )
         required = [n.pointer for n in nodes if n.required]
         assert sorted(p for p in errors if p.count("/") == 1) == sorted(required), definition.name
+
+
+def test_each_error_says_what_is_expected_in_the_operators_language() -> None:
+    registry = default_registry()
+    values = {
+        "/position/latitude": ["91"],
+        "/effects/killed": ["-3"],
+    }
+    for lang, latitude, killed in [
+        ("en", "Expected: Decimal degrees, north positive", "A number from 0 to 100,000."),
+        ("ru", "Ожидается: Десятичные градусы, северная", "Число от 0 до 100\u00a0000."),
+        ("uk", "Очікується: Десяткові градуси, північна", "Число від 0 до 100\u00a0000."),
+    ]:
+        restore = i18n.use(lang)
+        try:
+            nodes = form_nodes(registry, "CEASEFIRE_VIOLATION_REPORT", 1, lang, values)
+            collected = collect_form_data(nodes)
+            errors = validate_form_data(
+                registry, "CEASEFIRE_VIOLATION_REPORT", 1, collected.data, collected.kept
+            )
+        finally:
+            restore()
+        assert latitude in errors["/position/latitude"], (lang, errors)
+        assert errors["/effects/killed"] == killed, lang
+
+
+def _patterned(schema: object, path: str = "") -> Iterator[tuple[str, dict[str, object]]]:
+    if isinstance(schema, dict):
+        if "pattern" in schema:
+            yield path, schema
+        for key, value in schema.items():
+            yield from _patterned(value, f"{path}/{key}")
+    elif isinstance(schema, list):
+        for index, value in enumerate(schema):
+            yield from _patterned(value, f"{path}/{index}")
+
+
+def test_every_patterned_field_says_in_words_what_it_takes() -> None:
+    """A pattern error quotes the field's help: every patterned field has one in each language."""
+    definitions, common = load_definitions()
+    found = [
+        (f"{d['name']}{path}", schema)
+        for d in [*definitions, {"name": "common", "schema": common}]
+        for path, schema in _patterned(d["schema"])
+    ]
+    assert len(found) >= 8
+    for where, schema in found:
+        help_text = schema.get("x-help")
+        assert isinstance(help_text, dict), where
+        assert all(help_text.get(lang) for lang in ("en", "ru", "uk")), where
 
 
 def test_a_list_of_items_keeps_the_place_of_each_item_in_its_errors() -> None:

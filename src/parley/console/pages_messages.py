@@ -56,7 +56,7 @@ from parley.core.forms import COMMON_ID, FORMATS, FormDefinition, FormRegistry, 
 from parley.core.transcript import EntryType, split_entry
 from parley.errors import NotPermitted, ParleyError, UsageError
 from parley.forms.describe import FieldDescription, describe_form
-from parley.forms.render import RenderedField, render_form
+from parley.forms.render import RenderedField, format_number, render_form
 from parley.forms.translate import (
     MachineTranslation,
     Translator,
@@ -783,6 +783,28 @@ def _validator(registry: FormRegistry, name: str, version: int) -> Draft202012Va
     return Draft202012Validator(definition.schema, registry=refs, format_checker=FORMATS)
 
 
+def _bounds(schema: Any) -> tuple[Any, Any] | None:
+    """A field's inclusive (minimum, maximum) when it has both."""
+    if isinstance(schema, Mapping) and "minimum" in schema and "maximum" in schema:
+        return schema["minimum"], schema["maximum"]
+    return None
+
+
+def _expected(schema: Any) -> str:
+    """What a field with a pattern expects, in words: its help text in the current language.
+
+    A pattern means nothing to an operator; every patterned field of the shipped
+    forms says in ``x-help`` what it takes (a test checks it).
+    """
+    lang = i18n.current_lang.get()
+    words = schema.get("x-help") if isinstance(schema, Mapping) else None
+    if isinstance(words, Mapping):
+        text = words.get(lang) or words.get("en")
+        if isinstance(text, str) and text:
+            return gettext("Not in the expected form. Expected: %(what)s") % {"what": text}
+    return gettext("Not in the required form.")
+
+
 def _message(error: ValidationError) -> str:
     """An operator's message for one schema error, in the current language."""
     v, limit = error.validator, error.validator_value
@@ -801,11 +823,18 @@ def _message(error: ValidationError) -> str:
     if v in ("enum", "const"):
         return gettext("Choose one of the listed values.")
     if v == "pattern":
-        return gettext("Not in the required form.")
+        return _expected(error.schema)
     if v == "minLength":
         return gettext("At least %(n)s characters.") % {"n": limit}
     if v == "maxLength":
         return gettext("At most %(n)s characters.") % {"n": limit}
+    bounds = _bounds(error.schema)
+    if v in ("minimum", "maximum") and bounds is not None:
+        low, high = bounds
+        return gettext("A number from %(low)s to %(high)s.") % {
+            "low": format_number(low, i18n.current_lang.get()),
+            "high": format_number(high, i18n.current_lang.get()),
+        }
     if v in ("minimum", "exclusiveMinimum"):
         return gettext("At least %(n)s.") % {"n": limit}
     if v in ("maximum", "exclusiveMaximum"):
@@ -878,6 +907,8 @@ class Composed:
 
     #: The error places the page showed when it asked (None: a whole page is rendered).
     shown: set[str] | None = None
+    #: The inputs the operator has changed (None: every error is shown, as when sending).
+    touched: set[str] | None = None
 
     def containers(self) -> list[tuple[str, str]]:
         """(error id, key) of every place an error can be shown on the page."""
@@ -892,11 +923,45 @@ class Composed:
         self.general.append(texts.error_words(exc, lang))
         self.details.append(f"{exc.code}: {exc}")
 
+    def _shown_errors(self) -> dict[str, str]:
+        """The errors to show: all of them, or while typing only those of inputs touched."""
+        if self.touched is None:
+            return self.errors
+        touched = {"to" if t == "channel" else t for t in self.touched}
+        as_json = "json_data" in touched and bool(self.json_data.strip())
+        return {
+            key: message
+            for key, message in self.errors.items()
+            if (as_json and key.startswith("/"))  # the JSON typed stands for every input
+            or any(t == key or t.startswith(key + "/") or key.startswith(t + "/") for t in touched)
+        }
+
+    def labels(self) -> dict[str, str]:
+        """Each error place's name, in the current language, for the summary."""
+        names = {
+            "text": gettext("Text"),
+            "to": gettext("To"),
+            "precedence": gettext("Precedence"),
+            "json_data": gettext("Form data (JSON)"),
+            "form": gettext("Form"),
+        }
+        for node in self.nodes:
+            for n in node.walk():
+                names[n.pointer] = n.label
+        return names
+
+    def summary(self) -> list[tuple[str, str, str]]:
+        """(error id, field name, message) of every error placed at a field, in page order."""
+        placed = self.placed()
+        labels = self.labels()
+        order = [k for _, k in self.containers()]
+        return [(error_id(k), labels.get(k, k), placed[k]) for k in order if k in placed]
+
     def placed(self) -> dict[str, str]:
         """Each error at the nearest input that exists; the rest become general errors."""
         known = {k for _, k in self.containers()}
         placed: dict[str, str] = {}
-        for key, message in self.errors.items():
+        for key, message in self._shown_errors().items():
             at = key
             while at not in known and at.startswith("/") and at.count("/") > 1:
                 at = at.rsplit("/", 1)[0]
@@ -1326,6 +1391,8 @@ async def compose_validate(page: CurrentPage) -> Response:
     form = await page.request.form()
     composed = await run_in_threadpool(_checked, page, form)  # reads the channels
     composed.shown = set(_strings(form, "_shown"))
+    touched = set(_strings(form, "_touched"))
+    composed.touched = None if "*" in touched else touched  # "*": a send was refused
     return await _render_compose(page, "fragments/compose_errors.html", composed)
 
 

@@ -1,6 +1,6 @@
 // Parley console behaviour. Loaded from /static (the Content-Security-Policy
 // allows no inline script): countdowns, the FLASH alert sound, the sound
-// switch and the language selector.
+// switch, the language selector and the compose form's touched inputs.
 "use strict";
 (function () {
   const strings = () => document.getElementById("i18n-strings")?.dataset || {};
@@ -77,6 +77,25 @@
     tick();
     setInterval(tick, 1000);
   });
+  // The compose form checks itself as it is typed; the terminal shows the errors
+  // of the inputs the operator has changed only (named in hidden _touched inputs),
+  // not "required" under fields nobody has reached yet.
+  function touch(event) {
+    const input = event.target;
+    const form = input.closest && input.closest("#compose-form");
+    const touched = document.getElementById("compose-touched");
+    if (!form || !touched || !input.name || input.name.startsWith("_") || input.name === "csrf_token") return;
+    const known = [...touched.querySelectorAll("input")].some((t) => t.value === input.name);
+    if (known) return;
+    const mark = document.createElement("input");
+    mark.type = "hidden";
+    mark.name = "_touched";
+    mark.value = input.name;
+    touched.appendChild(mark);
+  }
+  document.addEventListener("input", touch, true);
+  document.addEventListener("change", touch, true);
+
   document.addEventListener("htmx:afterSwap", (event) => {
     announceFlash(event.target);
     tick();
