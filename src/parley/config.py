@@ -209,6 +209,9 @@ class Config:
     name: str
     database: str
     peer_listen: str = "0.0.0.0:7443"
+    #: Peer requests served at once; more are answered 503 busy with Retry-After
+    #: (``parley.service.peer_api.WorkGate``; urgent deliveries are always served).
+    peer_max_concurrent: int = 4
     console_listen: str = "127.0.0.1:7080"
     #: HTTPS on the console listener (required off loopback): the terminal's own
     #: certificate, or the operator's PEM pair in ``console_tls_cert``/``_key``
@@ -271,7 +274,7 @@ class Config:
             "party": self.party,
             "name": self.name,
             "database": self.database,
-            "peer": {"listen": self.peer_listen},
+            "peer": {"listen": self.peer_listen, "max_concurrent": self.peer_max_concurrent},
             "console": {
                 "listen": self.console_listen,
                 "tls": self.console_tls,
@@ -312,6 +315,8 @@ class Config:
             "#   cert` prints its fingerprint), or tls_cert/tls_key (PEM files) of yours.\n"
             "# console.names: the names or addresses workstations use for the console\n"
             "#   (in its certificate; no other Host is answered).\n"
+            "# peer.max_concurrent: peer requests served at once; more are answered\n"
+            "#   503 busy with Retry-After (FLASH and IMMEDIATE deliveries always served).\n"
             "# links.test_interval: how often each link is tested (3600 = hourly).\n"
             "# alarms.command: a program (and arguments) run for each alarm, with the\n"
             "#   alarm as JSON on its standard input; [] for none.\n"
@@ -350,6 +355,7 @@ class Config:
                 name=str(data["name"]),
                 database=str(data["database"]),
                 peer_listen=str(data.get("peer", {}).get("listen", "0.0.0.0:7443")),
+                peer_max_concurrent=int(data.get("peer", {}).get("max_concurrent", 4)),
                 console_listen=str(console.get("listen", "127.0.0.1:7080")),
                 console_tls=_boolean(console.get("tls", False), f"console.tls in {source}"),
                 console_tls_cert=str(console.get("tls_cert", "")),
@@ -395,6 +401,10 @@ class Config:
                 raise UsageError(
                     f"console.tls_cert in {source} is set but console.tls is off: "
                     "set tls = true to serve the console with it"
+                )
+            if config.peer_max_concurrent < 1:
+                raise UsageError(
+                    f"peer.max_concurrent in {source}: expected a whole number of at least 1"
                 )
             parse_duration(config.backup_every, f"backup.every in {source}")
             if config.max_card_validity_days < 1:

@@ -45,6 +45,7 @@ from parley.errors import (
 )
 from parley.service import tls
 from parley.service.peer_api import (
+    BUSY,
     FRAMES,
     MAX_LEAVES_PAGE,
     MAX_LEAVES_WITH_RECEIPTS,
@@ -103,6 +104,10 @@ CATCH_UP_GRACE = 1.0
 PROBE_EVERY = 2.0
 #: FLASH and IMMEDIATE messages taken at once (each goes in its own request).
 URGENT_BATCH = 32
+#: Witness rounds and bulk batches in progress at once, to every peer together
+#: (the urgent lane is not counted): a terminal with dozens of peers does not
+#: ask all of them at the same moment.
+MAX_BULK_REQUESTS = 8
 
 
 def first_round_window(peers: int) -> float:
@@ -118,6 +123,19 @@ def backoff(attempts: int, precedence: str, rng: random.Random) -> float:
 
 class LinkFailed(Exception):
     """A link could not carry a request (transport error or 5xx)."""
+
+
+class Busy(LinkFailed):
+    """The peer answered ``503 busy``: it serves as many requests as it can at once.
+
+    Not a link failure (the link carried the answer; its state is left as it
+    was, nothing is recorded against it): the request goes again after
+    ``retry_after`` seconds, the peer's ``Retry-After``.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _answers_another(item: dict[str, Any], answer: dict[str, Any]) -> InvalidReceipt:
@@ -152,8 +170,25 @@ def _retry_after(response: httpx.Response) -> float | None:
     return float(min(int(value), 3600)) if value.isdigit() else BACKOFF_CAP["ROUTINE"]
 
 
+def _busy(response: httpx.Response) -> Busy | None:
+    """A peer's ``503 busy`` answer (``parley.service.peer_api.WorkGate``), or None."""
+    if response.status_code != 503:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("error") != BUSY:
+        return None
+    value = response.headers.get("retry-after", "")
+    wait = float(min(int(value), 600)) if value.isdigit() else WITNESS_IDLE
+    return Busy(f"busy: {str(body.get('message', ''))[:200]}", retry_after=max(1.0, wait))
+
+
 def _longest_wait(errors: Sequence[BaseException]) -> float | None:
-    waits = [e.retry_after for e in errors if isinstance(e, Rejected) and e.retry_after]
+    waits = [
+        e.retry_after for e in errors if isinstance(e, (Rejected, Busy)) and e.retry_after
+    ]
     return max(waits) if waits else None
 
 
@@ -193,6 +228,7 @@ class DeliveryWorker:
         self._witness_failures: dict[str, int] = {}
         self._links_cache: tuple[float, list[dict[str, Any]]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bulk_slots = asyncio.Semaphore(MAX_BULK_REQUESTS)
         #: Compares our log with what the peers saw of it; recovers it (docs/recovery.md).
         self.guard = LogGuard(terminal, self._any_link)
 
@@ -327,6 +363,9 @@ class DeliveryWorker:
             )
             raise LinkFailed(error) from None
         rtt = (time.perf_counter() - started) * 1000
+        busy = _busy(response)
+        if busy is not None:
+            raise busy  # the link works; the peer asks us to come back later
         if response.status_code >= 500:
             error = f"HTTP {response.status_code}"
             self._link_ok.setdefault(link.peer, {})[link.name] = False
@@ -521,11 +560,15 @@ class DeliveryWorker:
 
     async def _deliver_batch(self, peer: str, items: list[dict[str, Any]]) -> None:
         """Non-urgent messages in one request over the best link, failing over to the next."""
-        errors: list[str] = []
-        refusals: list[BaseException] = []
         # The receiver sends its leaf hashes from our mirror's size with the receipts:
         # what it signs in them can be put back in order should it lose its log.
         mirror = await run_in_threadpool(self.terminal.mirror_size, peer)
+        async with self._bulk_slots:
+            await self._batch_over_links(peer, items, mirror)
+
+    async def _batch_over_links(self, peer: str, items: list[dict[str, Any]], mirror: int) -> None:
+        errors: list[str] = []
+        refusals: list[BaseException] = []
         for link in await self._links(peer):
             try:
                 data = await self._request(
@@ -539,8 +582,10 @@ class DeliveryWorker:
             except (LinkFailed, Rejected) as exc:
                 errors.append(f"{link.name}: {exc}")
                 refusals.append(exc)
-                if isinstance(exc, Rejected) and exc.retry_after:
-                    break  # over the peer's quota for us: every link would say the same
+                if isinstance(exc, (Rejected, Busy)) and exc.retry_after:
+                    # Over the peer's quota for us, or the peer is busy: every link
+                    # would say the same.
+                    break
                 continue
             await self._batch_answers(link, items, data)
             return
@@ -739,6 +784,8 @@ class DeliveryWorker:
         for link in await self._links(peer):
             try:
                 return await self._request(link, method, path, **kwargs)
+            except Busy as exc:  # every link leads to the same busy peer
+                raise Busy(f"{link.name}: {exc}", retry_after=exc.retry_after) from None
             except (LinkFailed, Rejected) as exc:
                 errors.append(f"{link.name}: {exc}")
         raise LinkFailed("; ".join(errors) or f"no link to {peer}")
@@ -804,6 +851,15 @@ class DeliveryWorker:
         self._witness_due.discard(peer)
         try:
             await self._round(peer, partial(self._any_link, peer))
+        except Busy as exc:
+            # Not a failure: the peer asked us to come back (its Retry-After, jittered).
+            spread = self.rng.uniform(1.0, 1.0 + WITNESS_JITTER)
+            self._next_idle_round[peer] = time.monotonic() + exc.retry_after * spread
+            # Kept as the time of the next round (see _witness_scheduled); not counted
+            # as a failure.
+            self._witness_failures.setdefault(peer, 0)
+            log.debug("witness_round_deferred", peer=peer, retry_in=exc.retry_after)
+            return
         except (LinkFailed, ParleyError) as exc:
             # Tried again after 2, 4, 8 … up to 60 s (jittered): a peer that cannot
             # answer, or a network that is overloaded, is not asked every 2 s.
@@ -819,7 +875,7 @@ class DeliveryWorker:
         """One witness round with ``peer``, its requests made by ``send(method, path, ...)``
         (any link, or one link for a link test); one round with a peer at a time."""
         lock = self._round_locks.setdefault(peer, asyncio.Lock())
-        async with lock:
+        async with lock, self._bulk_slots:
             request = await run_in_threadpool(self.terminal.checkpoint_request, peer)
             offer = await send("POST", "/v1/checkpoint-offers", content=request)
             plan = await run_in_threadpool(self.terminal.plan_witness, peer, offer)
@@ -848,14 +904,21 @@ class DeliveryWorker:
             return
         timings: list[float] = []
 
+        began = time.perf_counter()
+
         async def send(method: str, path: str, **kwargs: Any) -> bytes:
-            started = time.perf_counter()
+            nonlocal began
+            began = time.perf_counter()
             data = await self._request(link, method, path, **kwargs)
-            timings.append((time.perf_counter() - started) * 1000)
+            timings.append((time.perf_counter() - began) * 1000)
             return data
 
         try:
             await self._round(peer, send)
+        except Busy:
+            # The peer answered over this link, pinned TLS and all: the link passed;
+            # the round itself waits for the peer's next idle round.
+            timings.append((time.perf_counter() - began) * 1000)
         except (LinkFailed, Rejected) as exc:
             # The failed request was already counted against the link; this marks the test.
             await run_in_threadpool(

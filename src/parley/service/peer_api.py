@@ -11,6 +11,7 @@ event is recorded per incident, not per refused request.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -135,6 +136,43 @@ def split_frames(data: bytes, item_limit: int) -> list[bytes]:
     return items
 
 
+#: Peer requests served at once before more are answered ``503 busy`` (with
+#: ``Retry-After``): a terminal under more load than it can serve refuses what
+#: it cannot do in time at once and cheaply, instead of letting each request
+#: time out at its sender, who would send it again while this one still works
+#: on it (congestion collapse). An urgent delivery (``POST /v1/envelopes``, the
+#: FLASH and IMMEDIATE lane) and ``/v1/health`` are never refused.
+MAX_PEER_WORK = 4
+#: ``Retry-After`` of a busy answer: seconds, drawn at random from this range so
+#: that the refused senders do not all come back in the same second.
+BUSY_RETRY = (2, 10)
+BUSY = "busy"
+
+
+class WorkGate:
+    """Counts the peer requests in progress; says whether one more may start."""
+
+    def __init__(self, limit: int = MAX_PEER_WORK, rng: random.Random | None = None) -> None:
+        self.limit = limit
+        self.active = 0
+        self.refused = 0
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+
+    def busy_response(self) -> JSONResponse:
+        self.refused += 1
+        retry = self.rng.randint(*BUSY_RETRY)
+        return JSONResponse(
+            {
+                "error": BUSY,
+                "message": f"this terminal is serving {self.active} peer requests; "
+                f"send it again after {retry} s",
+                "retry_after": retry,
+            },
+            status_code=503,
+            headers={"Retry-After": str(retry)},
+        )
+
+
 def _remote(request: Request) -> str:
     return f"{request.client.host}:{request.client.port}" if request.client else "?"
 
@@ -170,12 +208,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def create_peer_app(
-    terminal: Terminal, tls_party_of: Callable[[Request], str | None] = lambda r: None
+    terminal: Terminal,
+    tls_party_of: Callable[[Request], str | None] = lambda r: None,
+    *,
+    max_work: int = MAX_PEER_WORK,
 ) -> FastAPI:
     """The ASGI application of the peer listener.
 
     ``tls_party_of`` names the pinned peer whose client certificate the TLS
-    connection presented (the server supplies it).
+    connection presented (the server supplies it). ``max_work``: peer requests
+    served at once before more are answered ``503 busy`` (``WorkGate``).
     """
     app = FastAPI(
         title=f"Parley peer API ({terminal.me})",
@@ -191,12 +233,21 @@ def create_peer_app(
         openapi_url=f"/{API_VERSION}/openapi.json",
     )
     limit = terminal.limits.max_body_bytes + 64 * 1024
+    gate = WorkGate(max_work)
+    app.state.gate = gate
 
     async def guarded(
-        request: Request, endpoint: str, work: Callable[[str | None], Awaitable[Response]]
+        request: Request,
+        endpoint: str,
+        work: Callable[[str | None], Awaitable[Response]],
+        *,
+        urgent: bool = False,
     ) -> Response:
         party = tls_party_of(request)
         remote = _remote(request)
+        if not urgent and gate.active >= gate.limit:
+            return gate.busy_response()
+        gate.active += 1
         try:
             return await work(party)
         except ClientDisconnect:
@@ -227,6 +278,8 @@ def create_peer_app(
                 error=exc,
             )
             return error_response(exc)
+        finally:
+            gate.active -= 1
 
     @app.post(
         f"/{API_VERSION}/envelopes",
@@ -250,7 +303,7 @@ def create_peer_app(
             receipt = await run_in_threadpool(terminal.receive_envelope, raw, tls_party=party)
             return Response(receipt, media_type=JSON)
 
-        return await guarded(request, "envelopes", work)
+        return await guarded(request, "envelopes", work, urgent=True)
 
     @app.post(
         f"/{API_VERSION}/envelopes/batch",
