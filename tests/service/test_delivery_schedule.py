@@ -6,10 +6,12 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from parley.service.delivery import (
     WITNESS_EVERY,
@@ -164,3 +166,34 @@ def test_a_scheduled_link_test_is_one_signed_round_over_that_link_alone(
     finally:
         us.engine.dispose()
         ru.engine.dispose()
+
+
+def test_the_outbox_summary_spares_queries_and_never_hides_new_work(us: Terminal) -> None:
+    """With dozens of idle peers the worker asks "anything due?" all the time: one small
+    query a second answers it. New work is seen at once, never up to a second late."""
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(us.engine, "before_cursor_execute", count)
+    try:
+        assert us.due_deliveries(RU, urgent=True) == []
+        asked = len(statements)
+        for _ in range(50):
+            assert us.due_deliveries(RU, urgent=True) == []
+            assert us.next_due(RU, urgent=False) is None
+        assert len(statements) == asked  # answered by the summary
+        # A FLASH sent now is due now, though the summary was read a moment ago.
+        sent = us.send([RU], kind="text", body={"text": "now"}, operator="duty", precedence="FLASH")
+        due = us.due_deliveries(RU, urgent=True)
+        assert [item["envelope_id"] for item in due] == [sent["id"]]
+        # A failed attempt moves its next attempt: the summary follows at once.
+        later = us.clock() + timedelta(seconds=30)
+        us.delivery_failed(sent["id"], RU, "refused", later)
+        assert us.due_deliveries(RU, urgent=True) == []
+        assert us.next_due(RU, urgent=True) == later
+        assert us.retry_now(RU) == 1
+        assert [item["envelope_id"] for item in us.due_deliveries(RU, urgent=True)] == [sent["id"]]
+    finally:
+        event.remove(us.engine, "before_cursor_execute", count)

@@ -120,6 +120,9 @@ class Kernel:
         self.activity: dict[str, int] = {}
         #: Called (outside the lock) whenever there is new work for the delivery worker.
         self.on_outbox: Callable[[], None] = lambda: None
+        #: Bumped (after the commit) whenever rows may have become due in the outbox:
+        #: the outbox's cached summary of what is pending is read again.
+        self.outbox_generation = 0
         #: Called with each alarm raised (the server runs the alarm command).
         self.on_alarm: Callable[[dict[str, Any]], None] = lambda alarm: None
         #: Peers that hold a checkpoint of this terminal's log beyond (or other than)
@@ -269,7 +272,12 @@ class Kernel:
                 delete(m.settings).where(m.settings.c.key.in_(("frozen", "recovery_required")))
             )
             self.party.frozen = None
-        self.on_outbox()  # what waited in the outbox goes now
+        self.outbox_changed()  # what waited in the outbox goes now
+
+    def outbox_changed(self) -> None:
+        """There is new work in the outbox (committed): forget its summary, wake the worker."""
+        self.outbox_generation += 1
+        self.on_outbox()
 
     def load_entry(self, index: int) -> bytes:
         with reading(self.engine) as conn:

@@ -124,7 +124,7 @@ class Messaging:
                 self._store_sent(conn, sealed)
 
             self.kernel.commit(work)
-        self.kernel.on_outbox()
+        self.kernel.outbox_changed()
         for draft, out in sealed:
             log.info(
                 "message_queued",
@@ -232,6 +232,6 @@ class Messaging:
                 )
 
             self.kernel.commit(work)
-        self.kernel.on_outbox()
+        self.kernel.outbox_changed()
         log.info("message_acknowledged", id=envelope_id, operator=operator, ack=out.envelope_id)
         return {"id": out.envelope_id, "acknowledges": envelope_id}

@@ -222,7 +222,7 @@ class Receiving:
             sender = event.envelope.header.sender
             self.kernel.activity[sender] = self.kernel.activity.get(sender, 0) + 1
         if received:
-            self.kernel.on_outbox()  # wakes the worker: the sender's log grew, witness it
+            self.kernel.outbox_changed()  # wakes the worker: the sender's log grew, witness it
         for event in received:
             if event.rejection is not None:
                 h = event.envelope.header

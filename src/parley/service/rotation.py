@@ -170,7 +170,7 @@ class KeyRotation:
                 CardBundle(new.card, new_certificate).to_json() + b"\n"
             )
         kernel.chains_changed()
-        kernel.on_outbox()
+        kernel.outbox_changed()
         log.info("keys_rotated", version=new.card.version, peers=len(sent))
         return {
             "party": kernel.me,
