@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from parley.core.canonical import canonical_bytes
 from parley.errors import CheckpointRollback, Equivocation, ParleyError
@@ -35,6 +36,21 @@ def evidence_pair(first: str, second: str) -> str:
     """SHA-256 (hex) naming a pair of checkpoint notes, whichever order they came in."""
     a, b = sorted((first, second))
     return hashlib.sha256(a.encode() + b"\n\x00\n" + b.encode()).hexdigest()
+
+
+def clear_open_alarms(conn: Connection, kind: str, subject: str, now: datetime) -> None:
+    """Clear the open alarms of one kind and subject, in the caller's transaction."""
+    conn.execute(
+        update(m.alarms)
+        .where(
+            and_(
+                m.alarms.c.kind == kind,
+                m.alarms.c.subject == subject,
+                m.alarms.c.cleared_at.is_(None),
+            )
+        )
+        .values(cleared_at=now)
+    )
 
 
 class Alarms:
@@ -114,17 +130,7 @@ class Alarms:
 
     def clear_alarms(self, kind: str, subject: str) -> None:
         with self.kernel.engine.begin() as conn:
-            conn.execute(
-                update(m.alarms)
-                .where(
-                    and_(
-                        m.alarms.c.kind == kind,
-                        m.alarms.c.subject == subject,
-                        m.alarms.c.cleared_at.is_(None),
-                    )
-                )
-                .values(cleared_at=self.kernel.clock())
-            )
+            clear_open_alarms(conn, kind, subject, self.kernel.clock())
 
     def record_security_event(
         self, *, endpoint: str, remote: str, tls_party: str | None, error: ParleyError

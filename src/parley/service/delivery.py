@@ -186,9 +186,7 @@ def _busy(response: httpx.Response) -> Busy | None:
 
 
 def _longest_wait(errors: Sequence[BaseException]) -> float | None:
-    waits = [
-        e.retry_after for e in errors if isinstance(e, (Rejected, Busy)) and e.retry_after
-    ]
+    waits = [e.retry_after for e in errors if isinstance(e, (Rejected, Busy)) and e.retry_after]
     return max(waits) if waits else None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from sqlalchemy import and_, delete, insert, select, update
 
-from parley.service.alarms import Alarms
+from parley.service.alarms import Alarms, clear_open_alarms
 from parley.service.kernel import Kernel
 from parley.store import models as m
 
@@ -83,6 +83,10 @@ class Links:
                 conn.execute(
                     delete(m.link_samples).where(m.link_samples.c.at < now - timedelta(days=7))
                 )
+            if ok:  # in the same transaction: one commit for a link that answers
+                clear_open_alarms(conn, "peer_unreachable", peer, now)
+                if test:
+                    clear_open_alarms(conn, "link_test_failed", f"{peer}/{name}", now)
             self._link_written[key] = (state, time.monotonic())
             states = [
                 r.state for r in conn.execute(select(m.links.c.state).where(m.links.c.peer == peer))
@@ -95,8 +99,6 @@ class Links:
                 f"link {name} to {peer} failed its test: {error}",
                 once=True,
             )
-        elif test and ok:
-            self.alarms.clear_alarms("link_test_failed", f"{peer}/{name}")
         if not ok and row.state != "down" and state == "down":
             log.warning("link_down", peer=peer, link=name, error=error)
         if states and all(s == "down" for s in states):
@@ -107,6 +109,4 @@ class Links:
                 f"no healthy link to {peer}: every link is down",
                 once=True,
             )
-        elif ok:
-            self.alarms.clear_alarms("peer_unreachable", peer)
         return state

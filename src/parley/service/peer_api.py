@@ -91,6 +91,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "The peer sent more than its quota (quota_exceeded): nothing was "
         "stored; send it again after Retry-After seconds.",
     },
+    503: {
+        **ERROR_SCHEMA,
+        "description": "This terminal serves as many peer requests as it can at once "
+        "(busy; never for POST /v1/envelopes), or signs nothing until it is recovered "
+        "(rolled_back): nothing was done; send it again after Retry-After seconds.",
+    },
 }
 
 
