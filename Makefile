@@ -57,7 +57,7 @@ bench-core: $(STAMP)
 
 # Idle CPU per terminal in a full mesh of 4 and of 16 terminals (about 6 minutes).
 bench-idle: $(STAMP)
-	$(PY) -m benchmarks.idle_cpu --terminals 4 16 --json bench-idle.json
+	$(PY) -m benchmarks.idle_cpu --terminals 4 16 --settle 130 --json bench-idle.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

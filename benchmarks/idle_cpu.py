@@ -9,7 +9,8 @@ figure is CPU seconds per wall second, as a percentage of one core: CPU time
 a process used is not inflated by other load on the machine, so the numbers
 hold on a shared machine as long as the terminals keep up.
 
-Usage: ``python -m benchmarks.idle_cpu [--terminals N] [--window S] [--settle S] [--json FILE]``
+Usage: ``python -m benchmarks.idle_cpu [--terminals N] [--window S] [--settle S] [--every S]
+[--json FILE]`` (``--every``: print how the start-up settles, interval by interval)
 (``make bench-idle`` runs 4 and 16 terminals).
 """
 
@@ -41,7 +42,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def measure(terminals: int, window: float, settle: float) -> dict[str, Any]:
+def measure(terminals: int, window: float, settle: float, every: float = 0.0) -> dict[str, Any]:
     parties = [(f"T{i:02d}", f"Terminal {i}") for i in range(1, terminals + 1)]
     with tempfile.TemporaryDirectory(prefix="parley-idle-") as tmp:
         began = time.monotonic()
@@ -61,8 +62,22 @@ def measure(terminals: int, window: float, settle: float) -> dict[str, Any]:
                 f"settling {settle:.0f} s",
                 flush=True,
             )
-            time.sleep(settle)
             pids = {t.party: t.proc.pid for t in procs if t.proc is not None}
+            timeline = []
+            if every > 0:  # how the start-up settles: all terminals' share, interval by interval
+                settled_at = time.monotonic() + settle
+                before = sum(cpu_seconds(pid) for pid in pids.values())
+                at = time.monotonic()
+                while at + every <= settled_at:
+                    time.sleep(every)
+                    now, used = time.monotonic(), sum(cpu_seconds(pid) for pid in pids.values())
+                    share = 100.0 * (used - before) / (now - at)
+                    timeline.append(round(share, 1))
+                    print(f"  {now - began:5.0f} s after start: {share:5.1f} % of a core in all")
+                    before, at = used, now
+                time.sleep(max(0.0, settled_at - time.monotonic()))
+            else:
+                time.sleep(settle)
             first = {party: cpu_seconds(pid) for party, pid in pids.items()}
             t0 = time.monotonic()
             time.sleep(window)
@@ -89,6 +104,7 @@ def measure(terminals: int, window: float, settle: float) -> dict[str, Any]:
             "total": round(sum(percent.values()), 1),
         },
         "per_terminal": {p: round(v, 2) for p, v in sorted(percent.items())},
+        "settling_percent_of_a_core_in_all": timeline,
     }
 
 
@@ -97,12 +113,18 @@ def main() -> None:
     parser.add_argument("--terminals", type=int, nargs="+", default=[4])
     parser.add_argument("--window", type=float, default=60.0, help="idle seconds measured")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds before the window")
+    parser.add_argument(
+        "--every",
+        type=float,
+        default=0.0,
+        help="print all terminals' CPU share every S seconds while settling (0: do not)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     results = []
     for count in args.terminals:
-        result = measure(count, args.window, args.settle)
+        result = measure(count, args.window, args.settle, args.every)
         share = result["percent_of_a_core"]
         print(
             f"{count} terminals ({count - 1} peers each), idle {result['window_s']} s: "
