@@ -252,9 +252,7 @@ async def serve(
     console_sock = _bind(config.console_listen, "console listener")
     token = data.read_token() if data.token_file.exists() else data.new_token()
 
-    peer_app = create_peer_app(
-        terminal, tls_party_of, max_work=terminal.config.peer_max_concurrent
-    )
+    peer_app = create_peer_app(terminal, tls_party_of, max_work=terminal.config.peer_max_concurrent)
     console_port = console_sock.getsockname()[1]
     console_app = create_console_app(
         terminal,

@@ -21,6 +21,21 @@ import pytest
 pytestmark = pytest.mark.subprocess
 
 
+def _as_printed(
+    command: str, home: Path, env: dict[str, str] | None = None, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """A command the demo printed, run as printed: a plain shell, another directory."""
+    return subprocess.run(
+        ["/bin/sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+        cwd=home,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home), **(env or {})},
+    )
+
+
 def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     errors = tmp_path / "demo.err"
     with open(errors, "w") as stderr:
@@ -82,15 +97,7 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
             timeout=10,
         )
         assert held.status_code == 202, held.text
-        waiting = subprocess.run(
-            ["/bin/sh", "-c", us["supervisor_cli"] + " held list --json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-            cwd=tmp_path,
-            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        ).stdout
+        waiting = _as_printed(us["supervisor_cli"] + " held list --json", tmp_path).stdout
         assert [h["id"] for h in json.loads(waiting)] == [held.json()["held"]]
         mediator = rows[3]
         channels = httpx.get(
@@ -133,15 +140,7 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
         ).stdout
         assert "Предложение о встрече" in shown
         # The CLI hint runs as printed, from another directory, in a plain shell.
-        keys = subprocess.run(
-            ["/bin/sh", "-c", rows[0]["cli"] + " keys status --json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-            cwd=tmp_path,
-            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        ).stdout
+        keys = _as_printed(rows[0]["cli"] + " keys status --json", tmp_path).stdout
         status = json.loads(keys)
         assert status["card"]["party"] == "US-EUCOM"
         assert {p["party"] for p in status["peers"]} == {"RU-GS", "UA-GS", "AE-MEDIATOR"}
@@ -149,15 +148,7 @@ def test_demo_prints_four_ready_terminals_and_stops_on_ctrl_c(tmp_path: Path) ->
         # every link answers a TLS handshake with the pinned certificates, the clocks agree.
         source = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
         for row in rows:
-            doctor = subprocess.run(
-                ["/bin/sh", "-c", row["doctor"] + " --json"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-                cwd=tmp_path,
-                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **source},
-            )
+            doctor = _as_printed(row["doctor"] + " --json", tmp_path, source, check=False)
             assert doctor.returncode == 0, doctor.stdout + doctor.stderr
             report = json.loads(doctor.stdout)
             assert report["clean"], [c for c in report["checks"] if c["status"] != "ok"]

@@ -151,6 +151,17 @@ def _busy_transport(seen: list[str], retry_after: int = 7) -> httpx.MockTranspor
     return httpx.MockTransport(answer)
 
 
+def _worker_to_busy_peer(
+    us: Terminal, monkeypatch: pytest.MonkeyPatch, retry_after: int = 7
+) -> tuple[DeliveryWorker, list[str]]:
+    """A delivery worker whose every request reaches a peer that answers busy."""
+    worker = DeliveryWorker(us, rng=random.Random(3))
+    seen: list[str] = []
+    client = httpx.AsyncClient(transport=_busy_transport(seen, retry_after=retry_after))
+    monkeypatch.setattr(worker, "_client", lambda peer: client)
+    return worker, seen
+
+
 def _links(terminal: Terminal) -> list[dict[str, Any]]:
     return sorted(terminal.links(), key=lambda item: (item["peer"], item["name"]))
 
@@ -159,10 +170,7 @@ def test_a_busy_peer_is_not_a_failed_link_and_its_batch_waits_as_asked(
     pair: tuple[Terminal, Terminal], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     us, _ = pair
-    worker = DeliveryWorker(us, rng=random.Random(3))
-    seen: list[str] = []
-    client = httpx.AsyncClient(transport=_busy_transport(seen, retry_after=7))
-    monkeypatch.setattr(worker, "_client", lambda peer: client)
+    worker, seen = _worker_to_busy_peer(us, monkeypatch, retry_after=7)
     _raws(us, "ROUTINE", 3)
     links = _links(us)
     items = us.due_deliveries(RU, 10, urgent=False)
@@ -205,10 +213,7 @@ def test_a_busy_answer_to_a_link_test_passes_the_link(
 ) -> None:
     """The busy answer came over the pinned TLS link from the peer: the link works."""
     us, _ = pair
-    worker = DeliveryWorker(us, rng=random.Random(3))
-    seen: list[str] = []
-    client = httpx.AsyncClient(transport=_busy_transport(seen))
-    monkeypatch.setattr(worker, "_client", lambda peer: client)
+    worker, seen = _worker_to_busy_peer(us, monkeypatch)
     name = sorted(item["name"] for item in us.links() if item["peer"] == RU)[0]
 
     asyncio.run(worker._test_link(RU, name))
