@@ -38,6 +38,9 @@ pytestmark = pytest.mark.subprocess
 
 SOURCE = Path(parley.__file__).resolve().parents[2]
 UNIT = SOURCE / "docs" / "ops" / "parley.service"
+#: A file the confined terminal must not be able to make: on the root file system,
+#: outside /tmp (which stays writable; a checkout may itself live under /tmp).
+PROBE = Path("/var/tmp") / f".parley-read-only-probe-{os.getpid()}"
 NOBODY = 65534
 
 
@@ -233,7 +236,7 @@ def _serve_confined(root: Path) -> None:
         PYTHONPATH=os.pathsep.join(paths),
         PYTHONDONTWRITEBYTECODE="1",
         HOME="/nonexistent",
-        PROBE=str(SOURCE / ".read-only-probe"),
+        PROBE=str(PROBE),
         MDWE_MARKS=str(root / "mdwe" / "marks"),
     )
     # As the unit's ExecStart: the passphrase from the credentials directory.
@@ -284,7 +287,7 @@ def _serve_confined(root: Path) -> None:
     marks = (hooks / "marks").read_text().split()
     assert str(serve.pid) in marks
     assert str(doctor.pid) in marks
-    assert not (SOURCE / ".read-only-probe").exists()
+    assert not PROBE.exists()
 
 
 @pytest.mark.postgres
