@@ -859,6 +859,7 @@ class DeliveryWorker:
             log.debug("witness_round_deferred", peer=peer, retry_in=exc.retry_after)
             return
         except (LinkFailed, ParleyError) as exc:
+            self.terminal.kernel.cosign_again.add(peer)  # it may come back without it
             # Tried again after 2, 4, 8 … up to 60 s (jittered): a peer that cannot
             # answer, or a network that is overloaded, is not asked every 2 s.
             failures = self._witness_failures[peer] = self._witness_failures.get(peer, 0) + 1
@@ -878,9 +879,16 @@ class DeliveryWorker:
             offer = await send("POST", "/v1/checkpoint-offers", content=request)
             plan = await run_in_threadpool(self.terminal.plan_witness, peer, offer)
             cosigned = self._unsent_cosignature.pop(peer, None)
+            again = peer in self.terminal.kernel.cosign_again
             if plan.fresh:
                 leaves = await self._mirror_leaves(peer, plan.start, plan.checkpoint.size, send)
                 cosigned = await run_in_threadpool(self.terminal.cosign, peer, plan, leaves)
+            elif cosigned is None and again:
+                # Not new to us, but the owner may have lost it (restored from a backup).
+                cosigned = await run_in_threadpool(
+                    self.terminal.last_cosignature, peer, plan.checkpoint.size
+                )
+            self.terminal.kernel.cosign_again.discard(peer)
             if cosigned is not None:
                 self._unsent_cosignature[peer] = cosigned
                 # Our cosignature travels back to the log owner.

@@ -123,6 +123,10 @@ class Kernel:
         #: Bumped (after the commit) whenever rows may have become due in the outbox:
         #: the outbox's cached summary of what is pending is read again.
         self.outbox_generation = 0
+        #: Peers to hand our latest cosignature of their log again at the next round,
+        #: though it is not new: they asked for their recovery status (restarted,
+        #: perhaps from a backup older than the cosignature), or a round with them failed.
+        self.cosign_again: set[str] = set()
         #: Called with each alarm raised (the server runs the alarm command).
         self.on_alarm: Callable[[dict[str, Any]], None] = lambda alarm: None
         #: Peers that hold a checkpoint of this terminal's log beyond (or other than)

@@ -341,7 +341,11 @@ class Terminal(Records):
         self.kernel.thaw()
 
     def recovery_status(self, party: str) -> dict[str, Any]:
+        self.kernel.cosign_again.add(party)  # it may have lost what we cosigned
         return self._answers.status(party)
+
+    def last_cosignature(self, owner: str, size: int) -> bytes | None:
+        return self._witnessing.last_cosignature(owner, size)
 
     def recovery_leaves(self, party: str, start: int, limit: int) -> list[bytes]:
         return self._answers.leaves(party, start, limit)

@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from parley.core.witness import OfferPlan
 from parley.errors import CheckpointRejected, Equivocation, SchemaViolation
 from parley.service.alarms import Alarms
 from parley.service.kernel import Kernel
 from parley.store import models as m
+from parley.store.db import reading
 
 __all__ = ["Witnessing"]
 
@@ -123,6 +124,23 @@ class Witnessing:
         needed = plan.checkpoint.size - plan.start
         got = list(leaves(plan.start, needed))[:needed] if needed and leaves else []
         return self.cosign(owner, plan, got)
+
+    def last_cosignature(self, owner: str, size: int) -> bytes | None:
+        """Our stored cosignature of ``owner``'s checkpoint of ``size``, or None."""
+        with reading(self.kernel.engine) as conn:
+            note = conn.execute(
+                select(m.cosignatures.c.note)
+                .where(
+                    and_(
+                        m.cosignatures.c.direction == "by-us",
+                        m.cosignatures.c.party == owner,
+                        m.cosignatures.c.size == size,
+                    )
+                )
+                .order_by(m.cosignatures.c.id.desc())
+                .limit(1)
+            ).scalar()
+        return note.encode() if isinstance(note, str) else None
 
     def mirror_size(self, owner: str) -> int:
         with self.kernel.lock:
