@@ -197,3 +197,56 @@ def test_the_outbox_summary_spares_queries_and_never_hides_new_work(us: Terminal
         assert [item["envelope_id"] for item in us.due_deliveries(RU, urgent=True)] == [sent["id"]]
     finally:
         event.remove(us.engine, "before_cursor_execute", count)
+
+
+def test_a_peer_that_lost_our_cosignature_gets_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RU-GS keeps what US-EUCOM cosigned; once RU-GS asks for its recovery status
+    (restored from an older backup) or a round with it fails, the next round hands the
+    same cosignature again although nothing is new; otherwise a quiet round sends none."""
+    made = make_network(tmp_path, [(US, "US European Command"), (RU, "General Staff")])
+    us = Terminal.open(made[US].data, PASSPHRASE)
+    ru = Terminal.open(made[RU].data, PASSPHRASE)
+    worker = DeliveryWorker(us, rng=random.Random(7))
+    handed: list[bytes] = []
+    down = [False]
+
+    async def any_link(peer: str, method: str, path: str, **kwargs: Any) -> bytes:
+        if down[0]:
+            raise LinkFailed("connection refused")
+        if path.endswith("/checkpoint-offers"):
+            return ru.offer_checkpoint(kwargs["content"], tls_party=US)
+        if path.endswith("/log/leaves"):
+            params = kwargs["params"]
+            return b"".join(ru.log_leaves(params["start"], params["limit"]))
+        handed.append(kwargs["content"])
+        ru.accept_cosignature(kwargs["content"], tls_party=US)
+        return b"{}"
+
+    monkeypatch.setattr(worker, "_any_link", any_link)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def round_now() -> None:
+        clock[0] += 100.0
+        asyncio.run(worker._witness(RU))
+
+    try:
+        round_now()
+        assert len(handed) == 1  # a fresh checkpoint: cosigned and handed over
+        round_now()
+        assert len(handed) == 1  # nothing new, nothing asked: one request only
+        us.recovery_status(RU)  # RU-GS restarts and asks what we hold of its log
+        round_now()
+        assert handed[1:] == [handed[0]]  # the same cosignature again
+        round_now()
+        assert len(handed) == 2
+        down[0] = True
+        round_now()  # fails: RU-GS may have died before storing what we sent
+        down[0] = False
+        round_now()
+        assert handed[2:] == [handed[0]]
+    finally:
+        us.engine.dispose()
+        ru.engine.dispose()
