@@ -112,6 +112,17 @@ def test_the_first_rounds_of_a_large_network_are_spread_over_a_minute() -> None:
     assert first_round_window(200) == WITNESS_IDLE_MAX
 
 
+def _ru_answers(ru: Terminal, path: str, kwargs: dict[str, Any]) -> bytes:
+    """RU-GS's peer listener for a witness round of US-EUCOM's, in process."""
+    if path.endswith("/checkpoint-offers"):
+        return ru.offer_checkpoint(kwargs["content"], tls_party=US)
+    if path.endswith("/log/leaves"):
+        params = kwargs["params"]
+        return b"".join(ru.log_leaves(params["start"], params["limit"]))
+    ru.accept_cosignature(kwargs["content"], tls_party=US)
+    return b"{}"
+
+
 def test_a_scheduled_link_test_is_one_signed_round_over_that_link_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,13 +140,7 @@ def test_a_scheduled_link_test_is_one_signed_round_over_that_link_alone(
         used.append((link.name, path))
         if down[0]:
             raise LinkFailed("connection refused")
-        if path.endswith("/checkpoint-offers"):
-            return ru.offer_checkpoint(kwargs["content"], tls_party=US)
-        if path.endswith("/log/leaves"):
-            params = kwargs["params"]
-            return b"".join(ru.log_leaves(params["start"], params["limit"]))
-        ru.accept_cosignature(kwargs["content"], tls_party=US)
-        return b"{}"
+        return _ru_answers(ru, path, kwargs)
 
     monkeypatch.setattr(worker, "_request", request)
     try:
@@ -215,14 +220,9 @@ def test_a_peer_that_lost_our_cosignature_gets_it_again(
     async def any_link(peer: str, method: str, path: str, **kwargs: Any) -> bytes:
         if down[0]:
             raise LinkFailed("connection refused")
-        if path.endswith("/checkpoint-offers"):
-            return ru.offer_checkpoint(kwargs["content"], tls_party=US)
-        if path.endswith("/log/leaves"):
-            params = kwargs["params"]
-            return b"".join(ru.log_leaves(params["start"], params["limit"]))
-        handed.append(kwargs["content"])
-        ru.accept_cosignature(kwargs["content"], tls_party=US)
-        return b"{}"
+        if path.endswith("/cosignatures"):
+            handed.append(kwargs["content"])
+        return _ru_answers(ru, path, kwargs)
 
     monkeypatch.setattr(worker, "_any_link", any_link)
     clock = [1000.0]

@@ -36,6 +36,7 @@ from parley.errors import ParleyError, UsageError, VerificationError
 from parley.service.alarms import Alarms
 from parley.service.kernel import HUMAN_KINDS, Kernel
 from parley.service.receiving import Receiving, signed_columns
+from parley.service.witness import our_cosignature
 from parley.store import models as m
 from parley.store.db import reading
 
@@ -93,17 +94,7 @@ class RecoveryAnswers:
                 .limit(1)
             ).scalar()
             if witnessed is None and size:
-                witnessed = conn.execute(
-                    select(m.cosignatures.c.note)
-                    .where(
-                        and_(
-                            m.cosignatures.c.direction == "by-us",
-                            m.cosignatures.c.party == party,
-                            m.cosignatures.c.size == size,
-                        )
-                    )
-                    .limit(1)
-                ).scalar()
+                witnessed = our_cosignature(conn, party, size)
         seen = max(
             (row for row in (observed, cosigned) if row is not None),
             key=lambda row: int(row.size),

@@ -27,6 +27,23 @@ from parley.store.db import reading
 __all__ = ["Witnessing"]
 
 
+def our_cosignature(conn: Connection, owner: str, size: int) -> str | None:
+    """The note of our latest stored cosignature of ``owner``'s checkpoint of ``size``."""
+    note = conn.execute(
+        select(m.cosignatures.c.note)
+        .where(
+            and_(
+                m.cosignatures.c.direction == "by-us",
+                m.cosignatures.c.party == owner,
+                m.cosignatures.c.size == size,
+            )
+        )
+        .order_by(m.cosignatures.c.id.desc())
+        .limit(1)
+    ).scalar()
+    return note if isinstance(note, str) else None
+
+
 class Witnessing:
     """Offer checkpoints to witnesses, cosign peers' checkpoints, keep cosignatures."""
 
@@ -128,19 +145,8 @@ class Witnessing:
     def last_cosignature(self, owner: str, size: int) -> bytes | None:
         """Our stored cosignature of ``owner``'s checkpoint of ``size``, or None."""
         with reading(self.kernel.engine) as conn:
-            note = conn.execute(
-                select(m.cosignatures.c.note)
-                .where(
-                    and_(
-                        m.cosignatures.c.direction == "by-us",
-                        m.cosignatures.c.party == owner,
-                        m.cosignatures.c.size == size,
-                    )
-                )
-                .order_by(m.cosignatures.c.id.desc())
-                .limit(1)
-            ).scalar()
-        return note.encode() if isinstance(note, str) else None
+            note = our_cosignature(conn, owner, size)
+        return note.encode() if note is not None else None
 
     def mirror_size(self, owner: str) -> int:
         with self.kernel.lock:
