@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, select
 
@@ -417,6 +417,37 @@ class Forward(Generic[T]):
 
     def __set__(self, obj: object, value: T) -> None:
         setattr(obj.kernel, self.name, value)  # type: ignore[attr-defined]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+class Delegated(Generic[S, P, R]):
+    """A method of a façade that is the same method of one of its parts.
+
+    ``send = Delegated("_messaging", Messaging.send)`` makes ``terminal.send(...)``
+    call ``terminal._messaging.send(...)`` with the part's signature, its
+    docstring and its types.
+    """
+
+    def __init__(self, part: str, method: Callable[Concatenate[S, P], R]) -> None:
+        self.part = part
+        self.method = method
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Delegated[S, P, R]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type) -> Callable[P, R]: ...
+
+    def __get__(self, obj: object | None, owner: type) -> Callable[P, R] | Delegated[S, P, R]:
+        if obj is None:
+            return self
+        bound: Callable[P, R] = getattr(getattr(obj, self.part), self.method.__name__)
+        return bound
 
 
 #: Why a terminal restored from a backup waits (settings row ``recovery_required``).

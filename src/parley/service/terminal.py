@@ -37,13 +37,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from parley.config import Config, DataDir
-from parley.core.canonical import JSONValue
 from parley.core.envelope import Limits
 from parley.core.forms import FormRegistry
-from parley.core.identity import Identity, IdentityCard
+from parley.core.identity import Identity
 from parley.core.party import Party
-from parley.core.witness import OfferPlan
-from parley.errors import ParleyError, RemoteError
 from parley.keyfile import load_identity
 from parley.service.alarms import Alarms
 from parley.service.channels import Channels
@@ -51,6 +48,7 @@ from parley.service.deadlines import Deadlines
 from parley.service.kernel import (
     HUMAN_KINDS,
     PRECEDENCE_RANK,
+    Delegated,
     Forward,
     Kernel,
     utc_now,
@@ -173,159 +171,50 @@ class Terminal(Records):
         with self.kernel.joined(work) as ran:
             yield ran
 
-    # Peers (service.peers) ---------------------------------------------------
+    # Peers (service.peers), sending (service.messaging), translations ------
 
-    def card_bundle(self) -> CardBundle:
-        return self._peers.card_bundle()
+    card_bundle = Delegated("_peers", Peers.card_bundle)
+    add_peer = Delegated("_peers", Peers.add_peer)
+    send = Delegated("_messaging", Messaging.send)
+    send_many = Delegated("_messaging", Messaging.send_many)
+    acknowledge = Delegated("_messaging", Messaging.acknowledge)
+    certify_translation = Delegated("_translating", Translations.certify_translation)
+    countersign_translation = Delegated("_translating", Translations.countersign_translation)
 
-    def add_peer(
-        self, bundle: CardBundle, fingerprint: str, links: Sequence[tuple[str, str]]
-    ) -> IdentityCard:
-        return self._peers.add_peer(bundle, fingerprint, links)
+    # Receiving and catch-up (service.receiving), receipts (service.receipts) -
 
-    # Sending (service.messaging) ---------------------------------------------
-
-    def send(
-        self,
-        to: Sequence[str],
-        *,
-        kind: str,
-        body: dict[str, JSONValue],
-        operator: str,
-        channel: str | None = None,
-        precedence: str = "ROUTINE",
-        exercise: bool = False,
-        lang: str = "en",
-        via: str | None = None,
-    ) -> dict[str, Any]:
-        return self._messaging.send(
-            to,
-            kind=kind,
-            body=body,
-            operator=operator,
-            channel=channel,
-            precedence=precedence,
-            exercise=exercise,
-            lang=lang,
-            via=via,
-        )
-
-    def send_many(self, drafts: Sequence[Draft]) -> list[dict[str, Any]]:
-        return self._messaging.send_many(drafts)
-
-    def acknowledge(self, envelope_id: str, *, operator: str) -> dict[str, Any]:
-        return self._messaging.acknowledge(envelope_id, operator=operator)
-
-    # Certified translations (service.translations) ---------------------------
-
-    def certify_translation(
-        self, envelope_id: str, *, target_lang: str, text: str, operator: str
-    ) -> dict[str, Any]:
-        return self._translating.certify_translation(
-            envelope_id, target_lang=target_lang, text=text, operator=operator
-        )
-
-    def countersign_translation(self, digest: str, *, operator: str) -> dict[str, Any]:
-        return self._translating.countersign_translation(digest, operator=operator)
-
-    # Receiving and catch-up (service.receiving) ------------------------------
-
-    def receive_envelope(self, raw: bytes, *, tls_party: str | None = None) -> bytes:
-        return self._receiving.receive_envelope(raw, tls_party=tls_party)
-
-    def receive_batch(
-        self, raws: Sequence[bytes], *, tls_party: str | None = None
-    ) -> list[bytes | RemoteError]:
-        return self._receiving.receive_batch(raws, tls_party=tls_party)
-
-    def catch_up(self, channel: str, after_seq: int, *, for_party: str, limit: int = 256) -> bytes:
-        return self._receiving.catch_up(channel, after_seq, for_party=for_party, limit=limit)
-
-    def apply_catch_up(self, peer: str, data: bytes) -> list[bytes | RemoteError]:
-        return self._receiving.apply_catch_up(peer, data)
-
-    def catch_up_allowed(self, peer: str) -> bool:
-        return self._receiving.catch_up_allowed(peer)
-
-    # Receipts (service.receipts) ---------------------------------------------
-
-    def receive_receipt(self, raw: bytes, *, peer: str, link: str | None = None) -> dict[str, Any]:
-        return self._receipts.receive_receipt(raw, peer=peer, link=link)
-
-    def receive_receipts(
-        self, raws: Sequence[bytes], *, peer: str, link: str | None = None
-    ) -> list[dict[str, Any] | ParleyError]:
-        return self._receipts.receive_receipts(raws, peer=peer, link=link)
+    receive_envelope = Delegated("_receiving", Receiving.receive_envelope)
+    receive_batch = Delegated("_receiving", Receiving.receive_batch)
+    catch_up = Delegated("_receiving", Receiving.catch_up)
+    apply_catch_up = Delegated("_receiving", Receiving.apply_catch_up)
+    catch_up_allowed = Delegated("_receiving", Receiving.catch_up_allowed)
+    receive_receipt = Delegated("_receipts", Receipts.receive_receipt)
+    receive_receipts = Delegated("_receipts", Receipts.receive_receipts)
 
     # Delivery bookkeeping (service.outbox) -----------------------------------
 
-    def due_deliveries(
-        self,
-        peer: str,
-        limit: int = 64,
-        *,
-        urgent: bool | None = None,
-        exclude: frozenset[str] = frozenset(),
-    ) -> list[dict[str, Any]]:
-        return self._outbox.due_deliveries(peer, limit, urgent=urgent, exclude=exclude)
-
-    def next_due(self, peer: str, *, urgent: bool | None = None) -> datetime | None:
-        return self._outbox.next_due(peer, urgent=urgent)
-
-    def delivery_failed(self, envelope_id: str, peer: str, error: str, retry_at: datetime) -> None:
-        self._outbox.delivery_failed(envelope_id, peer, error, retry_at)
-
-    def retry_now(self, peer: str) -> int:
-        return self._outbox.retry_now(peer)
-
-    def postpone(self, envelope_id: str, peer: str, seconds: float) -> None:
-        self._outbox.postpone(envelope_id, peer, seconds)
-
-    def pending_test(self, peer: str, link: str) -> bool:
-        return self._outbox.pending_test(peer, link)
-
-    def pending_count(self) -> int:
-        return self._outbox.pending_count()
+    due_deliveries = Delegated("_outbox", Outbox.due_deliveries)
+    next_due = Delegated("_outbox", Outbox.next_due)
+    delivery_failed = Delegated("_outbox", Outbox.delivery_failed)
+    retry_now = Delegated("_outbox", Outbox.retry_now)
+    postpone = Delegated("_outbox", Outbox.postpone)
+    pending_test = Delegated("_outbox", Outbox.pending_test)
+    pending_count = Delegated("_outbox", Outbox.pending_count)
 
     # Checkpoints and witnessing (service.witness) ----------------------------
 
-    def offer_checkpoint(self, request: bytes, *, tls_party: str | None = None) -> bytes:
-        return self._witnessing.offer_checkpoint(request, tls_party=tls_party)
-
-    def checkpoint_request(self, owner: str) -> bytes:
-        return self._witnessing.checkpoint_request(owner)
-
-    def log_leaves(self, start: int, limit: int) -> list[bytes]:
-        return self._witnessing.log_leaves(start, limit)
-
-    def plan_witness(self, owner: str, offer: bytes) -> OfferPlan:
-        return self._witnessing.plan(owner, offer)
-
-    def cosign(self, owner: str, plan: OfferPlan, leaves: Sequence[bytes]) -> bytes:
-        return self._witnessing.cosign(owner, plan, leaves)
-
-    def witness(
-        self,
-        owner: str,
-        offer: bytes,
-        leaves: Callable[[int, int], Sequence[bytes]] | None = None,
-    ) -> bytes:
-        return self._witnessing.witness(owner, offer, leaves)
-
-    def mirror_size(self, owner: str) -> int:
-        return self._witnessing.mirror_size(owner)
-
-    def extend_mirror(self, owner: str, start: int, leaves: Sequence[bytes]) -> int:
-        return self._witnessing.extend_mirror(owner, start, leaves)
-
-    def mirror(self, owner: str, start: int, limit: int) -> list[bytes]:
-        return self._witnessing.mirror(owner, start, limit)
-
-    def largest_seen(self, owner: str) -> str | None:
-        return self._witnessing.largest_seen(owner)
-
-    def accept_cosignature(self, note: bytes, *, tls_party: str | None = None) -> dict[str, Any]:
-        return self._witnessing.accept_cosignature(note, tls_party=tls_party)
+    offer_checkpoint = Delegated("_witnessing", Witnessing.offer_checkpoint)
+    checkpoint_request = Delegated("_witnessing", Witnessing.checkpoint_request)
+    log_leaves = Delegated("_witnessing", Witnessing.log_leaves)
+    plan_witness = Delegated("_witnessing", Witnessing.plan)
+    cosign = Delegated("_witnessing", Witnessing.cosign)
+    witness = Delegated("_witnessing", Witnessing.witness)
+    mirror_size = Delegated("_witnessing", Witnessing.mirror_size)
+    extend_mirror = Delegated("_witnessing", Witnessing.extend_mirror)
+    mirror = Delegated("_witnessing", Witnessing.mirror)
+    largest_seen = Delegated("_witnessing", Witnessing.largest_seen)
+    accept_cosignature = Delegated("_witnessing", Witnessing.accept_cosignature)
+    last_cosignature = Delegated("_witnessing", Witnessing.last_cosignature)
 
     # Rollback and recovery (service.recovery, docs/recovery.md) --------------
 
@@ -344,14 +233,8 @@ class Terminal(Records):
         self.kernel.cosign_again.add(party)  # it may have lost what we cosigned
         return self._answers.status(party)
 
-    def last_cosignature(self, owner: str, size: int) -> bytes | None:
-        return self._witnessing.last_cosignature(owner, size)
-
-    def recovery_leaves(self, party: str, start: int, limit: int) -> list[bytes]:
-        return self._answers.leaves(party, start, limit)
-
-    def recovery_entries(self, party: str, after: int, limit: int) -> dict[str, Any]:
-        return self._answers.entries(party, after, limit)
+    recovery_leaves = Delegated("_answers", RecoveryAnswers.leaves)
+    recovery_entries = Delegated("_answers", RecoveryAnswers.entries)
 
     @property
     def recovery(self) -> Recovery:
@@ -371,47 +254,14 @@ class Terminal(Records):
             target, mirror, candidates, mirror_from=mirror_from, peers=peers
         )
 
-    # Channels (service.channels) ---------------------------------------------
+    # Channels, links, alarms (service.channels, .links, .alarms) -------------
 
-    def create_channel(self, name: str, members: Sequence[str], *, operator: str) -> dict[str, Any]:
-        return self._channels.create_channel(name, members, operator=operator)
-
-    def agree_channel(self, name: str, *, operator: str) -> dict[str, Any]:
-        return self._channels.agree_channel(name, operator=operator)
-
-    # Links (service.links) ---------------------------------------------------
-
-    def record_link(
-        self,
-        peer: str,
-        name: str,
-        *,
-        ok: bool,
-        rtt_ms: float | None = None,
-        error: str | None = None,
-        test: bool = False,
-        count: bool = True,
-    ) -> str:
-        return self._links.record_link(
-            peer, name, ok=ok, rtt_ms=rtt_ms, error=error, test=test, count=count
-        )
-
-    # Alarms (service.alarms) -------------------------------------------------
-
-    def raise_alarm(
-        self, kind: str, severity: str, subject: str, message: str, *, once: bool = False
-    ) -> dict[str, Any] | None:
-        return self._alarms.raise_alarm(kind, severity, subject, message, once=once)
-
-    def clear_alarms(self, kind: str, subject: str) -> None:
-        self._alarms.clear_alarms(kind, subject)
-
-    def record_security_event(
-        self, *, endpoint: str, remote: str, tls_party: str | None, error: ParleyError
-    ) -> None:
-        self._alarms.record_security_event(
-            endpoint=endpoint, remote=remote, tls_party=tls_party, error=error
-        )
+    create_channel = Delegated("_channels", Channels.create_channel)
+    agree_channel = Delegated("_channels", Channels.agree_channel)
+    record_link = Delegated("_links", Links.record_link)
+    raise_alarm = Delegated("_alarms", Alarms.raise_alarm)
+    clear_alarms = Delegated("_alarms", Alarms.clear_alarms)
+    record_security_event = Delegated("_alarms", Alarms.record_security_event)
 
     # Deadlines (service.deadlines) -------------------------------------------
 
@@ -425,9 +275,7 @@ class Terminal(Records):
         self._keys.check_encryption_keys()  # rotation and destruction: no alarms
         return raised
 
-    def check_encryption_keys(self) -> dict[str, list[str]]:
-        """Make, announce and destroy medium-term encryption keys as they fall due."""
-        return self._keys.check_encryption_keys()
+    check_encryption_keys = Delegated("_keys", Keys.check_encryption_keys)
 
     def check_card_expiry(self, *, force: bool = False) -> int:
         """Raise or clear the ``card_expiry`` alarms now (``force``) or when an hour is up."""
@@ -435,23 +283,9 @@ class Terminal(Records):
 
     # Key rotation and revocation (service.rotation) --------------------------
 
-    def rotate_keys(self, *, validity_days: int | None = None) -> dict[str, Any]:
-        return self._rotation.rotate(validity_days=validity_days)
-
-    def revoke_keys(
-        self,
-        *,
-        reason: str,
-        compromised_at: datetime | None = None,
-        version: int | None = None,
-        certificate: str | None = None,
-    ) -> dict[str, Any]:
-        return self._rotation.revoke(
-            reason=reason, compromised_at=compromised_at, version=version, certificate=certificate
-        )
-
-    def import_revocation(self, statement: bytes) -> dict[str, Any]:
-        return self._rotation.import_revocation(statement)
+    rotate_keys = Delegated("_rotation", KeyRotation.rotate)
+    revoke_keys = Delegated("_rotation", KeyRotation.revoke)
+    import_revocation = Delegated("_rotation", KeyRotation.import_revocation)
 
     def keys_status(self, now: datetime | None = None) -> dict[str, Any]:
         return super().keys_status(now or self.kernel.clock())
