@@ -2002,7 +2002,7 @@ def export(
     ],
 ) -> None:
     """Export the evidence bundle (a supervisor or an auditor), as the console's export."""
-    from parley.console.pages_admin import evidence_bundle
+    from parley.service.evidence import evidence_bundle
 
     with backend(needs_keys=True) as (api, local):
         try:

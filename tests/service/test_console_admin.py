@@ -36,6 +36,7 @@ from parley.core.identity import IdentityCard
 from parley.errors import SchemaViolation
 from parley.forms import default_registry
 from parley.service import users
+from parley.service.evidence import evidence_bundle
 from parley.service.exchanges import exchange_state
 from parley.service.terminal import Terminal
 from parley.service.users import add_user
@@ -687,7 +688,7 @@ def test_the_evidence_bundle_is_enough_to_recheck_the_log_offline(world: World) 
 
 def test_the_evidence_bundle_is_written_as_it_is_read(world: World) -> None:
     _traffic(world)
-    size, chunks = pages_admin.evidence_bundle(
+    size, chunks = evidence_bundle(
         world.ru.engine,
         world.ru.identity.card.signed_bytes,
         party="RU-GS",

@@ -29,13 +29,13 @@ from parley.console.pages_messages import (
     collect_form_data,
     error_id,
     form_nodes,
-    message_evidence,
     validate_form_data,
 )
 from parley.core.forms import FormRegistry
 from parley.errors import UsageError
 from parley.forms import default_registry, load_definitions
 from parley.service import users
+from parley.service.evidence import message_evidence
 from parley.service.terminal import Terminal, utc_now
 from parley.service.users import add_user
 from parley.store import models as m

@@ -57,8 +57,6 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
         # Front ends that still query the store themselves.
         ("parley.cli", "parley.store"),
-        ("parley.console.pages_admin", "parley.store"),
-        ("parley.console.pages_messages", "parley.store"),
     }
 )
 

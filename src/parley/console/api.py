@@ -486,7 +486,7 @@ def create_console_app(
     @app.get("/api/v1/evidence", response_model=None)
     async def evidence(ops: Ops) -> StreamingResponse:
         """The evidence bundle (as the console's export): a supervisor's or an auditor's."""
-        from parley.console.pages_admin import evidence_bundle
+        from parley.service.evidence import evidence_bundle
 
         await run_in_threadpool(ops.require, "export_evidence")
         size, chunks = await run_in_threadpool(

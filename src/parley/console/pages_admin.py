@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from sqlalchemy import Engine, and_, func, select
 from starlette.concurrency import run_in_threadpool
 
 from parley.core.checkpoint import parse_note
@@ -35,12 +33,11 @@ from parley.core.exchange import EXCHANGE_FORMS, STATUS_FORM, UNRESOLVED
 from parley.errors import NotPermitted, ParleyError, UsageError
 from parley.forms import default_registry
 from parley.forms.render import format_date, transliterate_name
-from parley.service.audit import AuditReport, stored_entries
+from parley.service.audit import AuditReport
+from parley.service.evidence import evidence_bundle
 from parley.service.exchanges import exchange_summaries, exchange_view
-from parley.service.handover import open_items
+from parley.service.handover import open_items, recorded_handovers
 from parley.service.terminal import Terminal
-from parley.store import models as m
-from parley.store.db import reading
 
 from . import texts
 from .pages_messages import summary
@@ -330,24 +327,16 @@ def _links_context(terminal: Terminal, span: str = "24h") -> dict[str, Any]:
     end = terminal.clock()
     period = CHART_SPANS.get(span, CHART_SPAN)
     start = end - period
-    cols = m.link_samples.c
-    charts = []
-    with reading(terminal.engine) as conn:
-        for item in links:
-            rows = conn.execute(
-                select(cols.at, cols.ok, cols.rtt_ms)
-                .where(and_(cols.peer == item["peer"], cols.link == item["name"], cols.at >= start))
-                .order_by(cols.at)
-            ).all()
-            charts.append(
-                rtt_chart(
-                    item["peer"],
-                    item["name"],
-                    [(row.at, bool(row.ok), row.rtt_ms) for row in rows],
-                    end=end,
-                    span=period,
-                )
-            )
+    charts = [
+        rtt_chart(
+            item["peer"],
+            item["name"],
+            terminal.link_samples(item["peer"], item["name"], since=start),
+            end=end,
+            span=period,
+        )
+        for item in links
+    ]
     chosen = span if span in CHART_SPANS else "24h"
     return {"links": links, "charts": charts, "span": chosen, "spans": tuple(CHART_SPANS)}
 
@@ -504,129 +493,6 @@ async def verify_now(page: CurrentPage) -> HTMLResponse:
         return _page(page, "fragments/admin_verify.html", report=result)
     context = await run_in_threadpool(_transcript_context, terminal)
     return _page(page, "transcript.html", active="transcript", report=result, **context)
-
-
-BUNDLE_TYPE = "parley.evidence-bundle/v1"
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-
-def _card_object(card_bytes: bytes) -> Any:
-    return json.loads(card_bytes)
-
-
-def evidence_bundle(
-    engine: Engine,
-    own_card: bytes,
-    *,
-    party: str,
-    operator: str,
-    now: datetime,
-    batch: int = 2000,
-) -> tuple[int, Iterator[bytes]]:
-    """(log size, the chunks of the bundle's JSON): everything to re-check offline.
-
-    The bundle is the party's card, every pinned peer's card (with the
-    fingerprint it was pinned under and its TLS certificate), every log entry
-    (base64) below the size read at the start, every checkpoint note of this
-    terminal up to that size and every cosignature held. It is written as it
-    is read, a batch of rows at a time, so a long log never sits in memory.
-    """
-    with reading(engine) as conn:
-        last = conn.execute(select(func.max(m.log_entries.c.idx))).scalar()
-        peers = [
-            {
-                "party": r.party,
-                "fingerprint": r.fingerprint,
-                "card": _card_object(bytes(r.card)),
-                "tls_certificate": bytes(r.tls_certificate).decode("ascii", "replace"),
-                "pinned_at": _iso(r.added_at),
-            }
-            for r in conn.execute(select(m.peers).order_by(m.peers.c.party))
-        ]
-    size = 0 if last is None else int(last) + 1
-    head = {
-        "type": BUNDLE_TYPE,
-        "party": party,
-        "exported_at": _iso(now),
-        "exported_by": operator,
-        "card": _card_object(own_card),
-        "peers": peers,
-        "log_size": size,
-        "entry_encoding": "base64 of each stored entry (type byte, then the signed bytes)",
-    }
-
-    def chunks() -> Iterator[bytes]:
-        opening = _json(head)
-        yield (opening[:-1] + ',"entries":[').encode()
-        first = True
-        pending: list[str] = []
-        for idx, entry in stored_entries(engine, -1, size, batch=batch):
-            item = _json({"index": idx, "entry": base64.b64encode(bytes(entry)).decode("ascii")})
-            pending.append(item if first else "," + item)
-            first = False
-            if len(pending) >= batch:
-                yield "\n".join(pending).encode()
-                pending = []
-        if pending:
-            yield "\n".join(pending).encode()
-        yield b'],"checkpoints":['
-        yield from _rows_json(
-            engine,
-            m.checkpoints.c.size,
-            lambda r: {"size": r.size, "issued_at": _iso(r.issued_at), "note": r.note},
-            extra=m.checkpoints.c.size <= size,
-            batch=batch,
-        )
-        yield b'],"cosignatures":['
-        yield from _rows_json(
-            engine,
-            m.cosignatures.c.id,
-            lambda r: {
-                "direction": r.direction,
-                "party": r.party,
-                "size": r.size,
-                "at": _iso(r.at),
-                "note": r.note,
-            },
-            batch=batch,
-        )
-        yield b"]}\n"
-
-    return size, chunks()
-
-
-def _rows_json(
-    engine: Engine,
-    key: Any,
-    shape: Callable[[Any], dict[str, Any]],
-    *,
-    extra: Any = None,
-    batch: int,
-) -> Iterator[bytes]:
-    """The rows of ``key``'s table in key order, as JSON array items, a batch per read."""
-    table = key.table
-    last: Any = None
-    first = True
-    while True:
-        query = select(table).order_by(key).limit(batch)
-        if last is not None:
-            query = query.where(key > last)
-        if extra is not None:
-            query = query.where(extra)
-        with reading(engine) as conn:
-            rows = conn.execute(query).all()
-        if not rows:
-            return
-        items = []
-        for row in rows:
-            item = _json(shape(row))
-            items.append(item if first else "," + item)
-            first = False
-        yield "\n".join(items).encode()
-        last = getattr(rows[-1], key.name)
 
 
 @router.get("/transcript/export", response_model=None)
@@ -788,46 +654,6 @@ async def clear_alarm_page(page: CurrentPage, alarm_id: int) -> Response:
 # Shift handover --------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Handover:
-    id: int
-    signed_off_by: str
-    signed_off_at: str | None
-    note: str
-    accepted_by: str | None
-    accepted_at: str | None
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def _handovers(terminal: Terminal, limit: int = 50) -> list[_Handover]:
-    cols = m.handovers.c
-    with reading(terminal.engine) as conn:
-        rows = conn.execute(select(m.handovers).order_by(cols.id.desc()).limit(limit)).all()
-    result = []
-    for r in rows:
-        try:
-            items = json.loads(r.open_items)
-        except ValueError:
-            items = {}
-        counts = (
-            {k: len(v) for k, v in items.items() if isinstance(v, list)}
-            if isinstance(items, dict)
-            else {}
-        )
-        result.append(
-            _Handover(
-                r.id,
-                r.signed_off_by,
-                _iso(r.signed_off_at),
-                r.note,
-                r.accepted_by,
-                _iso(r.accepted_at),
-                counts,
-            )
-        )
-    return result
-
-
 def _handover_context(terminal: Terminal, lang: str) -> dict[str, Any]:
     """What is open now, each message with its subject in ``lang``, and the handovers."""
     items = open_items(terminal, content=True)
@@ -838,7 +664,7 @@ def _handover_context(terminal: Terminal, lang: str) -> dict[str, Any]:
             item["subject"] = (
                 summary(terminal.forms, str(kind), body, lang) if isinstance(body, dict) else ""
             )
-    return {"items": items, "handovers": _handovers(terminal)}
+    return {"items": items, "handovers": recorded_handovers(terminal.engine)}
 
 
 @router.get("/handover", response_class=HTMLResponse)

@@ -29,7 +29,6 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any
 
@@ -40,20 +39,16 @@ from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
-from sqlalchemy import and_, select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from parley import merkle
 from parley.config import Config
 from parley.console import i18n, texts
 from parley.console.i18n import gettext
 from parley.console.web import N_, CurrentPage, Page, not_found_page, render, when
 from parley.core.canonical import JSONValue, canonical_bytes
-from parley.core.checkpoint import Checkpoint, verify_checkpoint, verify_cosignature
-from parley.core.envelope import PRECEDENCES, read_envelope
+from parley.core.envelope import PRECEDENCES
 from parley.core.forms import COMMON_ID, FORMATS, FormDefinition, FormRegistry, InvalidFormData
-from parley.core.transcript import EntryType, split_entry
 from parley.errors import NotPermitted, ParleyError, UsageError
 from parley.forms.describe import FieldDescription, describe_form
 from parley.forms.render import RenderedField, format_number, render_form
@@ -64,20 +59,16 @@ from parley.forms.translate import (
     machine_translate,
     translator_for,
 )
+from parley.service.evidence import message_evidence
 from parley.service.notices import service_notices
 from parley.service.operations import Operations, build_body
 from parley.service.terminal import Terminal
-from parley.store import models as m
-from parley.store.db import reading
 
 __all__ = [
-    "Check",
-    "Evidence",
     "FieldNode",
     "RecipientState",
     "collect_form_data",
     "form_nodes",
-    "message_evidence",
     "recipient_states",
     "router",
     "status_key",
@@ -322,22 +313,7 @@ def flash_alerts(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
 
     The index finds the candidates; each is shown only as its signed envelope says.
     """
-    cols = m.messages.c
-    with reading(terminal.engine) as conn:
-        ids = list(
-            conn.execute(
-                select(cols.envelope_id)
-                .where(
-                    and_(
-                        cols.direction == "in",
-                        cols.precedence == "FLASH",
-                        cols.kind.in_(HUMAN_KINDS),
-                        cols.acked_at.is_(None),
-                    )
-                )
-                .order_by(cols.log_index)
-            ).scalars()
-        )
+    ids = terminal.unacknowledged_flash()
     checked = terminal.messages_by_id(ids)
     alerts = []
     for envelope_id in ids:
@@ -360,163 +336,6 @@ def flash_alerts(terminal: Terminal, lang: str) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------
 # Evidence
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One piece of evidence: ``ok``, ``bad`` (with the verifier's reason) or ``pending``."""
-
-    state: str
-    detail: str = ""
-    party: str = ""  # the signer or witness
-    size: int | None = None  # the checkpoint's size
-    at: str | None = None  # when it was cosigned
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    envelope_id: str
-    log_index: int
-    digest: str  # SHA-256 of the envelope's exact bytes
-    signature: Check
-    inclusion: Check
-    cosigned: tuple[Check, ...]  # one per other party of the message
-
-    @property
-    def cosigned_state(self) -> str:
-        states = {c.state for c in self.cosigned}
-        if "bad" in states:
-            return "bad"
-        if not states or states == {"ok"}:
-            return "ok" if states else "pending"
-        return "pending"
-
-
-#: What a check of stored bytes may raise: the verifiers' errors, and malformed data.
-_FAILED = (ParleyError, ValueError, TypeError, KeyError)
-
-
-def _latest_checkpoint(terminal: Terminal, conn: Any) -> Checkpoint | None:
-    """This terminal's latest signed checkpoint, its signatures verified."""
-    own = terminal.identity.card
-    note = conn.execute(
-        select(m.checkpoints.c.note).order_by(m.checkpoints.c.size.desc()).limit(1)
-    ).scalar()
-    stored = verify_checkpoint(note, own) if note is not None else None
-    latest = terminal.party.latest_checkpoint
-    if latest is not None and (stored is None or latest.size > stored.size):
-        return verify_checkpoint(latest.note, own)
-    return stored
-
-
-def _included(terminal: Terminal, leaf: bytes, index: int, checkpoint: Checkpoint) -> None:
-    """Recompute the inclusion proof of entry ``index`` and check it against ``checkpoint``."""
-    with terminal.lock:
-        proof = terminal.party.transcript.tree.inclusion_proof(index, checkpoint.size)
-    merkle.verify_inclusion(leaf, index, checkpoint.size, proof, checkpoint.root)
-
-
-def message_evidence(terminal: Terminal, envelope_id: str) -> Evidence:
-    """The evidence for one message, recomputed from the stored records.
-
-    * signature: the envelope's bytes as logged, verified with the pinned
-      card of its sender (``read_envelope``), and naming this message;
-    * inclusion: the log entry's leaf hash, recomputed from the stored
-      entry, under this terminal's latest signed checkpoint (an inclusion
-      proof checked with ``merkle.verify_inclusion``);
-    * cosigned: for each other party of the message, its latest cosignature
-      of this terminal's log (both signatures verified) covers the entry,
-      and the entry is included in the tree it cosigned.
-    """
-    with reading(terminal.engine) as conn:
-        row = conn.execute(
-            select(m.messages).where(m.messages.c.envelope_id == envelope_id)
-        ).first()
-        if row is None:
-            raise UsageError(f"no message {envelope_id} on this terminal")
-        entry = conn.execute(
-            select(m.log_entries.c.entry).where(m.log_entries.c.idx == row.log_index)
-        ).scalar()
-        try:
-            checkpoint = _latest_checkpoint(terminal, conn)
-            checkpoint_problem = ""
-        except _FAILED as exc:
-            checkpoint, checkpoint_problem = None, str(exc)
-        others = sorted({row.sender, *row.recipients.split(",")} - {terminal.me})
-        cosignature_notes = {
-            party: conn.execute(
-                select(m.cosignatures.c.note)
-                .where(
-                    and_(
-                        m.cosignatures.c.direction == "of-us",
-                        m.cosignatures.c.party == party,
-                    )
-                )
-                .order_by(m.cosignatures.c.size.desc(), m.cosignatures.c.id.desc())
-                .limit(1)
-            ).scalar()
-            for party in others
-        }
-    index = int(row.log_index)
-    if entry is None:
-        missing = Check("bad", f"log entry {index} is missing from the store")
-        return Evidence(envelope_id, index, "", missing, missing, ())
-    entry = bytes(entry)
-    leaf = merkle.leaf_hash(entry)
-    raw = b""
-    try:
-        kind, raw = split_entry(entry)
-        if kind is not EntryType.ENVELOPE:
-            raise UsageError(f"log entry {index} is not an envelope")
-        header = read_envelope(raw, terminal.party.card_of, terminal.limits)
-        if header.id != envelope_id or header.sender != row.sender:
-            raise UsageError(
-                f"log entry {index} holds envelope {header.id} from {header.sender}, "
-                f"not {envelope_id} from {row.sender}"
-            )
-        card = terminal.party.card_of(header.sender)
-        signature = Check("ok", card.fingerprint if card else "", party=header.sender)
-    except _FAILED as exc:
-        signature = Check("bad", str(exc), party=row.sender)
-    digest = hashlib.sha256(raw).hexdigest() if raw else ""
-
-    if checkpoint is None:
-        inclusion = Check("bad", checkpoint_problem) if checkpoint_problem else Check("pending")
-    elif checkpoint.size <= index:
-        inclusion = Check("pending", size=checkpoint.size)
-    else:
-        try:
-            _included(terminal, leaf, index, checkpoint)
-            inclusion = Check("ok", size=checkpoint.size, party=terminal.me)
-        except _FAILED as exc:
-            inclusion = Check("bad", str(exc), size=checkpoint.size)
-
-    cosigned = []
-    for party in others:
-        note = cosignature_notes[party]
-        known = terminal.party.last_cosigned_by(party)
-        card = terminal.party.card_of(party)
-        if note is None or known is None or card is None:
-            cosigned.append(Check("pending", party=party))
-            continue
-        try:
-            cosigned_checkpoint = verify_checkpoint(note, terminal.identity.card)
-            timestamp = verify_cosignature(cosigned_checkpoint, note, card)
-        except _FAILED as exc:
-            cosigned.append(Check("bad", str(exc), party=party))
-            continue
-        at = when(datetime.fromtimestamp(timestamp, UTC))
-        size = cosigned_checkpoint.size  # the note kept, verified here (``known`` is memory's)
-        if size <= index:
-            cosigned.append(Check("pending", party=party, size=size, at=at))
-            continue
-        try:
-            _included(terminal, leaf, index, cosigned_checkpoint)
-        except _FAILED as exc:
-            cosigned.append(Check("bad", str(exc), party=party, size=size, at=at))
-            continue
-        cosigned.append(Check("ok", party=party, size=cosigned_checkpoint.size, at=at))
-    return Evidence(envelope_id, index, digest, signature, inclusion, tuple(cosigned))
 
 
 # --------------------------------------------------------------------------

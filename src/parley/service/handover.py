@@ -10,10 +10,11 @@ note; every front end shows it from here.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import and_, select
+from sqlalchemy import Engine, and_, select
 
 from parley.errors import ParleyError
 from parley.service.exchanges import exchange_summaries
@@ -171,3 +172,46 @@ def open_items(terminal: Terminal, *, content: bool = False) -> dict[str, list[d
         "held_flash": flash,
         "pending_delivery": pending,
     }
+
+
+@dataclass(slots=True)
+class Handover:
+    """A recorded shift handover, with how many items of each kind it handed over."""
+
+    id: int
+    signed_off_by: str
+    signed_off_at: str | None
+    note: str
+    accepted_by: str | None
+    accepted_at: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def recorded_handovers(engine: Engine, limit: int = 50) -> list[Handover]:
+    """The ``limit`` latest handovers, newest first."""
+    cols = m.handovers.c
+    with reading(engine) as conn:
+        rows = conn.execute(select(m.handovers).order_by(cols.id.desc()).limit(limit)).all()
+    result = []
+    for r in rows:
+        try:
+            items = json.loads(r.open_items)
+        except ValueError:
+            items = {}
+        counts = (
+            {k: len(v) for k, v in items.items() if isinstance(v, list)}
+            if isinstance(items, dict)
+            else {}
+        )
+        result.append(
+            Handover(
+                r.id,
+                r.signed_off_by,
+                iso(r.signed_off_at),
+                r.note,
+                r.accepted_by,
+                iso(r.accepted_at),
+                counts,
+            )
+        )
+    return result

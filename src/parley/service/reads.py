@@ -657,6 +657,37 @@ class Records:
                 raise UsageError(f"no message {envelope_id} on this terminal")
             return self._message_dict(rows[0], conn, full=True)
 
+    def unacknowledged_flash(self) -> list[str]:
+        """The envelope ids of received FLASH messages no human has acknowledged, oldest
+        first: candidates from the index, to be shown only through ``messages_by_id``."""
+        cols = m.messages.c
+        with reading(self.engine) as conn:
+            return list(
+                conn.execute(
+                    select(cols.envelope_id)
+                    .where(
+                        cols.direction == "in",
+                        cols.precedence == "FLASH",
+                        cols.kind.in_(HUMAN_KINDS),
+                        cols.acked_at.is_(None),
+                    )
+                    .order_by(cols.log_index)
+                ).scalars()
+            )
+
+    def link_samples(
+        self, peer: str, link: str, *, since: datetime
+    ) -> list[tuple[datetime, bool, float | None]]:
+        """(time, answered, round-trip ms) of each use of one link since ``since``, oldest first."""
+        cols = m.link_samples.c
+        with reading(self.engine) as conn:
+            rows = conn.execute(
+                select(cols.at, cols.ok, cols.rtt_ms)
+                .where(cols.peer == peer, cols.link == link, cols.at >= since)
+                .order_by(cols.at)
+            ).all()
+        return [(row.at, bool(row.ok), row.rtt_ms) for row in rows]
+
     def links(self) -> list[dict[str, Any]]:
         with reading(self.engine) as conn:
             rows = conn.execute(select(m.links).order_by(m.links.c.peer, m.links.c.name)).all()
