@@ -211,9 +211,21 @@ def test_a_terminal_serves_under_the_units_restrictions() -> None:
         _serve_confined(root)
 
 
+def _closed_to_others(path: Path) -> list[Path]:
+    """The directories on the way to ``path`` that other users cannot pass through."""
+    return [p for p in [path, *path.parents] if p.is_dir() and not p.stat().st_mode & 0o001]
+
+
 def _serve_confined(root: Path) -> None:
     assert shutil.which("unshare")
     assert shutil.which("setpriv")
+    # The unit's user imports Parley from this checkout.
+    package = Path(parley.__file__).resolve().parent
+    closed = _closed_to_others(package)
+    assert not closed, (
+        f"the unit's user (uid {NOBODY}) cannot import Parley from {package}: "
+        f"{', '.join(map(str, closed))} closed to other users (chmod o+x)"
+    )
     terminals = make_network(root, [("US-EUCOM", "US"), ("RU-GS", "RU")])
     us, ru = terminals["US-EUCOM"], terminals["RU-GS"]
     for terminal in (us, ru):
