@@ -56,7 +56,7 @@ from parley.service.recovering import LogGuard
 from parley.service.recovery import RecoveryReport
 from parley.service.terminal import Terminal
 
-__all__ = ["BACKOFF_CAP", "DeliveryWorker", "backoff"]
+__all__ = ["BACKOFF_CAP", "DeliveryWorker", "Timings", "backoff"]
 
 log = structlog.get_logger("parley.delivery")
 
@@ -110,9 +110,26 @@ URGENT_BATCH = 32
 MAX_BULK_REQUESTS = 8
 
 
-def first_round_window(peers: int) -> float:
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """How long the delivery worker waits for what, in seconds (the constants above)."""
+
+    witness_every: float = WITNESS_EVERY
+    witness_idle: float = WITNESS_IDLE
+    witness_idle_max: float = WITNESS_IDLE_MAX
+    first_round_per_peer: float = FIRST_ROUND_PER_PEER
+    first_link_tests: float = FIRST_LINK_TESTS
+    witness_jitter: float = WITNESS_JITTER
+    idle_wait: float = IDLE_WAIT
+    links_fresh: float = LINKS_FRESH
+    catch_up_grace: float = CATCH_UP_GRACE
+    probe_every: float = PROBE_EVERY
+
+
+def first_round_window(peers: int, timings: Timings | None = None) -> float:
     """Seconds over which the first idle witness rounds after start are spread."""
-    return min(WITNESS_IDLE_MAX, max(WITNESS_IDLE, FIRST_ROUND_PER_PEER * peers))
+    t = timings or Timings()
+    return min(t.witness_idle_max, max(t.witness_idle, t.first_round_per_peer * peers))
 
 
 def backoff(attempts: int, precedence: str, rng: random.Random) -> float:
@@ -200,9 +217,28 @@ class Link:
 
 
 class DeliveryWorker:
-    def __init__(self, terminal: Terminal, *, rng: random.Random | None = None) -> None:
+    """Delivers the outbox, runs witness rounds and link tests, for one terminal.
+
+    ``timings`` sets how long it waits for what (tests shorten them), ``clock``
+    is its monotonic clock, and ``transport(peer)`` (tests: an ASGI transport to
+    the peer's app in the same process, ``parley.testing.inprocess``) replaces
+    the TLS connection to that peer.
+    """
+
+    def __init__(
+        self,
+        terminal: Terminal,
+        *,
+        rng: random.Random | None = None,
+        timings: Timings | None = None,
+        clock: Callable[[], float] | None = None,
+        transport: Callable[[str], httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
         self.terminal = terminal
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self.timings = timings or Timings()
+        self.clock: Callable[[], float] = clock or (lambda: time.monotonic())
+        self._transport = transport
         self.wake = asyncio.Event()
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -301,21 +337,26 @@ class DeliveryWorker:
     def _client(self, peer: str) -> httpx.AsyncClient:
         client = self._clients.get(peer)
         if client is None:
-            cert = self.terminal.peer_certificates[peer]
-            context = tls.client_context(self.terminal.tls_identity, cert)
             timeout = httpx.Timeout(self.terminal.config.link_timeout)
-            limits = httpx.Limits(keepalive_expiry=KEEPALIVE)
-            client = httpx.AsyncClient(verify=context, timeout=timeout, limits=limits, http2=False)
+            if self._transport is not None:
+                client = httpx.AsyncClient(transport=self._transport(peer), timeout=timeout)
+            else:
+                cert = self.terminal.peer_certificates[peer]
+                context = tls.client_context(self.terminal.tls_identity, cert)
+                limits = httpx.Limits(keepalive_expiry=KEEPALIVE)
+                client = httpx.AsyncClient(
+                    verify=context, timeout=timeout, limits=limits, http2=False
+                )
             self._clients[peer] = client
         return client
 
     async def _all_links(self) -> list[dict[str, Any]]:
-        """Every link, read at most every ``LINKS_FRESH`` s (in a worker thread)."""
+        """Every link, read at most every ``links_fresh`` s (in a worker thread)."""
         cached = self._links_cache
-        if cached is not None and time.monotonic() - cached[0] < LINKS_FRESH:
+        if cached is not None and self.clock() - cached[0] < self.timings.links_fresh:
             return cached[1]
         rows = await run_in_threadpool(self.terminal.links)
-        self._links_cache = (time.monotonic(), rows)
+        self._links_cache = (self.clock(), rows)
         return rows
 
     async def _links(self, peer: str) -> list[Link]:
@@ -402,9 +443,9 @@ class DeliveryWorker:
                 events[peer].set()
 
     async def _probe(self, peer: str) -> None:
-        """While a peer is unreachable, ask each link for its health every PROBE_EVERY s."""
-        now = time.monotonic()
-        if now - self._last_probe.get(peer, 0.0) < PROBE_EVERY:
+        """While a peer is unreachable, ask each link for its health every ``probe_every`` s."""
+        now = self.clock()
+        if now - self._last_probe.get(peer, 0.0) < self.timings.probe_every:
             return
         self._last_probe[peer] = now
         for link in await self._links(peer):
@@ -418,11 +459,11 @@ class DeliveryWorker:
 
     async def _peer_loop(self, peer: str) -> None:
         event = self._peer_events.setdefault(peer, asyncio.Event())
-        # The first idle round with each peer comes within WITNESS_IDLE (or one
-        # second per peer, up to WITNESS_IDLE_MAX), not at once: a network that
+        # The first idle round with each peer comes within ``witness_idle`` (or one
+        # second per peer, up to ``witness_idle_max``), not at once: a network that
         # starts together does not ask everything of everyone at once.
-        window = first_round_window(len(self.terminal.party.peers))
-        self._next_idle_round.setdefault(peer, time.monotonic() + self.rng.uniform(0.0, window))
+        window = first_round_window(len(self.terminal.party.peers), self.timings)
+        self._next_idle_round.setdefault(peer, self.clock() + self.rng.uniform(0.0, window))
         while not self._stopping:
             event.clear()
             try:
@@ -434,7 +475,7 @@ class DeliveryWorker:
                     self._witness_due.add(peer)
                 if self.terminal.activity.get(peer, 0) != self._witnessed_activity.get(peer):
                     self._witness_due.add(peer)
-                if time.monotonic() >= self._next_idle_round.get(peer, 0.0):
+                if self.clock() >= self._next_idle_round.get(peer, 0.0):
                     self._witness_due.add(peer)
                 if peer in self._witness_due:
                     await self._witness_scheduled(peer, traffic=worked)
@@ -445,13 +486,13 @@ class DeliveryWorker:
                 await asyncio.sleep(1.0)
             due = await run_in_threadpool(self.terminal.next_due, peer, urgent=False)
             if peer in self._witness_due:
-                wait = WITNESS_EVERY
+                wait = self.timings.witness_every
             else:
-                wait = max(0.0, self._next_idle_round.get(peer, 0.0) - time.monotonic())
+                wait = max(0.0, self._next_idle_round.get(peer, 0.0) - self.clock())
             if self._unreachable(peer):
-                wait = min(wait, PROBE_EVERY)
+                wait = min(wait, self.timings.probe_every)
             if any(key[1] == peer for key in self.terminal.gaps):
-                wait = min(wait, CATCH_UP_GRACE)
+                wait = min(wait, self.timings.catch_up_grace)
             if due is not None:
                 wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
             if wait > 0:
@@ -482,7 +523,7 @@ class DeliveryWorker:
                 log.exception("delivery_loop_error", peer=peer, lane="urgent")
                 await asyncio.sleep(1.0)
             due = await run_in_threadpool(self.terminal.next_due, peer, urgent=True)
-            wait = IDLE_WAIT
+            wait = self.timings.idle_wait
             if due is not None:
                 wait = max(0.0, min(wait, (due - self.terminal.clock()).total_seconds()))
             if wait > 0:
@@ -790,11 +831,11 @@ class DeliveryWorker:
 
     async def _catch_up(self, peer: str) -> None:
         since = self.terminal.gap_seen
-        now = time.monotonic()
+        now = self.clock()
         gaps = [
             (key, after)
             for key, after in list(self.terminal.gaps.items())
-            if key[1] == peer and now - since.get(key, now) >= CATCH_UP_GRACE
+            if key[1] == peer and now - since.get(key, now) >= self.timings.catch_up_grace
         ]
         if gaps and not await run_in_threadpool(self.terminal.catch_up_allowed, peer):
             return  # over its quota: what it sent comes again once the rate allows
@@ -829,9 +870,11 @@ class DeliveryWorker:
             return  # it failed: _witness set when to try again
         quiet = not traffic and peer not in self._witness_due
         streak = self._quiet_rounds[peer] = self._quiet_rounds.get(peer, 0) + 1 if quiet else 0
-        interval = min(WITNESS_IDLE * 2.0**streak, WITNESS_IDLE_MAX)
-        spread = self.rng.uniform(1.0 - WITNESS_JITTER, 1.0 + WITNESS_JITTER)
-        self._next_idle_round[peer] = time.monotonic() + interval * spread
+        interval = min(self.timings.witness_idle * 2.0**streak, self.timings.witness_idle_max)
+        spread = self.rng.uniform(
+            1.0 - self.timings.witness_jitter, 1.0 + self.timings.witness_jitter
+        )
+        self._next_idle_round[peer] = self.clock() + interval * spread
 
     async def _witness(self, peer: str) -> None:
         """Cosign the peer's latest checkpoint, and have it cosign ours.
@@ -841,9 +884,9 @@ class DeliveryWorker:
         fetched in pages, checked against the offered root, and the
         cosignature goes back to the log owner.
         """
-        now = time.monotonic()
-        if now - self._last_witness.get(peer, 0) < WITNESS_EVERY:
-            return  # still due: the loop comes back within WITNESS_EVERY
+        now = self.clock()
+        if now - self._last_witness.get(peer, 0) < self.timings.witness_every:
+            return  # still due: the loop comes back within ``witness_every``
         self._last_witness[peer] = now
         self._witnessed_activity[peer] = self.terminal.activity.get(peer, 0)
         self._witness_due.discard(peer)
@@ -851,8 +894,8 @@ class DeliveryWorker:
             await self._round(peer, partial(self._any_link, peer))
         except Busy as exc:
             # Not a failure: the peer asked us to come back (its Retry-After, jittered).
-            spread = self.rng.uniform(1.0, 1.0 + WITNESS_JITTER)
-            self._next_idle_round[peer] = time.monotonic() + exc.retry_after * spread
+            spread = self.rng.uniform(1.0, 1.0 + self.timings.witness_jitter)
+            self._next_idle_round[peer] = self.clock() + exc.retry_after * spread
             # Kept as the time of the next round (see _witness_scheduled); not counted
             # as a failure.
             self._witness_failures.setdefault(peer, 0)
@@ -863,9 +906,13 @@ class DeliveryWorker:
             # Tried again after 2, 4, 8 … up to 60 s (jittered): a peer that cannot
             # answer, or a network that is overloaded, is not asked every 2 s.
             failures = self._witness_failures[peer] = self._witness_failures.get(peer, 0) + 1
-            delay = min(WITNESS_EVERY * 2.0 ** (failures - 1), WITNESS_IDLE_MAX)
-            spread = self.rng.uniform(1.0 - WITNESS_JITTER, 1.0 + WITNESS_JITTER)
-            self._next_idle_round[peer] = time.monotonic() + delay * spread
+            delay = min(
+                self.timings.witness_every * 2.0 ** (failures - 1), self.timings.witness_idle_max
+            )
+            spread = self.rng.uniform(
+                1.0 - self.timings.witness_jitter, 1.0 + self.timings.witness_jitter
+            )
+            self._next_idle_round[peer] = self.clock() + delay * spread
             log.info("witness_round_failed", peer=peer, error=str(exc)[:300], retry_in=delay)
             return
         self._witness_failures.pop(peer, None)
@@ -973,7 +1020,7 @@ class DeliveryWorker:
         otherwise flood itself.
         """
         interval = max(1.0, self.terminal.config.link_test_interval)
-        period = min(interval, FIRST_LINK_TESTS)
+        period = min(interval, self.timings.first_link_tests)
         await asyncio.sleep(min(interval, 2.0))
         while not self._stopping:
             links = await run_in_threadpool(self.terminal.links)
