@@ -29,12 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from parley.client import Failure, HttpClient, LocalClient, OperatorClient, api_error, fail
 from parley.config import DataDir
 from parley.errors import (
     ParleyError,
@@ -42,12 +42,11 @@ from parley.errors import (
     diagnostic_line,
     error_body,
 )
-from parley.service.operations import Operations
 from parley.service.policy import LOCAL_ADMIN, Actor
 from parley.service.reads import Records
 from parley.service.terminal import CardBundle, Terminal
 
-__all__ = ["app", "main"]
+__all__ = ["Failure", "api_error", "app", "main"]
 
 app = typer.Typer(
     name="parley",
@@ -120,8 +119,6 @@ class State:
     operator: str = "operator"
     user: str | None = None
     local_admin: bool = False
-    #: Who acts on the local database (set by ``backend``).
-    actor: Actor | None = None
 
 
 state = State()
@@ -183,7 +180,6 @@ def _global(
     state.operator = operator or _login_name()
     state.user = user or None
     state.local_admin = local_admin
-    state.actor = None
     from parley.logs import configure_logging
 
     # Commands log to DIR/parley.log only; stdout carries their results.
@@ -195,26 +191,6 @@ def _login_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "operator"
-
-
-class Failure(Exception):
-    """What a command could not do, as an ``error_body``; ``main`` reports it."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        super().__init__(body["message"])
-        self.body = body
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Stop with one line on stderr and exit ``code`` (2: a mistake in the command)."""
-    raise Failure(
-        {
-            "error": "usage_error" if code == 2 else "failed",
-            "culprit": "us",
-            "usage": code == 2,
-            "message": message,
-        }
-    )
 
 
 def usage(message: str) -> NoReturn:
@@ -273,7 +249,7 @@ def emit(value: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         render(value)
 
 
-# A backend: the running terminal's API, or the database directly ------------
+# The operator client: the running terminal's API, or the database directly ---
 
 
 NO_OPERATOR = (
@@ -291,70 +267,21 @@ def _password() -> str:
     return str(typer.prompt(f"Password for {state.user}", hide_input=True))
 
 
-class ApiBackend:
-    """The running terminal's operator API, as an operator account or the local administrator."""
-
-    def __init__(
-        self, url: str, headers: dict[str, str], *, certificate: str | None = None
-    ) -> None:
-        # Over TLS the certificate the running terminal presents (in serve.json) is the
-        # one trusted, and no other.
-        verify: Any = True
-        if certificate is not None:
-            from parley.service.console_tls import client_context
-
-            verify = client_context(certificate.encode())
-        self.client = httpx.Client(
-            base_url=url, headers={**headers, "x-parley-via": "cli"}, timeout=60, verify=verify
+def _http_client(url: str, certificate: str | None = None) -> HttpClient:
+    """The running terminal's operator API, as the operator account or the local administrator."""
+    if state.user is not None:
+        credentials = base64.b64encode(f"{state.user}:{_password()}".encode()).decode()
+        return HttpClient(url, {"authorization": f"Basic {credentials}"}, certificate=certificate)
+    if state.local_admin:
+        return HttpClient(
+            url,
+            {
+                "authorization": f"Bearer {state.data.read_token()}",
+                "x-parley-operator": state.operator,
+            },
+            certificate=certificate,
         )
-
-    @classmethod
-    def for_operator(cls, url: str, certificate: str | None = None) -> ApiBackend:
-        if state.user is not None:
-            credentials = base64.b64encode(f"{state.user}:{_password()}".encode()).decode()
-            return cls(url, {"authorization": f"Basic {credentials}"}, certificate=certificate)
-        if state.local_admin:
-            return cls(
-                url,
-                {
-                    "authorization": f"Bearer {state.data.read_token()}",
-                    "x-parley-operator": state.operator,
-                },
-                certificate=certificate,
-            )
-        fail(NO_OPERATOR, 2)
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            response = self.client.request(method, "/api/v1" + path, json=body)
-        except httpx.HTTPError as exc:
-            fail(f"the running terminal did not answer: {exc}")
-        if response.status_code >= 400:
-            raise Failure(api_error(response))
-        return response.json()
-
-
-def api_error(response: httpx.Response) -> dict[str, Any]:
-    """The ``error_body`` in an error answer of the operator API (or one made up for it)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("detail"), dict):
-        body = body["detail"]  # an HTTPException of an older terminal
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return {
-            "error": str(body.get("error", "failed")),
-            "culprit": str(body.get("culprit", "us")),
-            "usage": bool(body.get("usage", False)),
-            "message": body["message"],
-        }
-    return {
-        "error": f"http_{response.status_code}",
-        "culprit": "us",
-        "usage": False,
-        "message": f"the running terminal answered HTTP {response.status_code}",
-    }
+    fail(NO_OPERATOR, 2)
 
 
 def _local_actor(engine: Any) -> Actor:
@@ -373,21 +300,14 @@ def _local_actor(engine: Any) -> Actor:
     fail(NO_OPERATOR, 2)
 
 
-def ops(local: Records | None) -> Operations:
-    """The operations of whoever acts (``backend`` authenticated them) on the local terminal."""
-    assert isinstance(local, Terminal)
-    assert state.actor is not None
-    return Operations(local, state.actor)
-
-
 @contextmanager
-def backend(*, needs_keys: bool) -> Iterator[tuple[ApiBackend | None, Records | None]]:
-    """The running terminal's API if it runs; else the records (and keys if needed).
+def operator_client(*, needs_keys: bool) -> Iterator[OperatorClient]:
+    """The running terminal's API if it runs; else its records (and keys if needed).
 
     Either way for the operator named by ``--user`` or ``--local-admin``.
     """
+    from parley.service.local import open_engine, schema_is_current
     from parley.service.lock import ServeLock
-    from parley.store.db import engine_for, schema_is_current
 
     data = state.data
     data.require()
@@ -400,27 +320,28 @@ def backend(*, needs_keys: bool) -> Iterator[tuple[ApiBackend | None, Records | 
             info = json.loads(info_file.read_text())
         except (OSError, ValueError):
             fail("the terminal is starting or stopping; try again in a moment")
-        yield (
-            ApiBackend.for_operator(info["console_url"], info.get("console_certificate_pem")),
-            None,
-        )
+        http = _http_client(info["console_url"], info.get("console_certificate_pem"))
+        try:
+            yield http
+        finally:
+            http.close()
         return
     try:
         if needs_keys:
             terminal = Terminal.open(data.path, passphrase())
             try:
-                state.actor = _local_actor(terminal.engine)
-                yield None, terminal
+                yield LocalClient(data, terminal, _local_actor(terminal.engine))
             finally:
                 terminal.engine.dispose()
         else:
             config = data.load_config()
-            engine = engine_for(config.database)
+            engine = open_engine(config.database)
             if not schema_is_current(engine):
                 fail("the database schema is not current; run `parley serve` once to migrate")
             try:
-                state.actor = _local_actor(engine)
-                yield None, Records(engine, config.party, own_card=_own_bundle().card)
+                actor = _local_actor(engine)
+                records = Records(engine, config.party, own_card=_own_bundle().card)
+                yield LocalClient(data, records, actor)
             finally:
                 engine.dispose()
     finally:
@@ -559,15 +480,8 @@ def peer_add(
         links.append((name, url))
     bundle, raw = _read_card(card_file, "the card file")
     pinned = bundle.card.pinned(fingerprint)
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            api.call(
-                "POST",
-                "/peers",
-                {"card": json.loads(raw), "fingerprint": fingerprint, "links": links},
-            )
-        else:
-            ops(local).add_peer(bundle, fingerprint, links)
+    with operator_client(needs_keys=True) as client:
+        client.add_peer(bundle, raw, fingerprint, links)
     err.print(f"Pinned {pinned.party} ({pinned.name}) with {len(links)} link(s).")
 
 
@@ -582,14 +496,11 @@ def peer_revocation(
     the peer's next card must be pinned again by its fingerprint read aloud (`peer add`)."""
     try:
         raw = file.read_bytes().strip()
-        statement = json.loads(raw)
+        json.loads(raw)  # a file that is not JSON is refused here, as unreadable
     except (OSError, ValueError) as exc:
         unreadable("the revocation file", file, exc)
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result = api.call("POST", "/peers/revocations", {"revocation": statement})
-        else:
-            result = ops(local).import_revocation(raw)
+    with operator_client(needs_keys=True) as client:
+        result = client.import_revocation(raw)
 
     def render(body: dict[str, Any]) -> None:
         err.print(
@@ -608,8 +519,8 @@ def peer_revocation(
 @peer_app.command("list")
 def peer_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List pinned peers with their card versions, fingerprints and links."""
-    with backend(needs_keys=False) as (api, local):
-        peers = api.call("GET", "/peers") if api else local.peers()  # type: ignore[union-attr]
+    with operator_client(needs_keys=False) as client:
+        peers = client.peers()
 
     def render(items: list[dict[str, Any]]) -> None:
         table = Table("Party", "Name", "Card version", "Fingerprint", "Links")
@@ -634,8 +545,8 @@ def keys_status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     (7d) and destroys a replaced one after keys.encryption_key_grace (14d); it raises a
     card_expiry alarm 90 and 30 days (warning) and 7 days (critical) before a card ends,
     and when it has."""
-    with backend(needs_keys=False) as (api, local):
-        shown = api.call("GET", "/keys") if api else local.keys_status()  # type: ignore[union-attr]
+    with operator_client(needs_keys=False) as client:
+        shown = client.keys_status()
     shown["console_certificate"] = _console_status()
 
     def render(body: dict[str, Any]) -> None:
@@ -715,11 +626,8 @@ def keys_rotate(
     peers as a confirmation. A running `parley serve` keeps its TLS certificate until
     its next start. After the card in use was revoked, the new card does not chain: the
     peers pin it again by its fingerprint read aloud (`parley peer add`)."""
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result = api.call("POST", "/keys/rotate", {"validity_days": validity_days})
-        else:
-            result = ops(local).rotate_keys(validity_days=validity_days)
+    with operator_client(needs_keys=True) as client:
+        result = client.rotate_keys(validity_days=validity_days)
 
     def render(body: dict[str, Any]) -> None:
         err.print(
@@ -789,22 +697,10 @@ def keys_revoke(
             )
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result = api.call(
-                "POST",
-                "/keys/revoke",
-                {
-                    "reason": reason,
-                    "version": version,
-                    "certificate": text,
-                    "compromised_at": when.isoformat() if when else None,
-                },
-            )
-        else:
-            result = ops(local).revoke_keys(
-                reason=reason, compromised_at=when, version=version, certificate=text
-            )
+    with operator_client(needs_keys=True) as client:
+        result = client.revoke_keys(
+            reason=reason, version=version, certificate=text, compromised_at=when
+        )
 
     def render(body: dict[str, Any]) -> None:
         err.print(
@@ -1027,11 +923,8 @@ def _submit(request: dict[str, Any]) -> dict[str, Any]:
     build_body(
         request.get("text"), request.get("form"), request.get("data"), request.get("form_version")
     )
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result: dict[str, Any] = api.call("POST", "/messages", request)
-            return result
-        return ops(local).send_request(request)
+    with operator_client(needs_keys=True) as client:
+        return client.send(request)
 
 
 def _print_sent(result: dict[str, Any], as_json: bool = False) -> None:
@@ -1069,12 +962,8 @@ def inbox(
     ] = False,
 ) -> None:
     """Messages received: those awaiting an acknowledgement first, then by precedence."""
-    with backend(needs_keys=False) as (api, local):
-        items = (
-            api.call("GET", f"/inbox?all={str(all_).lower()}")
-            if api
-            else local.messages("in", all_kinds=all_)  # type: ignore[union-attr]
-        )
+    with operator_client(needs_keys=False) as client:
+        items = client.inbox(all_kinds=all_)
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("Id", "Prec.", "From", "Channel", "Received", "Ack", "Content")
@@ -1119,13 +1008,8 @@ def show(
     never the sender's words, never signed) and any certified translations.
     """
     lang = _check_lang(lang)
-    with backend(needs_keys=False) as (api, local):
-        if api:
-            item = api.call("GET", f"/messages/{envelope_id}")
-        else:
-            assert local is not None
-            item = local.show(envelope_id)
-        item = _with_machine_translation(item, lang, api)
+    with operator_client(needs_keys=False) as client:
+        item = _with_machine_translation(client.show(envelope_id), lang, client)
 
     def render(r: dict[str, Any]) -> None:
         if r.get("verified") is False:
@@ -1252,21 +1136,16 @@ def _translations_view(r: dict[str, Any], lang: str) -> list[str]:
 
 
 def _with_machine_translation(
-    item: dict[str, Any], lang: str, api: ApiBackend | None
+    item: dict[str, Any], lang: str, client: OperatorClient
 ) -> dict[str, Any]:
     """A free-text message with its machine translation into ``lang`` (labelled), if any.
 
     Made by the running terminal when it runs (its ``[translation]`` setting),
     else here from the same configuration; never signed, never stored.
     """
-    from parley.forms.translate import machine_translation_of, translator_for
-
     if item.get("kind") != "text" or item.get("verified") is False:
         return item
-    if api:
-        answer = api.call("GET", f"/messages/{item['id']}/machine-translation?lang={lang}")
-    else:
-        answer = machine_translation_of(translator_for(state.data.load_config()), item, lang)
+    answer = client.machine_translation(item, lang)
     return {
         **item,
         "machine_translation": answer["machine_translation"],
@@ -1277,11 +1156,8 @@ def _with_machine_translation(
 @app.command()
 def ack(envelope_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Acknowledge a received message (a signed message naming you, the operator)."""
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result = api.call("POST", f"/messages/{envelope_id}/ack")
-        else:
-            result = ops(local).acknowledge(envelope_id)
+    with operator_client(needs_keys=True) as client:
+        result = client.acknowledge(envelope_id)
     sys.stdout.write(result["id"] + "\n")
 
 
@@ -1297,14 +1173,12 @@ def links(
 ) -> None:
     """Each link's state (up, degraded, down), round-trip time and last success."""
     if test:
-        with backend(needs_keys=False) as (api, _):
-            if api is None:
-                fail("links are tested by the running terminal: start it with `parley serve`")
-            queued = api.call("POST", "/links/test")
+        with operator_client(needs_keys=False) as client:
+            queued = client.test_links()
         err.print(f"Testing {queued['queued']} link(s); see `parley links`.")
         return
-    with backend(needs_keys=False) as (api, local):
-        items = api.call("GET", "/links") if api else local.links()  # type: ignore[union-attr]
+    with operator_client(needs_keys=False) as client:
+        items = client.links()
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table(
@@ -1331,8 +1205,8 @@ def links(
 def status(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The terminal's state: log size, pending deliveries, cosignatures, and whether it is
     frozen (its log is behind what its peers saw: it signs nothing until recovered)."""
-    with backend(needs_keys=True) as (api, local):
-        shown = api.call("GET", "/status") if api else local.status()  # type: ignore[union-attr]
+    with operator_client(needs_keys=True) as client:
+        shown = client.status()
 
     def render(body: dict[str, Any]) -> None:
         out.print(f"{body['party']} ({body['name']})  log {body['log_size']} entries")
@@ -1356,10 +1230,8 @@ def recover(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     administrator); it also does it by itself when it finds its log rolled back.
     What cannot be recovered is listed by index; exits 1 unless the log is complete.
     """
-    with backend(needs_keys=False) as (api, _):
-        if api is None:
-            fail("recovery asks the peers over the links: start the terminal with `parley serve`")
-        result = api.call("POST", "/recover")
+    with operator_client(needs_keys=False) as client:
+        result = client.recover()
 
     def render(body: dict[str, Any]) -> None:
         out.print(
@@ -1397,15 +1269,12 @@ def alarms(
     from At (first) to Last.
     """
     if clear is not None:
-        with backend(needs_keys=True) as (api, local):
-            if api is not None:
-                api.call("POST", f"/alarms/{clear}/clear")
-            elif ops(local).clear_alarm(clear) is None:
-                fail(f"there is no uncleared alarm {clear}")
+        with operator_client(needs_keys=True) as client:
+            client.clear_alarm(clear)
         err.print(f"Cleared alarm {clear}.")
         return
-    with backend(needs_keys=False) as (api, local):
-        items = api.call("GET", "/alarms") if api else local.alarms()  # type: ignore[union-attr]
+    with operator_client(needs_keys=False) as client:
+        items = client.alarms()
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("At", "Severity", "Kind", "Subject", "Message", "Seen", "Last", "Cleared")
@@ -1432,30 +1301,24 @@ def channel_create(
 ) -> None:
     """Propose a named channel; it can carry messages once every member agreed."""
     member_list = [p.strip() for p in members.split(",") if p.strip()]
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result = api.call("POST", "/channels", {"name": name, "members": member_list})
-        else:
-            result = ops(local).create_channel(name, member_list)
+    with operator_client(needs_keys=True) as client:
+        result = client.create_channel(name, member_list)
     err.print(f"Proposed channel {name} to {', '.join(result['members'])}")
 
 
 @channel_app.command("agree")
 def channel_agree(name: str) -> None:
     """Agree to a channel another member proposed."""
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            api.call("POST", f"/channels/{name}/agree")
-        else:
-            ops(local).agree_channel(name)
+    with operator_client(needs_keys=True) as client:
+        client.agree_channel(name)
     err.print(f"Agreed to channel {name}")
 
 
 @channel_app.command("list")
 def channel_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Channels with their members and agreement state."""
-    with backend(needs_keys=False) as (api, local):
-        items = api.call("GET", "/channels") if api else local.channels()  # type: ignore[union-attr]
+    with operator_client(needs_keys=False) as client:
+        items = client.channels()
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("Channel", "Members", "Kind", "State", "Agreed")
@@ -1565,13 +1428,8 @@ def translation_add(
         except (OSError, ValueError) as exc:
             unreadable("the translation", file, exc)
     assert text is not None
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result = api.call(
-                "POST", f"/messages/{envelope_id}/translations", {"lang": lang, "text": text}
-            )
-        else:
-            result = ops(local).certify_translation(envelope_id, lang=lang, text=text)
+    with operator_client(needs_keys=True) as client:
+        result = client.certify_translation(envelope_id, lang=lang, text=text)
     sys.stdout.write(result["digest"] + "\n")
 
 
@@ -1580,11 +1438,8 @@ def translation_countersign(
     digest: Annotated[str, typer.Argument(metavar="DIGEST")],
 ) -> None:
     """Countersign another operator's certified translation, after checking it."""
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            api.call("POST", f"/translations/{digest}/countersign")
-        else:
-            ops(local).countersign_translation(digest)
+    with operator_client(needs_keys=True) as client:
+        client.countersign_translation(digest)
     sys.stdout.write(f"countersigned {digest}\n")
 
 
@@ -1594,26 +1449,16 @@ KINDS_OF_EXCHANGE = {"prisoners": "PRISONER_EXCHANGE_LIST", "remains": "REMAINS_
 
 
 def _exchange_view(exchange_id: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
-    from parley.service.exchanges import exchange_summaries, exchange_view
-
-    with backend(needs_keys=False) as (api, local):
-        if api is not None:
-            known = {e["exchange_id"] for e in api.call("GET", "/exchanges")}
-            if exchange_id not in known:
-                if missing_ok:
-                    return None
-                usage(f"no exchange {exchange_id} on this terminal")
-            view: dict[str, Any] = api.call("GET", f"/exchanges/{exchange_id}")
-            return view
-        assert local is not None
-        if missing_ok and exchange_id not in {e["exchange_id"] for e in exchange_summaries(local)}:
-            return None
-        return exchange_view(local, exchange_id)
+    with operator_client(needs_keys=False) as client:
+        view = client.exchange(exchange_id)
+    if view is None and not missing_ok:
+        usage(f"no exchange {exchange_id} on this terminal")
+    return view
 
 
 def _channel_members(channel: str) -> list[str]:
-    with backend(needs_keys=False) as (api, local):
-        channels = api.call("GET", "/channels") if api else local.channels()  # type: ignore[union-attr]
+    with operator_client(needs_keys=False) as client:
+        channels = client.channels()
     for c in channels:
         if c["name"] == channel:
             if c["state"] != "active":
@@ -1866,10 +1711,8 @@ def exchange_report(
 @exchange_app.command("list")
 def exchange_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every exchange this terminal holds."""
-    from parley.service.exchanges import exchange_summaries
-
-    with backend(needs_keys=False) as (api, local):
-        items = api.call("GET", "/exchanges") if api else exchange_summaries(local)  # type: ignore[arg-type]
+    with operator_client(needs_keys=False) as client:
+        items = client.exchanges()
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("Exchange", "Kind", "Channel", "Listed", "Agreed", "Discrepancies")
@@ -1903,30 +1746,16 @@ def user_add(
         password = str(
             typer.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
         )
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            api.call("POST", "/users", {"name": name, "role": role, "password": password})
-        else:
-            ops(local).add_user(name, role, password)
+    with operator_client(needs_keys=True) as client:
+        client.add_user(name, role, password)
     err.print(f"Created operator {name} ({role}).")
 
 
 @user_app.command("list")
 def user_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Operator accounts and their roles (an administrator's view)."""
-    from parley.service.terminal import utc_now
-    from parley.service.users import list_users
-
-    with backend(needs_keys=False) as (api, local):
-        if api is not None:
-            users = api.call("GET", "/users")
-        else:
-            assert local is not None
-            assert state.actor is not None
-            from parley.service.policy import require
-
-            require(state.actor, "manage_operators")
-            users = list_users(local.engine, now=utc_now())
+    with operator_client(needs_keys=False) as client:
+        users = client.users()
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("Name", "Role", "Locked until")
@@ -1940,11 +1769,8 @@ def user_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 @user_app.command("unlock")
 def user_unlock(name: str) -> None:
     """Lift an account's lockout after repeated failed logins (an administrator's action)."""
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            api.call("POST", f"/users/{name}/unlock")
-        else:
-            ops(local).unlock_user(name)
+    with operator_client(needs_keys=True) as client:
+        client.unlock_user(name)
     err.print(f"Unlocked operator {name}.")
 
 
@@ -1954,8 +1780,8 @@ def user_unlock(name: str) -> None:
 @held_app.command("list")
 def held_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """FLASH messages written by duty officers, waiting for a supervisor, oldest first."""
-    with backend(needs_keys=True) as (api, local):
-        rows = api.call("GET", "/held") if api is not None else ops(local).held_messages()
+    with operator_client(needs_keys=True) as client:
+        rows = client.held()
 
     def render(items: list[dict[str, Any]]) -> None:
         table = Table("Held", "Written by", "At", "To", "Channel", "Kind")
@@ -1976,22 +1802,16 @@ def held_list(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
 @held_app.command("release")
 def held_release(held_id: Annotated[int, typer.Argument(metavar="HELD")]) -> None:
     """Send a held FLASH (a supervisor); prints the message's id."""
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            result = api.call("POST", f"/held/{held_id}/release")
-        else:
-            result = ops(local).release(held_id)
+    with operator_client(needs_keys=True) as client:
+        result = client.release_held(held_id)
     sys.stdout.write(result["id"] + "\n")
 
 
 @held_app.command("reject")
 def held_reject(held_id: Annotated[int, typer.Argument(metavar="HELD")]) -> None:
     """Withdraw a held FLASH unsent (a supervisor, or the officer who wrote it)."""
-    with backend(needs_keys=True) as (api, local):
-        if api is not None:
-            api.call("POST", f"/held/{held_id}/reject")
-        else:
-            ops(local).reject(held_id)
+    with operator_client(needs_keys=True) as client:
+        client.reject_held(held_id)
     err.print(f"Withdrew held message {held_id}.")
 
 
@@ -2002,33 +1822,9 @@ def export(
     ],
 ) -> None:
     """Export the evidence bundle (a supervisor or an auditor), as the console's export."""
-    from parley.service.evidence import evidence_bundle
-
-    with backend(needs_keys=True) as (api, local):
+    with operator_client(needs_keys=True) as client:
         try:
-            if api is not None:
-                with api.client.stream("GET", "/api/v1/evidence") as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise Failure(api_error(response))
-                    with out_file.open("wb") as sink:  # only once the export is allowed
-                        for chunk in response.iter_bytes():
-                            sink.write(chunk)
-            else:
-                operations = ops(local)
-                operations.require("export_evidence")
-                terminal = operations.terminal
-                size, chunks = evidence_bundle(
-                    terminal.engine,
-                    terminal.identity.card.signed_bytes,
-                    party=terminal.me,
-                    operator=operations.actor.name,
-                    now=terminal.clock(),
-                )
-                with out_file.open("wb") as sink:
-                    for chunk in chunks:
-                        sink.write(chunk)
-                operations.note_export(size)
+            client.export_evidence(out_file)
         except OSError as exc:
             fail(f"cannot write {out_file}: {exc}")
     err.print(f"Wrote the evidence bundle to {out_file}.")

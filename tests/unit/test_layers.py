@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "parley.memory_demo": 4,
     "parley.console": 5,
     "parley.cli": 5,
+    "parley.client": 5,
     "parley.server": 5,
 }
 PURE_BASE = {"parley.core", "parley.merkle", "parley.errors"}
