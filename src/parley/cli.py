@@ -1846,13 +1846,13 @@ def backup(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from parley.service.backup import backup_terminal
-    from parley.store.db import engine_for
+    from parley.service.local import open_engine
 
     data = state.data
     data.require()
     if state.user is None and not state.local_admin:
         fail(NO_OPERATOR, 2)
-    engine = engine_for(data.load_config().database)
+    engine = open_engine(data.load_config().database)
     try:
         actor = _local_actor(engine)
     finally:
@@ -1959,11 +1959,11 @@ def verify(json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     from rich.progress import Progress
 
     from parley.service.audit import audit
-    from parley.store.db import engine_for
+    from parley.service.local import open_engine
 
     config = state.data.load_config()
     own = _own_bundle().card
-    engine = engine_for(config.database)
+    engine = open_engine(config.database)
     try:
         with Progress(console=err, transient=True, disable=json_) as progress:
             task = progress.add_task("Verifying the transcript", total=None)

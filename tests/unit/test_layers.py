@@ -54,12 +54,7 @@ PURE_BASE = {"parley.core", "parley.merkle", "parley.errors"}
 FRONT_ENDS = {"parley.console", "parley.cli"}
 
 #: (importing module, imported package) pairs that break a rule today.
-ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    {
-        # Front ends that still query the store themselves.
-        ("parley.cli", "parley.store"),
-    }
-)
+ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 
 def module_name(path: Path, root: Path) -> str:
