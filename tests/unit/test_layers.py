@@ -51,7 +51,7 @@ LAYERS: dict[str, int] = {
     "parley.server": 5,
 }
 PURE_BASE = {"parley.core", "parley.merkle", "parley.errors"}
-FRONT_ENDS = {"parley.console", "parley.cli"}
+FRONT_ENDS = {"parley.console", "parley.cli", "parley.client"}
 
 #: (importing module, imported package) pairs that break a rule today.
 ALLOWED: frozenset[tuple[str, str]] = frozenset()
