@@ -209,65 +209,60 @@ class HttpClient:
             raise Failure(api_error(response))
         return response.json()
 
-    def send(self, request: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("POST", "/messages", request)
-        return result
-
-    def inbox(self, *, all_kinds: bool) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("GET", f"/inbox?all={str(all_kinds).lower()}")
-        return items
-
-    def show(self, envelope_id: str) -> dict[str, Any]:
-        item: dict[str, Any] = self.call("GET", f"/messages/{envelope_id}")
-        return item
-
-    def machine_translation(self, item: dict[str, Any], lang: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self.call(
-            "GET", f"/messages/{item['id']}/machine-translation?lang={lang}"
-        )
+    def object(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """``call`` whose answer is one JSON object."""
+        answer: dict[str, Any] = self.call(method, path, body)
         return answer
 
+    def rows(self, method: str, path: str, body: Any = None) -> list[dict[str, Any]]:
+        """``call`` whose answer is a JSON array of objects."""
+        answer: list[dict[str, Any]] = self.call(method, path, body)
+        return answer
+
+    def send(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.object("POST", "/messages", request)
+
+    def inbox(self, *, all_kinds: bool) -> list[dict[str, Any]]:
+        return self.rows("GET", f"/inbox?all={str(all_kinds).lower()}")
+
+    def show(self, envelope_id: str) -> dict[str, Any]:
+        return self.object("GET", f"/messages/{envelope_id}")
+
+    def machine_translation(self, item: dict[str, Any], lang: str) -> dict[str, Any]:
+        return self.object("GET", f"/messages/{item['id']}/machine-translation?lang={lang}")
+
     def acknowledge(self, envelope_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("POST", f"/messages/{envelope_id}/ack")
-        return result
+        return self.object("POST", f"/messages/{envelope_id}/ack")
 
     def links(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("GET", "/links")
-        return items
+        return self.rows("GET", "/links")
 
     def test_links(self) -> dict[str, Any]:
-        queued: dict[str, Any] = self.call("POST", "/links/test")
-        return queued
+        return self.object("POST", "/links/test")
 
     def status(self) -> dict[str, Any]:
-        shown: dict[str, Any] = self.call("GET", "/status")
-        return shown
+        return self.object("GET", "/status")
 
     def recover(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("POST", "/recover")
-        return result
+        return self.object("POST", "/recover")
 
     def alarms(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("GET", "/alarms")
-        return items
+        return self.rows("GET", "/alarms")
 
     def clear_alarm(self, alarm_id: int) -> None:
         self.call("POST", f"/alarms/{alarm_id}/clear")
 
     def channels(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("GET", "/channels")
-        return items
+        return self.rows("GET", "/channels")
 
     def create_channel(self, name: str, members: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("POST", "/channels", {"name": name, "members": members})
-        return result
+        return self.object("POST", "/channels", {"name": name, "members": members})
 
     def agree_channel(self, name: str) -> None:
         self.call("POST", f"/channels/{name}/agree")
 
     def peers(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("GET", "/peers")
-        return items
+        return self.rows("GET", "/peers")
 
     def add_peer(
         self, bundle: CardBundle, raw: bytes, fingerprint: str, links: list[tuple[str, str]]
@@ -277,18 +272,13 @@ class HttpClient:
         )
 
     def import_revocation(self, raw: bytes) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(
-            "POST", "/peers/revocations", {"revocation": json.loads(raw)}
-        )
-        return result
+        return self.object("POST", "/peers/revocations", {"revocation": json.loads(raw)})
 
     def keys_status(self) -> dict[str, Any]:
-        shown: dict[str, Any] = self.call("GET", "/keys")
-        return shown
+        return self.object("GET", "/keys")
 
     def rotate_keys(self, *, validity_days: int | None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("POST", "/keys/rotate", {"validity_days": validity_days})
-        return result
+        return self.object("POST", "/keys/rotate", {"validity_days": validity_days})
 
     def revoke_keys(
         self,
@@ -298,7 +288,7 @@ class HttpClient:
         certificate: str | None,
         compromised_at: datetime | None,
     ) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(
+        return self.object(
             "POST",
             "/keys/revoke",
             {
@@ -308,30 +298,25 @@ class HttpClient:
                 "compromised_at": compromised_at.isoformat() if compromised_at else None,
             },
         )
-        return result
 
     def certify_translation(self, envelope_id: str, *, lang: str, text: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(
+        return self.object(
             "POST", f"/messages/{envelope_id}/translations", {"lang": lang, "text": text}
         )
-        return result
 
     def countersign_translation(self, digest: str) -> None:
         self.call("POST", f"/translations/{digest}/countersign")
 
     def exchanges(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("GET", "/exchanges")
-        return items
+        return self.rows("GET", "/exchanges")
 
     def exchange(self, exchange_id: str) -> dict[str, Any] | None:
         if exchange_id not in {e["exchange_id"] for e in self.exchanges()}:
             return None
-        view: dict[str, Any] = self.call("GET", f"/exchanges/{exchange_id}")
-        return view
+        return self.object("GET", f"/exchanges/{exchange_id}")
 
     def users(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("GET", "/users")
-        return items
+        return self.rows("GET", "/users")
 
     def add_user(self, name: str, role: str, password: str) -> None:
         self.call("POST", "/users", {"name": name, "role": role, "password": password})
@@ -340,12 +325,10 @@ class HttpClient:
         self.call("POST", f"/users/{name}/unlock")
 
     def held(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("GET", "/held")
-        return items
+        return self.rows("GET", "/held")
 
     def release_held(self, held_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("POST", f"/held/{held_id}/release")
-        return result
+        return self.object("POST", f"/held/{held_id}/release")
 
     def reject_held(self, held_id: int) -> None:
         self.call("POST", f"/held/{held_id}/reject")
