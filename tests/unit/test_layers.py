@@ -215,6 +215,54 @@ def test_front_ends_reach_the_store_only_through_the_application_layer(
     assert set(broken) <= ALLOWED, f"not allowed: {sorted(set(broken) - ALLOWED)}"
 
 
+#: What only the application layer does: transactions, statements, the terminal's lock.
+DATABASE_CALLS = frozenset({"begin", "connect", "execute", "commit"})
+
+
+def database_work(source: str) -> list[str]:
+    """Where ``source`` imports SQLAlchemy, calls a connection's methods or takes a lock."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            if any((n or "").split(".")[0] == "sqlalchemy" for n in names):
+                found.append((node.lineno, "imports sqlalchemy"))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in DATABASE_CALLS:
+                found.append((node.lineno, f".{node.func.attr}()"))
+        elif isinstance(node, ast.With):
+            for item in node.items:
+                expr = item.context_expr
+                if isinstance(expr, ast.Attribute) and expr.attr == "lock":
+                    found.append((node.lineno, "with ….lock"))
+    return [f"line {line}: {what}" for line, what in sorted(found)]
+
+
+def test_front_ends_open_no_transaction_and_take_no_lock() -> None:
+    sources = read_sources(SRC)
+    broken = {
+        module: work
+        for module, (source, _) in sources.items()
+        if package_of(module) in FRONT_ENDS and (work := database_work(source))
+    }
+    assert not broken, broken
+
+
+def test_database_work_is_found() -> None:
+    source = (
+        "import sqlalchemy\nfrom sqlalchemy.orm import Session\n"
+        "def f(t):\n    with t.lock:\n        t.engine.begin()\n    conn.execute(q)\n"
+    )
+    assert database_work(source) == [
+        "line 1: imports sqlalchemy",
+        "line 2: imports sqlalchemy",
+        "line 4: with ….lock",
+        "line 5: .begin()",
+        "line 6: .execute()",
+    ]
+    assert database_work("from parley.service import reads\nreads.messages(x)\n") == []
+
+
 def test_each_layer_imports_only_the_layers_below(graph: dict[str, set[str]]) -> None:
     broken = {
         (module, target): rule
