@@ -15,6 +15,7 @@ it clean.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -211,21 +213,35 @@ def test_a_terminal_serves_under_the_units_restrictions() -> None:
         _serve_confined(root)
 
 
-def _closed_to_others(path: Path) -> list[Path]:
-    """The directories on the way to ``path`` that other users cannot pass through."""
-    return [p for p in [path, *path.parents] if p.is_dir() and not p.stat().st_mode & 0o001]
+@contextlib.contextmanager
+def _passable_by_others(path: Path) -> Iterator[None]:
+    """Let other users pass through the directories on the way to ``path`` (search
+    only, not list) while the test runs: a checkout in a ``mktemp -d`` directory
+    (mode 0700) is closed to the unit's user, who imports Parley from it."""
+    closed = [p for p in [path, *path.parents] if not p.stat().st_mode & 0o001]
+    foreign = [p for p in closed if p.stat().st_uid != os.getuid()]
+    assert not foreign, (
+        f"the unit's user (uid {NOBODY}) cannot import Parley from {path}: "
+        f"{', '.join(map(str, foreign))} closed to other users (chmod o+x)"
+    )
+    modes = {p: p.stat().st_mode & 0o7777 for p in closed}
+    try:
+        for p, mode in modes.items():
+            p.chmod(mode | 0o001)
+        yield
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
 
 
 def _serve_confined(root: Path) -> None:
     assert shutil.which("unshare")
     assert shutil.which("setpriv")
-    # The unit's user imports Parley from this checkout.
-    package = Path(parley.__file__).resolve().parent
-    closed = _closed_to_others(package)
-    assert not closed, (
-        f"the unit's user (uid {NOBODY}) cannot import Parley from {package}: "
-        f"{', '.join(map(str, closed))} closed to other users (chmod o+x)"
-    )
+    with _passable_by_others(Path(parley.__file__).resolve().parent):
+        _serve_confined_here(root)
+
+
+def _serve_confined_here(root: Path) -> None:
     terminals = make_network(root, [("US-EUCOM", "US"), ("RU-GS", "RU")])
     us, ru = terminals["US-EUCOM"], terminals["RU-GS"]
     for terminal in (us, ru):
